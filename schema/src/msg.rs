@@ -1,0 +1,277 @@
+//! The protocol's messages as plain Rust values. `wire.rs` turns them into flatbuffers bodies and
+//! back; `frame.rs` wraps the bodies in frames.
+
+use std::fmt;
+
+/// The closed set of outcomes. Numbers are the wire values (see `fbs/tessera.fbs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    VersionMismatch = 2,
+    KeyTooLarge = 3,
+    ValueTooLarge = 4,
+    BatchTooLarge = 5,
+    BadRequest = 6,
+    Overloaded = 7,
+    Unavailable = 8,
+    Internal = 9,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Ok,
+        Status::NotFound,
+        Status::VersionMismatch,
+        Status::KeyTooLarge,
+        Status::ValueTooLarge,
+        Status::BatchTooLarge,
+        Status::BadRequest,
+        Status::Overloaded,
+        Status::Unavailable,
+        Status::Internal,
+    ];
+
+    pub fn from_wire(value: u8) -> Option<Status> {
+        Status::ALL.get(usize::from(value)).copied()
+    }
+
+    /// The name used on the CLI and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::NotFound => "NOT_FOUND",
+            Status::VersionMismatch => "VERSION_MISMATCH",
+            Status::KeyTooLarge => "KEY_TOO_LARGE",
+            Status::ValueTooLarge => "VALUE_TOO_LARGE",
+            Status::BatchTooLarge => "BATCH_TOO_LARGE",
+            Status::BadRequest => "BAD_REQUEST",
+            Status::Overloaded => "OVERLOADED",
+            Status::Unavailable => "UNAVAILABLE",
+            Status::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How durable a write must be before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The node's mode (`--fsync always` syncs, `--fsync interval` acknowledges on append).
+    #[default]
+    Default,
+    /// Acknowledge only after an fdatasync covers the write.
+    Sync,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// 0 = no expiry.
+    pub ttl_ms: u64,
+    /// Compare-and-set: apply only if the current version equals this (0 = key must not exist).
+    pub if_version: Option<u64>,
+    pub durability: Durability,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRequest {
+    pub key: Vec<u8>,
+    pub if_version: Option<u64>,
+    pub durability: Durability,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ScanRequest {
+    /// Opaque cursor from the previous page; empty = start.
+    pub cursor: Vec<u8>,
+    pub prefix: Vec<u8>,
+    /// Page size; 0 = the default.
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    Get { key: Vec<u8> },
+    Put(PutRequest),
+    Delete(DeleteRequest),
+}
+
+impl BatchOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Get { key } => key,
+            BatchOp::Put(put) => &put.key,
+            BatchOp::Delete(delete) => &delete.key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Ping,
+    Get { key: Vec<u8> },
+    Put(PutRequest),
+    Delete(DeleteRequest),
+    Batch(Vec<BatchOp>),
+    Scan(ScanRequest),
+    Stats,
+    Topology,
+}
+
+impl Request {
+    /// The operation code carried in the frame header.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Ping => Opcode::Ping,
+            Request::Get { .. } => Opcode::Get,
+            Request::Put(_) => Opcode::Put,
+            Request::Delete(_) => Opcode::Delete,
+            Request::Batch(_) => Opcode::Batch,
+            Request::Scan(_) => Opcode::Scan,
+            Request::Stats => Opcode::Stats,
+            Request::Topology => Opcode::Topology,
+        }
+    }
+
+    /// Safe to send twice: retrying it cannot change stored data.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Request::Ping | Request::Get { .. } | Request::Scan(_) => true,
+            Request::Stats | Request::Topology => true,
+            Request::Batch(ops) => ops.iter().all(|op| matches!(op, BatchOp::Get { .. })),
+            Request::Put(_) | Request::Delete(_) => false,
+        }
+    }
+}
+
+/// Operation codes in the frame header. Responses carry the request's code with the high bit set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    Ping = 1,
+    Get = 2,
+    Put = 3,
+    Delete = 4,
+    Batch = 5,
+    Scan = 6,
+    Stats = 7,
+    Topology = 8,
+}
+
+impl Opcode {
+    pub const RESPONSE_BIT: u8 = 0x80;
+
+    pub fn from_wire(value: u8) -> Option<Opcode> {
+        Some(match value & !Self::RESPONSE_BIT {
+            1 => Opcode::Ping,
+            2 => Opcode::Get,
+            3 => Opcode::Put,
+            4 => Opcode::Delete,
+            5 => Opcode::Batch,
+            6 => Opcode::Scan,
+            7 => Opcode::Stats,
+            8 => Opcode::Topology,
+            _ => return None,
+        })
+    }
+}
+
+/// The outcome of one GET, PUT, DELETE or PING, or of one batch item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpResult {
+    pub status: Status,
+    /// Human-readable detail for errors; empty on success.
+    pub message: String,
+    /// The value, for a GET that found its key.
+    pub value: Option<Vec<u8>>,
+    /// The key's version after a PUT, at a GET, or the current version on VERSION_MISMATCH.
+    pub version: u64,
+}
+
+impl OpResult {
+    pub fn ok(version: u64) -> OpResult {
+        OpResult { status: Status::Ok, message: String::new(), value: None, version }
+    }
+
+    pub fn found(value: Vec<u8>, version: u64) -> OpResult {
+        OpResult { status: Status::Ok, message: String::new(), value: Some(value), version }
+    }
+
+    pub fn error(status: Status, message: impl Into<String>) -> OpResult {
+        OpResult { status, message: message.into(), value: None, version: 0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub key: Vec<u8>,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    pub entries: Vec<ScanEntry>,
+    /// Empty when the scan is complete.
+    pub next_cursor: Vec<u8>,
+}
+
+/// Counters of one shard, as STATS reports them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    pub shard: u16,
+    pub keys: u64,
+    pub live_bytes: u64,
+    pub disk_bytes: u64,
+    pub segments: u32,
+    pub gets: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub scans: u64,
+    pub fsyncs: u64,
+    pub bytes_written: u64,
+    pub forwarded_in: u64,
+    pub overloaded: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub shard_count: u16,
+    /// Shard i listens on `shard_port_base + i`.
+    pub shard_port_base: u16,
+    /// vnode -> shard.
+    pub vnode_shard: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The request as a whole failed (bad request, overload, oversized frame...).
+    Error { status: Status, message: String },
+    Op(OpResult),
+    Batch(Vec<OpResult>),
+    Scan(ScanPage),
+    Stats(Vec<ShardStats>),
+    Topology(Topology),
+}
+
+impl Response {
+    pub fn error(status: Status, message: impl Into<String>) -> Response {
+        Response::Error { status, message: message.into() }
+    }
+
+    /// The status of the response as a whole (for an op, the op's status).
+    pub fn status(&self) -> Status {
+        match self {
+            Response::Error { status, .. } => *status,
+            Response::Op(result) => result.status,
+            _ => Status::Ok,
+        }
+    }
+}

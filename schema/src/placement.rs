@@ -1,0 +1,50 @@
+//! Key placement: key -> vnode by a stable 64-bit hash, vnode -> shard by a table.
+//!
+//! The hash is xxh3-64 with seed 0: specified, portable, fast, and the same in every client
+//! language, which a shard-aware client needs. Changing it re-homes every key: it is part of the
+//! on-disk and wire contract.
+//!
+//! The vnode -> shard table gives each shard a contiguous range of vnodes, so that a SCAN walking
+//! vnodes in order crosses shards as rarely as possible.
+
+/// Virtual nodes per node (DESIGN.md).
+pub const VNODES: u16 = 256;
+
+/// The vnode a key belongs to.
+pub fn vnode_of(key: &[u8]) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(VNODES)) as u16
+}
+
+/// vnode -> shard for a node with `shard_count` shards.
+pub fn shard_table(shard_count: u16) -> Vec<u16> {
+    assert!(shard_count >= 1 && shard_count <= VNODES);
+    (0..VNODES)
+        .map(|vnode| (u32::from(vnode) * u32::from(shard_count) / u32::from(VNODES)) as u16)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vnode_hash_is_stable() {
+        // A change here re-homes every stored key: it must be deliberate.
+        assert_eq!(vnode_of(b"hello"), (xxhash_rust::xxh3::xxh3_64(b"hello") % 256) as u16);
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06800538d394c2);
+    }
+
+    #[test]
+    fn shard_table_is_contiguous_and_balanced() {
+        for shards in [1u16, 2, 3, 7, 64, 256] {
+            let table = shard_table(shards);
+            assert_eq!(table.len(), 256);
+            assert!(table.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 1));
+            assert_eq!(table[255], shards - 1);
+            let mut counts = vec![0u32; usize::from(shards)];
+            table.iter().for_each(|&s| counts[usize::from(s)] += 1);
+            let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(max - min <= 1, "{shards}: {counts:?}");
+        }
+    }
+}

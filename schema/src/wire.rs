@@ -1,0 +1,532 @@
+//! Flatbuffers encoding of the protocol's messages (schema: `fbs/tessera.fbs`).
+//!
+//! Decoding verifies the buffer (flatbuffers' verifier bounds every offset) and copies it into
+//! owned `msg` values; a body that does not verify, or names an unknown union member, is a
+//! `WireError`, which a node answers with BAD_REQUEST.
+
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+use crate::fb;
+use crate::frame::encode_frame;
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::msg::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed body: {0}")]
+pub struct WireError(pub String);
+
+fn bytes<'a>(vector: Option<flatbuffers::Vector<'a, u8>>) -> Vec<u8> {
+    vector.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+fn durability_to_wire(durability: Durability) -> fb::Durability {
+    match durability {
+        Durability::Default => fb::Durability::Default,
+        Durability::Sync => fb::Durability::Sync,
+    }
+}
+
+fn durability_from_wire(durability: fb::Durability) -> Result<Durability, WireError> {
+    match durability {
+        fb::Durability::Default => Ok(Durability::Default),
+        fb::Durability::Sync => Ok(Durability::Sync),
+        other => Err(WireError(format!("unknown durability {}", other.0))),
+    }
+}
+
+// ---------------------------------------------------------------- requests
+
+/// Appends a whole request frame (header and body) to `out`.
+pub fn encode_request_frame(out: &mut Vec<u8>, request_id: u64, request: &Request) {
+    let mut builder = FlatBufferBuilder::with_capacity(request_size_hint(request));
+    let (kind, body) = build_request(&mut builder, request);
+    let root = fb::RequestBody::create(
+        &mut builder,
+        &fb::RequestBodyArgs { request_type: kind, request: Some(body) },
+    );
+    builder.finish(root, None);
+    encode_frame(out, request.opcode() as u8, request_id, builder.finished_data());
+}
+
+fn request_size_hint(request: &Request) -> usize {
+    let payload = match request {
+        Request::Put(put) => put.key.len() + put.value.len(),
+        Request::Batch(ops) => ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(put) => put.key.len() + put.value.len() + 64,
+                other => other.key().len() + 48,
+            })
+            .sum(),
+        _ => 64,
+    };
+    payload + 128
+}
+
+type Union = WIPOffset<flatbuffers::UnionWIPOffset>;
+
+fn build_request(builder: &mut FlatBufferBuilder<'_>, request: &Request) -> (fb::Request, Union) {
+    match request {
+        Request::Ping => {
+            (fb::Request::Ping, fb::Ping::create(builder, &fb::PingArgs {}).as_union_value())
+        }
+        Request::Get { key } => (fb::Request::Get, build_get(builder, key).as_union_value()),
+        Request::Put(put) => (fb::Request::Put, build_put(builder, put).as_union_value()),
+        Request::Delete(delete) => {
+            (fb::Request::Delete, build_delete(builder, delete).as_union_value())
+        }
+        Request::Batch(ops) => (fb::Request::Batch, build_batch(builder, ops).as_union_value()),
+        Request::Scan(scan) => {
+            let cursor = builder.create_vector(&scan.cursor);
+            let prefix = builder.create_vector(&scan.prefix);
+            let args = fb::ScanArgs { cursor: Some(cursor), prefix: Some(prefix), limit: scan.limit };
+            (fb::Request::Scan, fb::Scan::create(builder, &args).as_union_value())
+        }
+        Request::Stats => {
+            (fb::Request::Stats, fb::Stats::create(builder, &fb::StatsArgs {}).as_union_value())
+        }
+        Request::Topology => (
+            fb::Request::Topology,
+            fb::Topology::create(builder, &fb::TopologyArgs {}).as_union_value(),
+        ),
+    }
+}
+
+fn build_get<'b>(builder: &mut FlatBufferBuilder<'b>, key: &[u8]) -> WIPOffset<fb::Get<'b>> {
+    let key = builder.create_vector(key);
+    fb::Get::create(builder, &fb::GetArgs { key: Some(key) })
+}
+
+fn build_put<'b>(builder: &mut FlatBufferBuilder<'b>, put: &PutRequest) -> WIPOffset<fb::Put<'b>> {
+    let key = builder.create_vector(&put.key);
+    let value = builder.create_vector(&put.value);
+    let args = fb::PutArgs {
+        key: Some(key),
+        value: Some(value),
+        ttl_ms: put.ttl_ms,
+        if_version: put.if_version.unwrap_or(0),
+        has_if_version: put.if_version.is_some(),
+        durability: durability_to_wire(put.durability),
+    };
+    fb::Put::create(builder, &args)
+}
+
+fn build_delete<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    delete: &DeleteRequest,
+) -> WIPOffset<fb::Delete<'b>> {
+    let key = builder.create_vector(&delete.key);
+    let args = fb::DeleteArgs {
+        key: Some(key),
+        if_version: delete.if_version.unwrap_or(0),
+        has_if_version: delete.if_version.is_some(),
+        durability: durability_to_wire(delete.durability),
+    };
+    fb::Delete::create(builder, &args)
+}
+
+fn build_batch<'b>(builder: &mut FlatBufferBuilder<'b>, ops: &[BatchOp]) -> WIPOffset<fb::Batch<'b>> {
+    let items: Vec<_> = ops
+        .iter()
+        .map(|op| {
+            let (op_type, body) = match op {
+                BatchOp::Get { key } => (fb::BatchOp::Get, build_get(builder, key).as_union_value()),
+                BatchOp::Put(put) => (fb::BatchOp::Put, build_put(builder, put).as_union_value()),
+                BatchOp::Delete(delete) => {
+                    (fb::BatchOp::Delete, build_delete(builder, delete).as_union_value())
+                }
+            };
+            fb::BatchItem::create(builder, &fb::BatchItemArgs { op_type, op: Some(body) })
+        })
+        .collect();
+    let items = builder.create_vector(&items);
+    fb::Batch::create(builder, &fb::BatchArgs { items: Some(items) })
+}
+
+/// Decodes a request body.
+pub fn decode_request(body: &[u8]) -> Result<Request, WireError> {
+    let root = flatbuffers::root::<fb::RequestBody<'_>>(body)
+        .map_err(|error| WireError(error.to_string()))?;
+    let missing = || WireError("request body names no operation".into());
+    Ok(match root.request_type() {
+        fb::Request::Ping => Request::Ping,
+        fb::Request::Get => Request::Get { key: bytes(root.request_as_get().ok_or_else(missing)?.key()) },
+        fb::Request::Put => Request::Put(decode_put(root.request_as_put().ok_or_else(missing)?)?),
+        fb::Request::Delete => {
+            Request::Delete(decode_delete(root.request_as_delete().ok_or_else(missing)?)?)
+        }
+        fb::Request::Batch => {
+            Request::Batch(decode_batch(root.request_as_batch().ok_or_else(missing)?)?)
+        }
+        fb::Request::Scan => {
+            let scan = root.request_as_scan().ok_or_else(missing)?;
+            Request::Scan(ScanRequest {
+                cursor: bytes(scan.cursor()),
+                prefix: bytes(scan.prefix()),
+                limit: scan.limit(),
+            })
+        }
+        fb::Request::Stats => Request::Stats,
+        fb::Request::Topology => Request::Topology,
+        other => return Err(WireError(format!("unknown operation {}", other.0))),
+    })
+}
+
+fn decode_put(put: fb::Put<'_>) -> Result<PutRequest, WireError> {
+    Ok(PutRequest {
+        key: bytes(put.key()),
+        value: bytes(put.value()),
+        ttl_ms: put.ttl_ms(),
+        if_version: put.has_if_version().then_some(put.if_version()),
+        durability: durability_from_wire(put.durability())?,
+    })
+}
+
+fn decode_delete(delete: fb::Delete<'_>) -> Result<DeleteRequest, WireError> {
+    Ok(DeleteRequest {
+        key: bytes(delete.key()),
+        if_version: delete.has_if_version().then_some(delete.if_version()),
+        durability: durability_from_wire(delete.durability())?,
+    })
+}
+
+fn decode_batch(batch: fb::Batch<'_>) -> Result<Vec<BatchOp>, WireError> {
+    let Some(items) = batch.items() else { return Ok(Vec::new()) };
+    let missing = || WireError("batch item names no operation".into());
+    items
+        .iter()
+        .map(|item| {
+            Ok(match item.op_type() {
+                fb::BatchOp::Get => {
+                    BatchOp::Get { key: bytes(item.op_as_get().ok_or_else(missing)?.key()) }
+                }
+                fb::BatchOp::Put => BatchOp::Put(decode_put(item.op_as_put().ok_or_else(missing)?)?),
+                fb::BatchOp::Delete => {
+                    BatchOp::Delete(decode_delete(item.op_as_delete().ok_or_else(missing)?)?)
+                }
+                other => return Err(WireError(format!("unknown batch operation {}", other.0))),
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- responses
+
+/// Appends a whole response frame to `out`. `opcode` is the request's opcode byte.
+pub fn encode_response_frame(out: &mut Vec<u8>, opcode: u8, request_id: u64, response: &Response) {
+    let mut builder = FlatBufferBuilder::with_capacity(response_size_hint(response));
+    let (status, message, reply_type, reply) = build_response(&mut builder, response);
+    let message = message.map(|m| builder.create_string(truncate_message(m)));
+    let root = fb::ResponseBody::create(
+        &mut builder,
+        &fb::ResponseBodyArgs { status: fb::Status(status as u8), message, reply_type, reply },
+    );
+    builder.finish(root, None);
+    encode_frame(out, opcode | Opcode::RESPONSE_BIT, request_id, builder.finished_data());
+}
+
+fn truncate_message(message: &str) -> &str {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+fn response_size_hint(response: &Response) -> usize {
+    match response {
+        Response::Op(result) => result.value.as_ref().map_or(0, Vec::len) + 96,
+        Response::Batch(results) => {
+            results.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) + 64).sum::<usize>() + 64
+        }
+        Response::Scan(page) => page.entries.iter().map(|e| e.key.len() + 32).sum::<usize>() + 64,
+        _ => 256,
+    }
+}
+
+fn build_response<'r>(
+    builder: &mut FlatBufferBuilder<'_>,
+    response: &'r Response,
+) -> (Status, Option<&'r str>, fb::Reply, Option<Union>) {
+    match response {
+        Response::Error { status, message } => (*status, Some(message), fb::Reply::NONE, None),
+        Response::Op(result) => (
+            Status::Ok,
+            None,
+            fb::Reply::OpResult,
+            Some(build_op_result(builder, result).as_union_value()),
+        ),
+        Response::Batch(results) => {
+            let items: Vec<_> = results.iter().map(|r| build_op_result(builder, r)).collect();
+            let results = builder.create_vector(&items);
+            let batch = fb::BatchResult::create(builder, &fb::BatchResultArgs { results: Some(results) });
+            (Status::Ok, None, fb::Reply::BatchResult, Some(batch.as_union_value()))
+        }
+        Response::Scan(page) => {
+            (Status::Ok, None, fb::Reply::ScanResult, Some(build_scan(builder, page).as_union_value()))
+        }
+        Response::Stats(shards) => {
+            let items: Vec<_> = shards.iter().map(|s| build_shard_stats(builder, s)).collect();
+            let shards = builder.create_vector(&items);
+            let stats = fb::StatsResult::create(builder, &fb::StatsResultArgs { shards: Some(shards) });
+            (Status::Ok, None, fb::Reply::StatsResult, Some(stats.as_union_value()))
+        }
+        Response::Topology(topology) => {
+            let table = builder.create_vector(&topology.vnode_shard);
+            let args = fb::TopologyResultArgs {
+                shard_count: topology.shard_count,
+                shard_port_base: topology.shard_port_base,
+                vnode_shard: Some(table),
+            };
+            let reply = fb::TopologyResult::create(builder, &args);
+            (Status::Ok, None, fb::Reply::TopologyResult, Some(reply.as_union_value()))
+        }
+    }
+}
+
+fn build_op_result<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    result: &OpResult,
+) -> WIPOffset<fb::OpResult<'b>> {
+    let message =
+        (!result.message.is_empty()).then(|| builder.create_string(truncate_message(&result.message)));
+    let value = result.value.as_ref().map(|v| builder.create_vector(v));
+    let args = fb::OpResultArgs {
+        status: fb::Status(result.status as u8),
+        message,
+        value,
+        version: result.version,
+    };
+    fb::OpResult::create(builder, &args)
+}
+
+fn build_scan<'b>(builder: &mut FlatBufferBuilder<'b>, page: &ScanPage) -> WIPOffset<fb::ScanResult<'b>> {
+    let entries: Vec<_> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let key = builder.create_vector(&entry.key);
+            fb::ScanEntry::create(builder, &fb::ScanEntryArgs { key: Some(key), version: entry.version })
+        })
+        .collect();
+    let entries = builder.create_vector(&entries);
+    let cursor = builder.create_vector(&page.next_cursor);
+    fb::ScanResult::create(
+        builder,
+        &fb::ScanResultArgs { entries: Some(entries), next_cursor: Some(cursor) },
+    )
+}
+
+fn build_shard_stats<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    s: &ShardStats,
+) -> WIPOffset<fb::ShardStats<'b>> {
+    let args = fb::ShardStatsArgs {
+        shard: s.shard,
+        keys: s.keys,
+        live_bytes: s.live_bytes,
+        disk_bytes: s.disk_bytes,
+        segments: s.segments,
+        gets: s.gets,
+        puts: s.puts,
+        deletes: s.deletes,
+        scans: s.scans,
+        fsyncs: s.fsyncs,
+        bytes_written: s.bytes_written,
+        forwarded_in: s.forwarded_in,
+        overloaded: s.overloaded,
+    };
+    fb::ShardStats::create(builder, &args)
+}
+
+fn status_from_wire(status: fb::Status) -> Result<Status, WireError> {
+    Status::from_wire(status.0).ok_or_else(|| WireError(format!("unknown status {}", status.0)))
+}
+
+/// Decodes a response body.
+pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
+    let root = flatbuffers::root::<fb::ResponseBody<'_>>(body)
+        .map_err(|error| WireError(error.to_string()))?;
+    let status = status_from_wire(root.status())?;
+    if status != Status::Ok {
+        return Ok(Response::Error { status, message: root.message().unwrap_or("").to_string() });
+    }
+    let missing = || WireError("response names no reply".into());
+    Ok(match root.reply_type() {
+        fb::Reply::OpResult => Response::Op(decode_op_result(root.reply_as_op_result().ok_or_else(missing)?)?),
+        fb::Reply::BatchResult => {
+            let batch = root.reply_as_batch_result().ok_or_else(missing)?;
+            let results = batch.results().map(|r| r.iter().map(decode_op_result).collect());
+            Response::Batch(results.unwrap_or(Ok(Vec::new()))?)
+        }
+        fb::Reply::ScanResult => {
+            let scan = root.reply_as_scan_result().ok_or_else(missing)?;
+            let entries = scan.entries().map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| ScanEntry { key: bytes(e.key()), version: e.version() })
+                    .collect()
+            });
+            Response::Scan(ScanPage {
+                entries: entries.unwrap_or_default(),
+                next_cursor: bytes(scan.next_cursor()),
+            })
+        }
+        fb::Reply::StatsResult => {
+            let stats = root.reply_as_stats_result().ok_or_else(missing)?;
+            let shards = stats.shards().map(|s| s.iter().map(decode_shard_stats).collect());
+            Response::Stats(shards.unwrap_or_default())
+        }
+        fb::Reply::TopologyResult => {
+            let topology = root.reply_as_topology_result().ok_or_else(missing)?;
+            Response::Topology(Topology {
+                shard_count: topology.shard_count(),
+                shard_port_base: topology.shard_port_base(),
+                vnode_shard: topology.vnode_shard().map(|v| v.iter().collect()).unwrap_or_default(),
+            })
+        }
+        other => return Err(WireError(format!("unknown reply {}", other.0))),
+    })
+}
+
+fn decode_op_result(result: fb::OpResult<'_>) -> Result<OpResult, WireError> {
+    Ok(OpResult {
+        status: status_from_wire(result.status())?,
+        message: result.message().unwrap_or("").to_string(),
+        value: result.value().map(|v| v.bytes().to_vec()),
+        version: result.version(),
+    })
+}
+
+fn decode_shard_stats(s: fb::ShardStats<'_>) -> ShardStats {
+    ShardStats {
+        shard: s.shard(),
+        keys: s.keys(),
+        live_bytes: s.live_bytes(),
+        disk_bytes: s.disk_bytes(),
+        segments: s.segments(),
+        gets: s.gets(),
+        puts: s.puts(),
+        deletes: s.deletes(),
+        scans: s.scans(),
+        fsyncs: s.fsyncs(),
+        bytes_written: s.bytes_written(),
+        forwarded_in: s.forwarded_in(),
+        overloaded: s.overloaded(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameEvent, FrameReader};
+
+    fn roundtrip_request(request: Request) {
+        let mut out = Vec::new();
+        encode_request_frame(&mut out, 42, &request);
+        let mut reader = FrameReader::new();
+        reader.feed(&out);
+        let Some(FrameEvent::Frame { header, body }) = reader.next_event().unwrap() else {
+            panic!("no frame")
+        };
+        assert_eq!(header.request_id, 42);
+        assert_eq!(Opcode::from_wire(header.opcode), Some(request.opcode()));
+        assert_eq!(decode_request(body).unwrap(), request);
+    }
+
+    fn roundtrip_response(response: Response) {
+        let mut out = Vec::new();
+        encode_response_frame(&mut out, Opcode::Get as u8, 7, &response);
+        let mut reader = FrameReader::new();
+        reader.feed(&out);
+        let Some(FrameEvent::Frame { header, body }) = reader.next_event().unwrap() else {
+            panic!("no frame")
+        };
+        assert_eq!(header.opcode, Opcode::Get as u8 | Opcode::RESPONSE_BIT);
+        assert_eq!(decode_response(body).unwrap(), response);
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> PutRequest {
+        PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: 30_000,
+            if_version: Some(0),
+            durability: Durability::Sync,
+        }
+    }
+
+    #[test]
+    fn every_request_roundtrips() {
+        roundtrip_request(Request::Ping);
+        roundtrip_request(Request::Get { key: b"k".to_vec() });
+        roundtrip_request(Request::Put(put(b"k", &[7; 5000])));
+        roundtrip_request(Request::Delete(DeleteRequest {
+            key: b"k".to_vec(),
+            if_version: None,
+            durability: Durability::Default,
+        }));
+        roundtrip_request(Request::Batch(vec![
+            BatchOp::Get { key: b"a".to_vec() },
+            BatchOp::Put(put(b"b", b"v")),
+            BatchOp::Delete(DeleteRequest {
+                key: b"c".to_vec(),
+                if_version: Some(3),
+                durability: Durability::Default,
+            }),
+        ]));
+        roundtrip_request(Request::Scan(ScanRequest {
+            cursor: vec![0, 1, b'x'],
+            prefix: b"user:".to_vec(),
+            limit: 10,
+        }));
+        roundtrip_request(Request::Stats);
+        roundtrip_request(Request::Topology);
+    }
+
+    #[test]
+    fn every_response_roundtrips() {
+        roundtrip_response(Response::error(Status::Overloaded, "queue full"));
+        roundtrip_response(Response::Op(OpResult::found(b"value".to_vec(), 9)));
+        roundtrip_response(Response::Op(OpResult::error(Status::NotFound, "")));
+        roundtrip_response(Response::Op(OpResult::ok(3)));
+        roundtrip_response(Response::Batch(vec![
+            OpResult::ok(1),
+            OpResult::error(Status::VersionMismatch, "current version is 4"),
+        ]));
+        roundtrip_response(Response::Scan(ScanPage {
+            entries: vec![ScanEntry { key: b"a".to_vec(), version: 1 }],
+            next_cursor: vec![1, 2],
+        }));
+        roundtrip_response(Response::Stats(vec![ShardStats { shard: 1, keys: 5, ..Default::default() }]));
+        roundtrip_response(Response::Topology(Topology {
+            shard_count: 2,
+            shard_port_base: 7001,
+            vnode_shard: crate::placement::shard_table(2),
+        }));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors_not_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut valid = Vec::new();
+        encode_request_frame(&mut valid, 1, &Request::Batch(vec![BatchOp::Put(put(b"k", b"v"))]));
+        let body = valid[crate::frame::HEADER_BYTES..].to_vec();
+        for _ in 0..20_000 {
+            let mut mutated = body.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..mutated.len());
+                mutated[i] = rng.gen();
+            }
+            let _ = decode_request(&mutated);
+            let len = rng.gen_range(0..64);
+            let random: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = decode_request(&random);
+            let _ = decode_response(&random);
+        }
+    }
+}
