@@ -1,1 +1,26 @@
+//! tessera-store: one shard's log-structured hash store, sans-IO.
+//!
+//! The store decides and the shell (tessera-server, on glommio) does: the store never opens a
+//! file, reads a clock or sleeps. It takes inputs (writes, reads, `now_ms`, the outcome of disk
+//! operations) and hands out plans of disk operations (`FlushPlan`, `DiskRead`,
+//! `RecoveryAction`). That is what lets `testing::MemDisk` run the very same code on an
+//! in-memory disk that loses unsynced writes and tears them, deterministically.
+//!
+//! - [`ondisk`]: the record and segment format (the one file that owns it).
+//! - [`store`]: the state machine: index, versions, compare-and-set, TTL, group commit.
+//! - [`log`]: the in-memory log tail and flush plans.
+//! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
+//! - [`testing`]: the fault-injecting in-memory disk.
 
+pub mod config;
+pub mod index;
+pub mod log;
+pub mod ondisk;
+pub mod recovery;
+pub mod store;
+pub mod testing;
+
+pub use config::{FsyncPolicy, StoreConfig};
+pub use log::{FlushPlan, FlushStep};
+pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
+pub use store::{finish_read, DiskRead, Lookup, Store, StoreStats, Write, WriteAck, WriteError};

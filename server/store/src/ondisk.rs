@@ -1,0 +1,211 @@
+//! The on-disk format of a shard's log: segment files of packed records.
+//!
+//! ```text
+//! segment file `segment-{id:010}.log`, preallocated to segment_size_bytes, written with O_DIRECT
+//! in 4 KiB-aligned blocks:
+//!
+//!   | record | record | ... | record | 00 00 00 ... (zeros to the end of the file)
+//!
+//! record (little-endian, packed, no alignment):
+//!   offset size field
+//!        0    4 crc32c over bytes 4..32, then the key, then the value
+//!        4    1 format version (RECORD_FORMAT_V1); 0 never starts a record, so zeros end the log
+//!        5    1 flags: bit 0 = tombstone (value_len is 0); other bits must be 0
+//!        6    2 key length (1..=MAX_KEY_BYTES)
+//!        8    4 value length (0..=MAX_VALUE_BYTES)
+//!       12    2 vnode
+//!       14    2 reserved, 0
+//!       16    8 version: per-key, only grows
+//!       24    8 expiry, unix milliseconds; 0 = never
+//!       32    . key, then value
+//! ```
+//!
+//! The log of a segment ends at the first all-zero header; everything after it must be zero. A
+//! record that fails any check (version, flags, lengths, crc) is corruption: at the tail of the
+//! newest segment it is a torn write and is truncated; anywhere else the store refuses to open
+//! unless told to repair.
+//!
+//! Change recipe: a new layout gets a new format version byte; `parse_record` keeps reading every
+//! older version it ever wrote, `encode_record` writes only the newest. Never reuse a version
+//! number. The golden-bytes test pins the current layout.
+
+use tessera_schema::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+pub const RECORD_FORMAT_V1: u8 = 1;
+pub const RECORD_HEADER_BYTES: usize = 32;
+pub const FLAG_TOMBSTONE: u8 = 1;
+/// Alignment of every O_DIRECT write and of segment sizes.
+pub const BLOCK_BYTES: u64 = 4096;
+/// The largest record the format allows.
+pub const MAX_RECORD_BYTES: usize = RECORD_HEADER_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES;
+
+/// The fixed part of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub tombstone: bool,
+    pub key_len: u16,
+    pub value_len: u32,
+    pub vnode: u16,
+    pub version: u64,
+    pub expiry_ms: u64,
+}
+
+impl RecordHeader {
+    pub fn record_len(&self) -> usize {
+        RECORD_HEADER_BYTES + usize::from(self.key_len) + self.value_len as usize
+    }
+}
+
+pub fn segment_file_name(segment: u32) -> String {
+    format!("segment-{segment:010}.log")
+}
+
+/// The segment id of a file name made by [`segment_file_name`].
+pub fn parse_segment_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("segment-")?.strip_suffix(".log")?;
+    (digits.len() == 10).then(|| digits.parse().ok()).flatten()
+}
+
+/// Appends one record to `out`.
+pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value: &[u8]) {
+    debug_assert_eq!(usize::from(header.key_len), key.len());
+    debug_assert_eq!(header.value_len as usize, value.len());
+    debug_assert!(!header.tombstone || value.is_empty());
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(RECORD_FORMAT_V1);
+    out.push(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
+    out.extend_from_slice(&header.key_len.to_le_bytes());
+    out.extend_from_slice(&header.value_len.to_le_bytes());
+    out.extend_from_slice(&header.vnode.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&header.version.to_le_bytes());
+    out.extend_from_slice(&header.expiry_ms.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What lies at an offset of a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    Record { header: RecordHeader, key: &'a [u8], value: &'a [u8] },
+    /// An all-zero header (or too few bytes left for a header): the log ends here.
+    End,
+    Corrupt(&'static str),
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(bytes[at..at + 2].try_into().expect("2 bytes"))
+}
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Parses the record at the start of `bytes`, checking everything.
+pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
+    let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES>() else {
+        return if bytes.iter().all(|&b| b == 0) { Parsed::End } else { Parsed::Corrupt("short header") };
+    };
+    if head.iter().all(|&b| b == 0) {
+        return Parsed::End;
+    }
+    if head[4] != RECORD_FORMAT_V1 {
+        return Parsed::Corrupt("unknown record format version");
+    }
+    if head[5] & !FLAG_TOMBSTONE != 0 || le_u16(head, 14) != 0 {
+        return Parsed::Corrupt("unknown flags");
+    }
+    let header = RecordHeader {
+        tombstone: head[5] & FLAG_TOMBSTONE != 0,
+        key_len: le_u16(head, 6),
+        value_len: le_u32(head, 8),
+        vnode: le_u16(head, 12),
+        version: le_u64(head, 16),
+        expiry_ms: le_u64(head, 24),
+    };
+    let key_len = usize::from(header.key_len);
+    if key_len == 0 || key_len > MAX_KEY_BYTES || header.value_len as usize > MAX_VALUE_BYTES {
+        return Parsed::Corrupt("length out of range");
+    }
+    if header.tombstone && header.value_len != 0 {
+        return Parsed::Corrupt("tombstone with a value");
+    }
+    let Some(record) = bytes.get(..header.record_len()) else {
+        return Parsed::Corrupt("record runs past the end of the segment");
+    };
+    if crc32c::crc32c(&record[4..]) != le_u32(record, 0) {
+        return Parsed::Corrupt("checksum mismatch");
+    }
+    let (key, value) = record[RECORD_HEADER_BYTES..].split_at(key_len);
+    Parsed::Record { header, key, value }
+}
+
+pub fn align_down(offset: u64) -> u64 {
+    offset & !(BLOCK_BYTES - 1)
+}
+
+pub fn align_up(offset: u64) -> u64 {
+    align_down(offset + BLOCK_BYTES - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(key: &[u8], value: &[u8]) -> RecordHeader {
+        RecordHeader {
+            tombstone: false,
+            key_len: key.len() as u16,
+            value_len: value.len() as u32,
+            vnode: 7,
+            version: 0x0102,
+            expiry_ms: 0,
+        }
+    }
+
+    #[test]
+    fn golden_bytes() {
+        let mut out = Vec::new();
+        encode_record(&mut out, &header(b"k", b"vv"), b"k", b"vv");
+        let mut want = vec![0, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
+        want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(b"kvv");
+        let crc = crc32c::crc32c(&want[4..]);
+        want[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn roundtrip_and_every_single_bit_flip_is_caught() {
+        let mut out = Vec::new();
+        encode_record(&mut out, &header(b"key", b"value"), b"key", b"value");
+        let Parsed::Record { key, value, .. } = parse_record(&out) else { panic!() };
+        assert_eq!((key, value), (&b"key"[..], &b"value"[..]));
+        for bit in 0..out.len() * 8 {
+            let mut damaged = out.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(matches!(parse_record(&damaged), Parsed::Corrupt(_)), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn zeros_end_the_log_and_truncation_is_corruption() {
+        assert_eq!(parse_record(&[0; 100]), Parsed::End);
+        assert_eq!(parse_record(&[0; 5]), Parsed::End);
+        let mut out = Vec::new();
+        encode_record(&mut out, &header(b"key", b"value"), b"key", b"value");
+        assert!(matches!(parse_record(&out[..out.len() - 1]), Parsed::Corrupt(_)));
+    }
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(segment_file_name(12), "segment-0000000012.log");
+        assert_eq!(parse_segment_file_name("segment-0000000012.log"), Some(12));
+        assert_eq!(parse_segment_file_name("segment-12.log"), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! Rebuilding a store from its segments after a restart or a crash.
+//!
+//! The shell reads each segment file whole, oldest first, and hands the bytes to
+//! [`Recovery::add_segment`]; [`Recovery::finish`] returns the store and the repairs the shell
+//! must make to the files before serving (truncating a torn tail, so that stale bytes past the
+//! new end can never be mistaken for records).
+//!
+//! Rules: records are applied in log order (versions grow along the log). In the newest segment a
+//! record that fails its checks, or non-zero bytes after the end of the log, are a torn tail and
+//! are cut off. In any older segment they are corruption: sealed segments were synced whole
+//! before the next one was written, so damage there is not a crash artefact. Recovery refuses
+//! to open such a store, naming file and offset, unless `repair` is set, in which case the
+//! segment is cut at the damage and the loss is reported.
+
+use crate::config::StoreConfig;
+use crate::index::Entry;
+use crate::log::Chunk;
+use crate::ondisk::{self, align_down, Parsed};
+use crate::store::Store;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: corruption at offset {offset}: {reason} (restart with --repair to cut the segment there, losing what follows)")]
+pub struct CorruptSegment {
+    pub segment: u32,
+    pub file: String,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// A change the shell must make to the files before the store serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// Cut the segment to `len_bytes`, preallocate it again (zeros past the cut), and sync it.
+    Truncate { segment: u32, len_bytes: u64 },
+}
+
+/// What recovery found in one segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentReport {
+    pub records: u64,
+    pub end_offset: u64,
+    /// Bytes past the end of the log that were cut (torn tail or repaired corruption).
+    pub cut_bytes: u64,
+    pub cut_reason: Option<String>,
+}
+
+pub struct Recovery {
+    store: Store,
+    repair: bool,
+    last_segment: Option<u32>,
+    actions: Vec<RecoveryAction>,
+}
+
+impl Recovery {
+    pub fn new(config: StoreConfig, repair: bool) -> Recovery {
+        Recovery { store: Store::new(config), repair, last_segment: None, actions: Vec::new() }
+    }
+
+    /// Replays one segment. Segments must come in increasing id order; `is_newest` marks the last.
+    pub fn add_segment(
+        &mut self,
+        segment: u32,
+        bytes: &[u8],
+        is_newest: bool,
+    ) -> Result<SegmentReport, CorruptSegment> {
+        assert!(self.last_segment.is_none_or(|last| last < segment), "segments out of order");
+        self.last_segment = Some(segment);
+        let mut report = SegmentReport::default();
+        let mut offset = 0usize;
+        let damage = loop {
+            match ondisk::parse_record(&bytes[offset..]) {
+                Parsed::Record { header, key, value: _ } => {
+                    let entry = Entry {
+                        segment,
+                        offset: offset as u32,
+                        record_len: header.record_len() as u32,
+                        version: header.version,
+                        expiry_ms: header.expiry_ms,
+                    };
+                    self.store.apply_to_index(header.vnode, key, &header, entry);
+                    self.store.last_version = self.store.last_version.max(header.version);
+                    report.records += 1;
+                    offset += header.record_len();
+                }
+                Parsed::End => match bytes[offset..].iter().position(|&b| b != 0) {
+                    None => break None,
+                    Some(_) => break Some("non-zero bytes after the end of the log"),
+                },
+                Parsed::Corrupt(reason) => break Some(reason),
+            }
+        };
+        report.end_offset = offset as u64;
+        if let Some(reason) = damage {
+            if !is_newest && !self.repair {
+                return Err(CorruptSegment {
+                    segment,
+                    file: ondisk::segment_file_name(segment),
+                    offset: offset as u64,
+                    reason: reason.to_string(),
+                });
+            }
+            report.cut_bytes = (bytes.len() - offset) as u64;
+            report.cut_reason = Some(reason.to_string());
+            self.actions.push(RecoveryAction::Truncate { segment, len_bytes: offset as u64 });
+        }
+        if is_newest {
+            self.store.tail.chunks = [resume_chunk(segment, &bytes[..offset])].into();
+        } else {
+            self.store.sealed_disk_bytes += offset as u64;
+        }
+        Ok(report)
+    }
+
+    /// The recovered store, and the repairs to make before it serves.
+    pub fn finish(self, now_ms: u64) -> (Store, Vec<RecoveryAction>) {
+        let mut store = self.store;
+        store.last_sync_ms = now_ms;
+        (store, self.actions)
+    }
+}
+
+/// The active chunk of a store that resumes appending at the end of `log` (the valid bytes of
+/// the newest segment): it holds the last partial block, which the next flush rewrites.
+fn resume_chunk(segment: u32, log: &[u8]) -> Chunk {
+    let end = log.len() as u64;
+    let base = align_down(end);
+    let mut chunk = Chunk::new(segment);
+    chunk.base = base;
+    chunk.bytes = log[base as usize..].to_vec();
+    chunk.written_end = end;
+    chunk.synced_end = end;
+    chunk.created = true;
+    chunk
+}

@@ -1,0 +1,384 @@
+//! `Store`: one shard's log-structured hash store, as a state machine with no I/O.
+//!
+//! Inputs: `handle_write` (a PUT or DELETE), `get`, `scan`, `poll_flush(now)` and
+//! `handle_flush_done` / `handle_flush_failed` (the shell's report of a flush it performed).
+//! Effects: `FlushPlan`s (create, write, sync), and the sequence numbers the shell waits on:
+//! a write with sequence `s` is on disk once `durable_seq() >= s`.
+//!
+//! Versions: every write gets `max(last_version + 1, now_ms * 1024)`. A key's version therefore
+//! only grows, across deletes and restarts too, even when an unsynced tail was lost in a crash
+//! (as long as the clock does not step back by more than the lost writes' lifetime).
+
+use tessera_schema::placement::VNODES;
+
+use crate::config::{FsyncPolicy, StoreConfig};
+use crate::index::{Entry, VnodeIndex};
+use crate::log::{Chunk, FlushPlan, LogTail};
+use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
+
+/// A PUT (`value: Some`) or DELETE (`value: None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Write<'a> {
+    pub vnode: u16,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+    /// 0 = no expiry.
+    pub ttl_ms: u64,
+    /// Compare-and-set: the current version must equal this (0 = the key must not exist).
+    pub if_version: Option<u64>,
+    /// The caller wants an fdatasync before its acknowledgement, whatever the policy.
+    pub sync: bool,
+}
+
+/// What the caller must wait for before acknowledging a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    pub version: u64,
+    /// The write's sequence number.
+    pub seq: u64,
+    /// Acknowledge only once `durable_seq() >= seq`.
+    pub wait_for_sync: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("version mismatch: the current version is {current}")]
+    VersionMismatch { current: u64 },
+    #[error("key not found")]
+    NotFound,
+    #[error("write buffer full: the disk is behind")]
+    Overloaded,
+    #[error("the store stopped accepting writes after a disk failure: {0}")]
+    Failed(String),
+}
+
+/// Where a GET's answer is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    NotFound,
+    /// The record is still in the in-memory tail.
+    InMemory { value: &'a [u8], version: u64 },
+    /// Read `len` bytes at `offset` of `segment`, then call [`finish_read`].
+    OnDisk(DiskRead),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRead {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: usize,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt record in segment {segment} at offset {offset}: {reason}")]
+pub struct CorruptRecord {
+    pub segment: u32,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Checks a record read from disk for a [`DiskRead`] and returns its value.
+pub fn finish_read(read: &DiskRead, key: &[u8], bytes: &[u8]) -> Result<Vec<u8>, CorruptRecord> {
+    let corrupt = |reason: &str| CorruptRecord {
+        segment: read.segment,
+        offset: read.offset,
+        reason: reason.to_string(),
+    };
+    match ondisk::parse_record(bytes) {
+        Parsed::Record { header, key: found, value } => {
+            if found != key || header.version != read.version || header.tombstone {
+                return Err(corrupt("record does not match the index"));
+            }
+            Ok(value.to_vec())
+        }
+        Parsed::End => Err(corrupt("zeros where the index expects a record")),
+        Parsed::Corrupt(reason) => Err(corrupt(reason)),
+    }
+}
+
+/// Counters kept by the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub keys: u64,
+    pub live_bytes: u64,
+    pub disk_bytes: u64,
+    pub segments: u32,
+    pub fsyncs: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) config: StoreConfig,
+    pub(crate) indexes: Vec<VnodeIndex>,
+    pub(crate) tail: LogTail,
+    pub(crate) last_version: u64,
+    /// Sequence number of the newest append.
+    pub(crate) seq: u64,
+    pub(crate) durable_seq: u64,
+    /// The newest sequence number someone waits to see synced.
+    pub(crate) sync_wanted_seq: u64,
+    pub(crate) last_sync_ms: u64,
+    pub(crate) flush_in_progress: bool,
+    pub(crate) failed: Option<String>,
+    pub(crate) stats: StoreStats,
+    /// Bytes in segments before the active one.
+    pub(crate) sealed_disk_bytes: u64,
+}
+
+impl Store {
+    /// An empty store whose first segment is `first_segment`.
+    pub fn new(config: StoreConfig) -> Store {
+        Store::with_tail(config, Chunk::new(1), 0)
+    }
+
+    pub(crate) fn with_tail(config: StoreConfig, active: Chunk, last_version: u64) -> Store {
+        config.validate().expect("invalid store config");
+        Store {
+            config,
+            indexes: (0..VNODES).map(|_| VnodeIndex::new()).collect(),
+            tail: LogTail { chunks: [active].into() },
+            last_version,
+            seq: 0,
+            durable_seq: 0,
+            sync_wanted_seq: 0,
+            last_sync_ms: 0,
+            flush_in_progress: false,
+            failed: None,
+            stats: StoreStats::default(),
+            sealed_disk_bytes: 0,
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = self.stats.clone();
+        stats.disk_bytes = self.sealed_disk_bytes + self.tail.active_ref().end();
+        stats.segments = self.tail.active_ref().segment;
+        stats
+    }
+
+    fn live_entry(&self, vnode: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.indexes[usize::from(vnode)].get(key).filter(|entry| entry.is_live(now_ms))
+    }
+
+    /// Applies a PUT or DELETE to the index and the log tail.
+    pub fn handle_write(&mut self, write: Write<'_>, now_ms: u64) -> Result<WriteAck, WriteError> {
+        if let Some(reason) = &self.failed {
+            return Err(WriteError::Failed(reason.clone()));
+        }
+        if self.tail.unwritten_bytes() > self.config.max_unflushed_bytes as u64 {
+            return Err(WriteError::Overloaded);
+        }
+        let current = self.live_entry(write.vnode, write.key, now_ms).map_or(0, |e| e.version);
+        if write.if_version.is_some_and(|expected| expected != current) {
+            return Err(WriteError::VersionMismatch { current });
+        }
+        if write.value.is_none() && current == 0 {
+            return Err(WriteError::NotFound);
+        }
+        let version = self.last_version.saturating_add(1).max(now_ms.saturating_mul(1024));
+        self.last_version = version;
+        let expiry_ms = match write.ttl_ms {
+            0 => 0,
+            ttl_ms => now_ms.saturating_add(ttl_ms),
+        };
+        let header = RecordHeader {
+            tombstone: write.value.is_none(),
+            key_len: write.key.len() as u16,
+            value_len: write.value.map_or(0, <[u8]>::len) as u32,
+            vnode: write.vnode,
+            version,
+            expiry_ms,
+        };
+        let (segment, offset) = self.append(&header, write.key, write.value.unwrap_or(&[]));
+        let entry = Entry {
+            segment,
+            offset: offset as u32,
+            record_len: header.record_len() as u32,
+            version,
+            expiry_ms,
+        };
+        self.apply_to_index(write.vnode, write.key, &header, entry);
+        self.seq += 1;
+        let wait_for_sync = write.sync || self.config.fsync == FsyncPolicy::Always;
+        if wait_for_sync {
+            self.sync_wanted_seq = self.seq;
+        }
+        Ok(WriteAck { version, seq: self.seq, wait_for_sync })
+    }
+
+    fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
+        let len = header.record_len() as u64;
+        if self.tail.active().end() + len > self.config.segment_size_bytes {
+            let old = self.tail.active_ref();
+            self.sealed_disk_bytes += old.end();
+            let next = old.segment + 1;
+            self.tail.roll(next);
+        }
+        let active = self.tail.active();
+        let offset = active.end();
+        encode_record(&mut active.bytes, header, key, value);
+        (active.segment, offset)
+    }
+
+    pub(crate) fn apply_to_index(&mut self, vnode: u16, key: &[u8], header: &RecordHeader, entry: Entry) {
+        let index = &mut self.indexes[usize::from(vnode)];
+        let old = if header.tombstone {
+            index.remove(key)
+        } else if let Some(slot) = index.get_mut(key) {
+            Some(std::mem::replace(slot, entry))
+        } else {
+            index.insert(key.into(), entry);
+            None
+        };
+        if let Some(old) = old {
+            self.stats.live_bytes -= u64::from(old.record_len);
+            self.stats.keys -= 1;
+        }
+        if !header.tombstone {
+            self.stats.live_bytes += u64::from(entry.record_len);
+            self.stats.keys += 1;
+        }
+    }
+
+    /// Finds a key's value.
+    pub fn get(&self, vnode: u16, key: &[u8], now_ms: u64) -> Lookup<'_> {
+        let Some(entry) = self.live_entry(vnode, key, now_ms) else {
+            return Lookup::NotFound;
+        };
+        let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
+        match self.tail.record_bytes(entry.segment, offset, len) {
+            Some(record) => {
+                let value_start = RECORD_HEADER_BYTES + key.len();
+                Lookup::InMemory { value: &record[value_start..], version: entry.version }
+            }
+            None => Lookup::OnDisk(DiskRead {
+                segment: entry.segment,
+                offset,
+                len,
+                version: entry.version,
+            }),
+        }
+    }
+
+    /// Up to `limit` live keys of `vnode` that start with `prefix`, in key order, after `after`.
+    pub fn scan(
+        &self,
+        vnode: u16,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+        now_ms: u64,
+    ) -> Vec<(Vec<u8>, u64)> {
+        use std::ops::Bound;
+        let index = &self.indexes[usize::from(vnode)];
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        index
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, entry)| entry.is_live(now_ms))
+            .take(limit)
+            .map(|(key, entry)| (key.to_vec(), entry.version))
+            .collect()
+    }
+
+    /// The next flush to perform, if one is due at `now_ms`. One flush runs at a time.
+    pub fn poll_flush(&mut self, now_ms: u64) -> Option<FlushPlan> {
+        if self.flush_in_progress || self.failed.is_some() {
+            return None;
+        }
+        let sync = self.sync_due(now_ms);
+        let write_due = self.tail.unwritten_bytes() >= self.config.flush_threshold_bytes as u64
+            || self.tail.has_sealed();
+        if !sync && !write_due {
+            return None;
+        }
+        let (steps, ends) = self.tail.plan(sync);
+        if steps.is_empty() {
+            if sync {
+                // Everything appended is already synced (the chunks that held it are gone).
+                self.durable_seq = self.seq;
+            }
+            return None;
+        }
+        self.flush_in_progress = true;
+        Some(FlushPlan { steps, seq_covered: self.seq, sync, ends })
+    }
+
+    fn sync_due(&self, now_ms: u64) -> bool {
+        if self.seq == self.durable_seq {
+            return false;
+        }
+        if self.sync_wanted_seq > self.durable_seq {
+            return true;
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval { interval_ms, max_writes } => {
+                now_ms >= self.last_sync_ms.saturating_add(interval_ms)
+                    || self.seq - self.durable_seq >= max_writes
+            }
+        }
+    }
+
+    /// When the shell should call `poll_flush` next if nothing else happens: `None` when nothing
+    /// is waiting to be written or synced.
+    pub fn next_flush_deadline_ms(&self) -> Option<u64> {
+        if self.seq == self.durable_seq && !self.tail.needs_write() {
+            return None;
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always => Some(0),
+            _ if self.sync_wanted_seq > self.durable_seq => Some(0),
+            FsyncPolicy::Interval { interval_ms, .. } => {
+                Some(self.last_sync_ms.saturating_add(interval_ms))
+            }
+        }
+    }
+
+    /// Copies the bytes of a planned `Write` step into `out` (of the step's length).
+    pub fn copy_flush_bytes(&self, segment: u32, offset: u64, out: &mut [u8]) {
+        self.tail.copy_bytes(segment, offset, out);
+    }
+
+    /// The shell performed every step of `plan`.
+    pub fn handle_flush_done(&mut self, plan: &FlushPlan, now_ms: u64) {
+        use crate::log::FlushStep;
+        self.tail.complete(plan);
+        for step in &plan.steps {
+            match step {
+                FlushStep::Write { len, .. } => self.stats.bytes_written += len,
+                FlushStep::Sync { .. } => self.stats.fsyncs += 1,
+                FlushStep::CreateSegment { .. } => {}
+            }
+        }
+        if plan.sync {
+            self.durable_seq = self.durable_seq.max(plan.seq_covered);
+            self.last_sync_ms = now_ms;
+        }
+        self.flush_in_progress = false;
+    }
+
+    /// A step of `plan` failed. The store stops accepting writes: after a failed fdatasync the
+    /// state of the file is unknown, and pretending otherwise could acknowledge lost data.
+    pub fn handle_flush_failed(&mut self, _plan: &FlushPlan, reason: String) {
+        self.flush_in_progress = false;
+        self.failed = Some(reason);
+    }
+}

@@ -1,0 +1,168 @@
+//! `MemDisk`: an in-memory disk that runs a store's plans and can crash, tear writes and fail
+//! syncs. Used by this crate's model test and by anyone testing on top of the store.
+//!
+//! Crash model: writes since a file's last sync are each kept, dropped, or torn (an arbitrary
+//! subset of their 512-byte sectors reaches the platter), independently and in order. Synced
+//! writes always survive. Creating a segment is durable at once (the shell syncs the directory).
+
+use std::collections::BTreeMap;
+
+use crate::config::StoreConfig;
+use crate::log::{FlushPlan, FlushStep};
+use crate::recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
+use crate::store::{DiskRead, Store};
+
+const SECTOR_BYTES: usize = 512;
+
+#[derive(Debug, Default, Clone)]
+struct MemFile {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    unsynced: Vec<(usize, Vec<u8>)>,
+}
+
+/// A tiny deterministic generator (xorshift64*), so that the crate needs no RNG dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    files: BTreeMap<u32, MemFile>,
+    /// The next fdatasync fails (EIO).
+    pub fail_next_sync: bool,
+}
+
+impl MemDisk {
+    pub fn new() -> MemDisk {
+        MemDisk::default()
+    }
+
+    /// Performs every step of `plan` and reports the outcome to the store.
+    pub fn perform(&mut self, store: &mut Store, plan: &FlushPlan, now_ms: u64) -> Result<(), String> {
+        let segment_size = store.config().segment_size_bytes as usize;
+        for step in &plan.steps {
+            match *step {
+                FlushStep::CreateSegment { segment } => {
+                    let zeros = vec![0; segment_size];
+                    self.files.insert(
+                        segment,
+                        MemFile { durable: zeros.clone(), current: zeros, unsynced: Vec::new() },
+                    );
+                }
+                FlushStep::Write { segment, offset, len } => {
+                    let mut bytes = vec![0; len as usize];
+                    store.copy_flush_bytes(segment, offset, &mut bytes);
+                    let file = self.files.get_mut(&segment).expect("write to a created segment");
+                    let at = offset as usize;
+                    file.current[at..at + bytes.len()].copy_from_slice(&bytes);
+                    file.unsynced.push((at, bytes));
+                }
+                FlushStep::Sync { segment } => {
+                    if std::mem::take(&mut self.fail_next_sync) {
+                        let reason = format!("fdatasync of segment {segment}: EIO");
+                        store.handle_flush_failed(plan, reason.clone());
+                        return Err(reason);
+                    }
+                    let file = self.files.get_mut(&segment).expect("sync of a created segment");
+                    file.durable.clone_from(&file.current);
+                    file.unsynced.clear();
+                }
+            }
+        }
+        store.handle_flush_done(plan, now_ms);
+        Ok(())
+    }
+
+    /// Runs flushes until none is due at `now_ms`.
+    pub fn flush_due(&mut self, store: &mut Store, now_ms: u64) -> Result<(), String> {
+        while let Some(plan) = store.poll_flush(now_ms) {
+            self.perform(store, &plan, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a disk read (what the device holds now, synced or not).
+    pub fn read(&self, read: &DiskRead) -> Vec<u8> {
+        let file = &self.files[&read.segment];
+        let at = read.offset as usize;
+        file.current[at..at + read.len].to_vec()
+    }
+
+    /// Power loss: every unsynced write is kept, dropped or torn, at random.
+    pub fn crash(&mut self, rng: &mut Rng) {
+        for file in self.files.values_mut() {
+            let mut image = file.durable.clone();
+            for (at, bytes) in file.unsynced.drain(..) {
+                match rng.below(3) {
+                    0 => image[at..at + bytes.len()].copy_from_slice(&bytes),
+                    1 => {}
+                    _ => {
+                        for (i, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
+                            if rng.below(2) == 0 {
+                                let start = at + i * SECTOR_BYTES;
+                                image[start..start + sector.len()].copy_from_slice(sector);
+                            }
+                        }
+                    }
+                }
+            }
+            file.durable.clone_from(&image);
+            file.current = image;
+        }
+    }
+
+    /// Flips one byte of a segment, on the platter and in the cache.
+    pub fn corrupt(&mut self, segment: u32, offset: usize) {
+        let file = self.files.get_mut(&segment).expect("segment exists");
+        file.durable[offset] ^= 0x5A;
+        file.current[offset] ^= 0x5A;
+    }
+
+    pub fn segments(&self) -> Vec<u32> {
+        self.files.keys().copied().collect()
+    }
+
+    /// Restart: recovers a store from what is on the platter and applies its repairs.
+    pub fn recover(
+        &mut self,
+        config: StoreConfig,
+        repair: bool,
+        now_ms: u64,
+    ) -> Result<(Store, Vec<SegmentReport>), CorruptSegment> {
+        for file in self.files.values_mut() {
+            file.current.clone_from(&file.durable);
+            file.unsynced.clear();
+        }
+        let mut recovery = Recovery::new(config, repair);
+        let newest = self.files.keys().next_back().copied();
+        let mut reports = Vec::new();
+        for (&segment, file) in &self.files {
+            reports.push(recovery.add_segment(segment, &file.durable, Some(segment) == newest)?);
+        }
+        let (store, actions) = recovery.finish(now_ms);
+        for action in actions {
+            let RecoveryAction::Truncate { segment, len_bytes } = action;
+            let file = self.files.get_mut(&segment).expect("segment exists");
+            file.durable[len_bytes as usize..].fill(0);
+            file.current.clone_from(&file.durable);
+        }
+        Ok((store, reports))
+    }
+}

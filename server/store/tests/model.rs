@@ -1,0 +1,286 @@
+//! Model-based test: random operations, with crashes and reboots, checked against a `BTreeMap`.
+//!
+//! The model keeps what the store has applied, the last state known durable, and the writes made
+//! since. After a crash every key must hold its durable state or one written since (a write that
+//! was never acknowledged may or may not survive); under `FsyncPolicy::Always` a write counts as
+//! acknowledged only once the flush that synced it is done, so nothing acknowledged is lost.
+//! After a clean reboot the store must equal the model exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_schema::placement::{vnode_of, VNODES};
+use tessera_store::testing::{MemDisk, Rng};
+use tessera_store::*;
+
+type State = Option<(Vec<u8>, u64, u64)>; // (value, version, expiry_ms)
+
+struct Harness {
+    config: StoreConfig,
+    disk: MemDisk,
+    store: Store,
+    now_ms: u64,
+    rng: Rng,
+    applied: BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)>,
+    durable: BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)>,
+    since_durable: Vec<(Vec<u8>, State)>,
+    last_seq: u64,
+    max_version_seen: BTreeMap<Vec<u8>, u64>,
+}
+
+fn live(state: &(Vec<u8>, u64, u64), now_ms: u64) -> bool {
+    state.2 == 0 || now_ms < state.2
+}
+
+impl Harness {
+    fn new(seed: u64, fsync: FsyncPolicy) -> Harness {
+        let config = StoreConfig {
+            segment_size_bytes: 2 * 1024 * 1024 + 1024 * 1024,
+            fsync,
+            max_unflushed_bytes: 8 * 1024 * 1024,
+            flush_threshold_bytes: 64 * 1024,
+        };
+        Harness {
+            store: Store::new(config.clone()),
+            config,
+            disk: MemDisk::new(),
+            now_ms: 1_000_000,
+            rng: Rng::new(seed),
+            applied: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            since_durable: Vec::new(),
+            last_seq: 0,
+            max_version_seen: BTreeMap::new(),
+        }
+    }
+
+    fn key(&mut self) -> Vec<u8> {
+        format!("key-{}", self.rng.below(24)).into_bytes()
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        let len = match self.rng.below(10) {
+            0 => self.rng.below(200_000),
+            1..=3 => self.rng.below(5000),
+            _ => self.rng.below(100),
+        } as usize;
+        let byte = self.rng.below(256) as u8;
+        vec![byte; len]
+    }
+
+    fn current(&self, key: &[u8]) -> Option<&(Vec<u8>, u64, u64)> {
+        self.applied.get(key).filter(|s| live(s, self.now_ms))
+    }
+
+    fn put(&mut self) {
+        let key = self.key();
+        let value = self.value();
+        let ttl_ms = if self.rng.below(5) == 0 { 1 + self.rng.below(50) } else { 0 };
+        let current_version = self.current(&key).map_or(0, |s| s.1);
+        let if_version = match self.rng.below(6) {
+            0 => Some(current_version),
+            1 => Some(current_version + 1),
+            _ => None,
+        };
+        let write = Write {
+            vnode: vnode_of(&key),
+            key: &key,
+            value: Some(&value),
+            ttl_ms,
+            if_version,
+            sync: self.rng.below(4) == 0,
+        };
+        match self.store.handle_write(write, self.now_ms) {
+            Ok(ack) => {
+                assert!(if_version.is_none_or(|v| v == current_version));
+                let floor = self.max_version_seen.get(&key).copied().unwrap_or(0);
+                assert!(ack.version > floor, "versions only grow");
+                self.max_version_seen.insert(key.clone(), ack.version);
+                let expiry = if ttl_ms == 0 { 0 } else { self.now_ms + ttl_ms };
+                let state = (value, ack.version, expiry);
+                self.applied.insert(key.clone(), state.clone());
+                self.since_durable.push((key, Some(state)));
+                self.last_seq = ack.seq;
+            }
+            Err(WriteError::VersionMismatch { current }) => {
+                assert_eq!(current, current_version);
+                assert_ne!(if_version, Some(current_version));
+            }
+            Err(WriteError::Overloaded) => self.flush(),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn delete(&mut self) {
+        let key = self.key();
+        let current_version = self.current(&key).map_or(0, |s| s.1);
+        let if_version = (self.rng.below(4) == 0).then_some(current_version);
+        let write = Write {
+            vnode: vnode_of(&key),
+            key: &key,
+            value: None,
+            ttl_ms: 0,
+            if_version,
+            sync: false,
+        };
+        match self.store.handle_write(write, self.now_ms) {
+            Ok(ack) => {
+                assert_ne!(current_version, 0);
+                self.applied.remove(&key);
+                self.since_durable.push((key, None));
+                self.last_seq = ack.seq;
+            }
+            Err(WriteError::NotFound) => assert_eq!(current_version, 0),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn read(&self, key: &[u8]) -> Option<(Vec<u8>, u64)> {
+        match self.store.get(vnode_of(key), key, self.now_ms) {
+            Lookup::NotFound => None,
+            Lookup::InMemory { value, version } => Some((value.to_vec(), version)),
+            Lookup::OnDisk(read) => {
+                let bytes = self.disk.read(&read);
+                Some((finish_read(&read, key, &bytes).expect("intact record"), read.version))
+            }
+        }
+    }
+
+    fn check_get(&mut self) {
+        let key = self.key();
+        let want = self.current(&key).map(|s| (s.0.clone(), s.1));
+        assert_eq!(self.read(&key), want, "get {}", String::from_utf8_lossy(&key));
+    }
+
+    fn flush(&mut self) {
+        self.disk.flush_due(&mut self.store, self.now_ms).expect("flush");
+        if self.store.durable_seq() >= self.last_seq {
+            self.durable = self.applied.clone();
+            self.since_durable.clear();
+        }
+    }
+
+    /// Every live key of the store, read back through the public API.
+    fn contents(&self) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+        let mut out = BTreeMap::new();
+        for vnode in 0..VNODES {
+            for (key, version) in self.store.scan(vnode, None, b"", usize::MAX, self.now_ms) {
+                let (value, read_version) = self.read(&key).expect("scanned key reads back");
+                assert_eq!(version, read_version);
+                out.insert(key, (value, version));
+            }
+        }
+        out
+    }
+
+    fn restart(&mut self) {
+        let (store, _) = self.disk.recover(self.config.clone(), false, self.now_ms).expect("recover");
+        self.store = store;
+        self.last_seq = 0;
+    }
+
+    fn crash(&mut self) {
+        self.disk.crash(&mut self.rng);
+        // A real restart takes longer than a millisecond; versions lean on the clock moving on
+        // (see the store's module header).
+        self.now_ms += 1;
+        self.restart();
+        let got = self.contents();
+        let mut keys: BTreeSet<Vec<u8>> = self.durable.keys().cloned().collect();
+        keys.extend(self.since_durable.iter().map(|(k, _)| k.clone()));
+        keys.extend(got.keys().cloned());
+        let now = self.now_ms;
+        for key in keys {
+            let visible = |s: &State| s.as_ref().filter(|s| live(s, now)).map(|s| (s.0.clone(), s.1));
+            let mut allowed = vec![visible(&self.durable.get(&key).cloned())];
+            allowed.extend(self.since_durable.iter().filter(|(k, _)| *k == key).map(|(_, s)| visible(s)));
+            let found = got.get(&key).cloned();
+            assert!(allowed.contains(&found), "key {:?}: found {:?}", String::from_utf8_lossy(&key), found.map(|f| f.1));
+        }
+        self.applied = self.durable_after_crash(&got);
+        self.durable = self.applied.clone();
+        self.since_durable.clear();
+    }
+
+    fn durable_after_crash(&self, got: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)> {
+        let mut candidates: Vec<(Vec<u8>, u64, u64)> = self.durable.values().cloned().collect();
+        candidates.extend(self.since_durable.iter().filter_map(|(_, s)| s.clone()));
+        got.iter()
+            .map(|(key, (value, version))| {
+                let expiry = candidates.iter().find(|c| c.1 == *version).map_or(0, |c| c.2);
+                (key.clone(), (value.clone(), *version, expiry))
+            })
+            .collect()
+    }
+
+    fn reboot(&mut self) {
+        self.now_ms += 1000;
+        self.flush();
+        assert_eq!(self.store.durable_seq(), self.last_seq);
+        let before = self.contents();
+        self.restart();
+        assert_eq!(self.contents(), before, "clean restart changes nothing");
+    }
+
+    fn step(&mut self) {
+        match self.rng.below(100) {
+            0..=39 => self.put(),
+            40..=49 => self.delete(),
+            50..=74 => self.check_get(),
+            75..=87 => self.flush(),
+            88..=95 => self.now_ms += self.rng.below(60),
+            96..=97 => self.crash(),
+            _ => self.reboot(),
+        }
+    }
+}
+
+fn run(seed: u64, fsync: FsyncPolicy, steps: usize) {
+    let mut harness = Harness::new(seed, fsync);
+    for _ in 0..steps {
+        harness.step();
+    }
+    harness.reboot();
+}
+
+#[test]
+fn model_fsync_always_loses_nothing_acknowledged() {
+    for seed in 0..40 {
+        run(seed, FsyncPolicy::Always, 600);
+    }
+}
+
+#[test]
+fn model_fsync_interval() {
+    for seed in 100..140 {
+        run(seed, FsyncPolicy::Interval { interval_ms: 20, max_writes: 50 }, 600);
+    }
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_refuses_to_open_unless_repaired() {
+    let mut harness = Harness::new(7, FsyncPolicy::Always);
+    for _ in 0..400 {
+        harness.put();
+        harness.flush();
+    }
+    let segments = harness.disk.segments();
+    assert!(segments.len() >= 2, "the test needs a sealed segment");
+    harness.disk.corrupt(segments[0], 100);
+    let error = harness.disk.recover(harness.config.clone(), false, harness.now_ms).unwrap_err();
+    assert_eq!(error.segment, segments[0]);
+    assert!(error.to_string().contains("segment-0000000001.log"), "{error}");
+    let (_, reports) = harness.disk.recover(harness.config.clone(), true, harness.now_ms).unwrap();
+    assert!(reports[0].cut_bytes > 0);
+}
+
+#[test]
+fn failed_fsync_stops_acknowledging() {
+    let mut harness = Harness::new(9, FsyncPolicy::Always);
+    harness.put();
+    harness.disk.fail_next_sync = true;
+    harness.put();
+    assert!(harness.disk.flush_due(&mut harness.store, harness.now_ms).is_err());
+    assert!(harness.store.failure().is_some());
+    let write = Write { vnode: 0, key: b"k", value: Some(b"v"), ttl_ms: 0, if_version: None, sync: false };
+    assert!(matches!(harness.store.handle_write(write, harness.now_ms), Err(WriteError::Failed(_))));
+}
