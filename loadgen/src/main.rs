@@ -1,1 +1,4 @@
-fn main() { eprintln!("tessera-loadgen is not built yet: see issue 3"); std::process::exit(2); }
+fn main() {
+    eprintln!("tessera-loadgen is not built yet: see issue 3");
+    std::process::exit(2);
+}

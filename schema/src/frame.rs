@@ -150,7 +150,9 @@ impl FrameReader {
             body,
         );
         if crc != header.crc32c {
-            return Err(FrameError::Checksum { request_id: header.request_id });
+            return Err(FrameError::Checksum {
+                request_id: header.request_id,
+            });
         }
         self.start += HEADER_BYTES + body_len;
         Ok(Some(FrameEvent::Frame { header, body }))
@@ -193,8 +195,9 @@ mod tests {
     #[test]
     fn every_split_of_the_stream_yields_the_same_frames() {
         let mut stream = Vec::new();
-        let frames: Vec<(u64, Vec<u8>)> =
-            (0..5).map(|i| (i, vec![i as u8; (i * 7) as usize])).collect();
+        let frames: Vec<(u64, Vec<u8>)> = (0..5)
+            .map(|i| (i, vec![i as u8; (i * 7) as usize]))
+            .collect();
         for (id, body) in &frames {
             encode_frame(&mut stream, 2, *id, body);
         }
@@ -202,7 +205,11 @@ mod tests {
             for split_b in split_a..=stream.len() {
                 let mut reader = FrameReader::new();
                 let mut got = Vec::new();
-                for part in [&stream[..split_a], &stream[split_a..split_b], &stream[split_b..]] {
+                for part in [
+                    &stream[..split_a],
+                    &stream[split_a..split_b],
+                    &stream[split_b..],
+                ] {
                     reader.feed(part);
                     got.extend(collect(&mut reader));
                 }
@@ -253,7 +260,10 @@ mod tests {
         bytes[HEADER_BYTES + 1] ^= 1;
         let mut reader = FrameReader::new();
         reader.feed(&bytes);
-        assert_eq!(reader.next_event(), Err(FrameError::Checksum { request_id: 1 }));
+        assert_eq!(
+            reader.next_event(),
+            Err(FrameError::Checksum { request_id: 1 })
+        );
 
         let mut reader = FrameReader::new();
         reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");

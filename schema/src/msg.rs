@@ -198,15 +198,30 @@ pub struct OpResult {
 
 impl OpResult {
     pub fn ok(version: u64) -> OpResult {
-        OpResult { status: Status::Ok, message: String::new(), value: None, version }
+        OpResult {
+            status: Status::Ok,
+            message: String::new(),
+            value: None,
+            version,
+        }
     }
 
     pub fn found(value: Vec<u8>, version: u64) -> OpResult {
-        OpResult { status: Status::Ok, message: String::new(), value: Some(value), version }
+        OpResult {
+            status: Status::Ok,
+            message: String::new(),
+            value: Some(value),
+            version,
+        }
     }
 
     pub fn error(status: Status, message: impl Into<String>) -> OpResult {
-        OpResult { status, message: message.into(), value: None, version: 0 }
+        OpResult {
+            status,
+            message: message.into(),
+            value: None,
+            version: 0,
+        }
     }
 }
 
@@ -253,7 +268,10 @@ pub struct Topology {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     /// The request as a whole failed (bad request, overload, oversized frame...).
-    Error { status: Status, message: String },
+    Error {
+        status: Status,
+        message: String,
+    },
     Op(OpResult),
     Batch(Vec<OpResult>),
     Scan(ScanPage),
@@ -263,7 +281,10 @@ pub enum Response {
 
 impl Response {
     pub fn error(status: Status, message: impl Into<String>) -> Response {
-        Response::Error { status, message: message.into() }
+        Response::Error {
+            status,
+            message: message.into(),
+        }
     }
 
     /// The status of the response as a whole (for an op, the op's status).

@@ -30,7 +30,10 @@ mod tests {
     #[test]
     fn vnode_hash_is_stable() {
         // A change here re-homes every stored key: it must be deliberate.
-        assert_eq!(vnode_of(b"hello"), (xxhash_rust::xxh3::xxh3_64(b"hello") % 256) as u16);
+        assert_eq!(
+            vnode_of(b"hello"),
+            (xxhash_rust::xxh3::xxh3_64(b"hello") % 256) as u16
+        );
         assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06800538d394c2);
     }
 

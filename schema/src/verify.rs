@@ -39,13 +39,19 @@ pub fn check_put(put: &PutRequest) -> Result<(), Refusal> {
     if put.value.len() > MAX_VALUE_BYTES {
         return Err(Refusal::new(
             Status::ValueTooLarge,
-            format!("value is {} bytes, the limit is {MAX_VALUE_BYTES}", put.value.len()),
+            format!(
+                "value is {} bytes, the limit is {MAX_VALUE_BYTES}",
+                put.value.len()
+            ),
         ));
     }
     if put.ttl_ms > MAX_TTL_MS {
         return Err(Refusal::new(
             Status::BadRequest,
-            format!("ttl of {} ms is over the limit of {MAX_TTL_MS} ms", put.ttl_ms),
+            format!(
+                "ttl of {} ms is over the limit of {MAX_TTL_MS} ms",
+                put.ttl_ms
+            ),
         ));
     }
     Ok(())
@@ -72,18 +78,25 @@ pub fn check_request(request: &Request) -> Result<(), Refusal> {
         Request::Delete(delete) => check_delete(delete),
         Request::Batch(ops) if ops.len() > MAX_BATCH_OPS => Err(Refusal::new(
             Status::BatchTooLarge,
-            format!("batch has {} operations, the limit is {MAX_BATCH_OPS}", ops.len()),
+            format!(
+                "batch has {} operations, the limit is {MAX_BATCH_OPS}",
+                ops.len()
+            ),
         )),
         Request::Batch(ops) if ops.is_empty() => {
             Err(Refusal::new(Status::BadRequest, "empty batch".into()))
         }
         Request::Scan(scan) if scan.prefix.len() > MAX_KEY_BYTES => Err(Refusal::new(
             Status::KeyTooLarge,
-            format!("scan prefix is {} bytes, the limit is {MAX_KEY_BYTES}", scan.prefix.len()),
+            format!(
+                "scan prefix is {} bytes, the limit is {MAX_KEY_BYTES}",
+                scan.prefix.len()
+            ),
         )),
-        Request::Scan(scan) if scan.cursor.len() > MAX_CURSOR_BYTES => {
-            Err(Refusal::new(Status::BadRequest, "scan cursor is not one this node made".into()))
-        }
+        Request::Scan(scan) if scan.cursor.len() > MAX_CURSOR_BYTES => Err(Refusal::new(
+            Status::BadRequest,
+            "scan cursor is not one this node made".into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -124,17 +137,39 @@ mod tests {
     fn every_limit_has_its_status() {
         assert_eq!(status(&put(MAX_KEY_BYTES, MAX_VALUE_BYTES)), None);
         assert_eq!(status(&put(0, 1)), Some(Status::BadRequest));
-        assert_eq!(status(&put(MAX_KEY_BYTES + 1, 1)), Some(Status::KeyTooLarge));
-        assert_eq!(status(&put(1, MAX_VALUE_BYTES + 1)), Some(Status::ValueTooLarge));
-        let get = |n| BatchOp::Get { key: vec![1; n] };
-        assert_eq!(status(&Request::Batch((0..MAX_BATCH_OPS).map(|_| get(1)).collect())), None);
         assert_eq!(
-            status(&Request::Batch((0..=MAX_BATCH_OPS).map(|_| get(1)).collect())),
+            status(&put(MAX_KEY_BYTES + 1, 1)),
+            Some(Status::KeyTooLarge)
+        );
+        assert_eq!(
+            status(&put(1, MAX_VALUE_BYTES + 1)),
+            Some(Status::ValueTooLarge)
+        );
+        let get = |n| BatchOp::Get { key: vec![1; n] };
+        assert_eq!(
+            status(&Request::Batch(
+                (0..MAX_BATCH_OPS).map(|_| get(1)).collect()
+            )),
+            None
+        );
+        assert_eq!(
+            status(&Request::Batch(
+                (0..=MAX_BATCH_OPS).map(|_| get(1)).collect()
+            )),
             Some(Status::BatchTooLarge)
         );
         assert_eq!(status(&Request::Batch(vec![])), Some(Status::BadRequest));
-        assert_eq!(check_batch_op(&get(MAX_KEY_BYTES + 1)).unwrap_err().status, Status::KeyTooLarge);
-        assert_eq!(oversized_frame_refusal(5, 1 << 30).status, Status::BatchTooLarge);
-        assert_eq!(oversized_frame_refusal(3, 1 << 30).status, Status::ValueTooLarge);
+        assert_eq!(
+            check_batch_op(&get(MAX_KEY_BYTES + 1)).unwrap_err().status,
+            Status::KeyTooLarge
+        );
+        assert_eq!(
+            oversized_frame_refusal(5, 1 << 30).status,
+            Status::BatchTooLarge
+        );
+        assert_eq!(
+            oversized_frame_refusal(3, 1 << 30).status,
+            Status::ValueTooLarge
+        );
     }
 }

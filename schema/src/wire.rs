@@ -42,10 +42,18 @@ pub fn encode_request_frame(out: &mut Vec<u8>, request_id: u64, request: &Reques
     let (kind, body) = build_request(&mut builder, request);
     let root = fb::RequestBody::create(
         &mut builder,
-        &fb::RequestBodyArgs { request_type: kind, request: Some(body) },
+        &fb::RequestBodyArgs {
+            request_type: kind,
+            request: Some(body),
+        },
     );
     builder.finish(root, None);
-    encode_frame(out, request.opcode() as u8, request_id, builder.finished_data());
+    encode_frame(
+        out,
+        request.opcode() as u8,
+        request_id,
+        builder.finished_data(),
+    );
 }
 
 fn request_size_hint(request: &Request) -> usize {
@@ -67,24 +75,37 @@ type Union = WIPOffset<flatbuffers::UnionWIPOffset>;
 
 fn build_request(builder: &mut FlatBufferBuilder<'_>, request: &Request) -> (fb::Request, Union) {
     match request {
-        Request::Ping => {
-            (fb::Request::Ping, fb::Ping::create(builder, &fb::PingArgs {}).as_union_value())
-        }
+        Request::Ping => (
+            fb::Request::Ping,
+            fb::Ping::create(builder, &fb::PingArgs {}).as_union_value(),
+        ),
         Request::Get { key } => (fb::Request::Get, build_get(builder, key).as_union_value()),
         Request::Put(put) => (fb::Request::Put, build_put(builder, put).as_union_value()),
-        Request::Delete(delete) => {
-            (fb::Request::Delete, build_delete(builder, delete).as_union_value())
-        }
-        Request::Batch(ops) => (fb::Request::Batch, build_batch(builder, ops).as_union_value()),
+        Request::Delete(delete) => (
+            fb::Request::Delete,
+            build_delete(builder, delete).as_union_value(),
+        ),
+        Request::Batch(ops) => (
+            fb::Request::Batch,
+            build_batch(builder, ops).as_union_value(),
+        ),
         Request::Scan(scan) => {
             let cursor = builder.create_vector(&scan.cursor);
             let prefix = builder.create_vector(&scan.prefix);
-            let args = fb::ScanArgs { cursor: Some(cursor), prefix: Some(prefix), limit: scan.limit };
-            (fb::Request::Scan, fb::Scan::create(builder, &args).as_union_value())
+            let args = fb::ScanArgs {
+                cursor: Some(cursor),
+                prefix: Some(prefix),
+                limit: scan.limit,
+            };
+            (
+                fb::Request::Scan,
+                fb::Scan::create(builder, &args).as_union_value(),
+            )
         }
-        Request::Stats => {
-            (fb::Request::Stats, fb::Stats::create(builder, &fb::StatsArgs {}).as_union_value())
-        }
+        Request::Stats => (
+            fb::Request::Stats,
+            fb::Stats::create(builder, &fb::StatsArgs {}).as_union_value(),
+        ),
         Request::Topology => (
             fb::Request::Topology,
             fb::Topology::create(builder, &fb::TopologyArgs {}).as_union_value(),
@@ -125,18 +146,30 @@ fn build_delete<'b>(
     fb::Delete::create(builder, &args)
 }
 
-fn build_batch<'b>(builder: &mut FlatBufferBuilder<'b>, ops: &[BatchOp]) -> WIPOffset<fb::Batch<'b>> {
+fn build_batch<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    ops: &[BatchOp],
+) -> WIPOffset<fb::Batch<'b>> {
     let items: Vec<_> = ops
         .iter()
         .map(|op| {
             let (op_type, body) = match op {
-                BatchOp::Get { key } => (fb::BatchOp::Get, build_get(builder, key).as_union_value()),
-                BatchOp::Put(put) => (fb::BatchOp::Put, build_put(builder, put).as_union_value()),
-                BatchOp::Delete(delete) => {
-                    (fb::BatchOp::Delete, build_delete(builder, delete).as_union_value())
+                BatchOp::Get { key } => {
+                    (fb::BatchOp::Get, build_get(builder, key).as_union_value())
                 }
+                BatchOp::Put(put) => (fb::BatchOp::Put, build_put(builder, put).as_union_value()),
+                BatchOp::Delete(delete) => (
+                    fb::BatchOp::Delete,
+                    build_delete(builder, delete).as_union_value(),
+                ),
             };
-            fb::BatchItem::create(builder, &fb::BatchItemArgs { op_type, op: Some(body) })
+            fb::BatchItem::create(
+                builder,
+                &fb::BatchItemArgs {
+                    op_type,
+                    op: Some(body),
+                },
+            )
         })
         .collect();
     let items = builder.create_vector(&items);
@@ -150,11 +183,13 @@ pub fn decode_request(body: &[u8]) -> Result<Request, WireError> {
     let missing = || WireError("request body names no operation".into());
     Ok(match root.request_type() {
         fb::Request::Ping => Request::Ping,
-        fb::Request::Get => Request::Get { key: bytes(root.request_as_get().ok_or_else(missing)?.key()) },
+        fb::Request::Get => Request::Get {
+            key: bytes(root.request_as_get().ok_or_else(missing)?.key()),
+        },
         fb::Request::Put => Request::Put(decode_put(root.request_as_put().ok_or_else(missing)?)?),
-        fb::Request::Delete => {
-            Request::Delete(decode_delete(root.request_as_delete().ok_or_else(missing)?)?)
-        }
+        fb::Request::Delete => Request::Delete(decode_delete(
+            root.request_as_delete().ok_or_else(missing)?,
+        )?),
         fb::Request::Batch => {
             Request::Batch(decode_batch(root.request_as_batch().ok_or_else(missing)?)?)
         }
@@ -191,16 +226,20 @@ fn decode_delete(delete: fb::Delete<'_>) -> Result<DeleteRequest, WireError> {
 }
 
 fn decode_batch(batch: fb::Batch<'_>) -> Result<Vec<BatchOp>, WireError> {
-    let Some(items) = batch.items() else { return Ok(Vec::new()) };
+    let Some(items) = batch.items() else {
+        return Ok(Vec::new());
+    };
     let missing = || WireError("batch item names no operation".into());
     items
         .iter()
         .map(|item| {
             Ok(match item.op_type() {
-                fb::BatchOp::Get => {
-                    BatchOp::Get { key: bytes(item.op_as_get().ok_or_else(missing)?.key()) }
+                fb::BatchOp::Get => BatchOp::Get {
+                    key: bytes(item.op_as_get().ok_or_else(missing)?.key()),
+                },
+                fb::BatchOp::Put => {
+                    BatchOp::Put(decode_put(item.op_as_put().ok_or_else(missing)?)?)
                 }
-                fb::BatchOp::Put => BatchOp::Put(decode_put(item.op_as_put().ok_or_else(missing)?)?),
                 fb::BatchOp::Delete => {
                     BatchOp::Delete(decode_delete(item.op_as_delete().ok_or_else(missing)?)?)
                 }
@@ -219,10 +258,20 @@ pub fn encode_response_frame(out: &mut Vec<u8>, opcode: u8, request_id: u64, res
     let message = message.map(|m| builder.create_string(truncate_message(m)));
     let root = fb::ResponseBody::create(
         &mut builder,
-        &fb::ResponseBodyArgs { status: fb::Status(status as u8), message, reply_type, reply },
+        &fb::ResponseBodyArgs {
+            status: fb::Status(status as u8),
+            message,
+            reply_type,
+            reply,
+        },
     );
     builder.finish(root, None);
-    encode_frame(out, opcode | Opcode::RESPONSE_BIT, request_id, builder.finished_data());
+    encode_frame(
+        out,
+        opcode | Opcode::RESPONSE_BIT,
+        request_id,
+        builder.finished_data(),
+    );
 }
 
 fn truncate_message(message: &str) -> &str {
@@ -240,7 +289,11 @@ fn response_size_hint(response: &Response) -> usize {
     match response {
         Response::Op(result) => result.value.as_ref().map_or(0, Vec::len) + 96,
         Response::Batch(results) => {
-            results.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) + 64).sum::<usize>() + 64
+            results
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, Vec::len) + 64)
+                .sum::<usize>()
+                + 64
         }
         Response::Scan(page) => page.entries.iter().map(|e| e.key.len() + 32).sum::<usize>() + 64,
         _ => 256,
@@ -260,19 +313,48 @@ fn build_response<'r>(
             Some(build_op_result(builder, result).as_union_value()),
         ),
         Response::Batch(results) => {
-            let items: Vec<_> = results.iter().map(|r| build_op_result(builder, r)).collect();
+            let items: Vec<_> = results
+                .iter()
+                .map(|r| build_op_result(builder, r))
+                .collect();
             let results = builder.create_vector(&items);
-            let batch = fb::BatchResult::create(builder, &fb::BatchResultArgs { results: Some(results) });
-            (Status::Ok, None, fb::Reply::BatchResult, Some(batch.as_union_value()))
+            let batch = fb::BatchResult::create(
+                builder,
+                &fb::BatchResultArgs {
+                    results: Some(results),
+                },
+            );
+            (
+                Status::Ok,
+                None,
+                fb::Reply::BatchResult,
+                Some(batch.as_union_value()),
+            )
         }
-        Response::Scan(page) => {
-            (Status::Ok, None, fb::Reply::ScanResult, Some(build_scan(builder, page).as_union_value()))
-        }
+        Response::Scan(page) => (
+            Status::Ok,
+            None,
+            fb::Reply::ScanResult,
+            Some(build_scan(builder, page).as_union_value()),
+        ),
         Response::Stats(shards) => {
-            let items: Vec<_> = shards.iter().map(|s| build_shard_stats(builder, s)).collect();
+            let items: Vec<_> = shards
+                .iter()
+                .map(|s| build_shard_stats(builder, s))
+                .collect();
             let shards = builder.create_vector(&items);
-            let stats = fb::StatsResult::create(builder, &fb::StatsResultArgs { shards: Some(shards) });
-            (Status::Ok, None, fb::Reply::StatsResult, Some(stats.as_union_value()))
+            let stats = fb::StatsResult::create(
+                builder,
+                &fb::StatsResultArgs {
+                    shards: Some(shards),
+                },
+            );
+            (
+                Status::Ok,
+                None,
+                fb::Reply::StatsResult,
+                Some(stats.as_union_value()),
+            )
         }
         Response::Topology(topology) => {
             let table = builder.create_vector(&topology.vnode_shard);
@@ -282,7 +364,12 @@ fn build_response<'r>(
                 vnode_shard: Some(table),
             };
             let reply = fb::TopologyResult::create(builder, &args);
-            (Status::Ok, None, fb::Reply::TopologyResult, Some(reply.as_union_value()))
+            (
+                Status::Ok,
+                None,
+                fb::Reply::TopologyResult,
+                Some(reply.as_union_value()),
+            )
         }
     }
 }
@@ -291,8 +378,8 @@ fn build_op_result<'b>(
     builder: &mut FlatBufferBuilder<'b>,
     result: &OpResult,
 ) -> WIPOffset<fb::OpResult<'b>> {
-    let message =
-        (!result.message.is_empty()).then(|| builder.create_string(truncate_message(&result.message)));
+    let message = (!result.message.is_empty())
+        .then(|| builder.create_string(truncate_message(&result.message)));
     let value = result.value.as_ref().map(|v| builder.create_vector(v));
     let args = fb::OpResultArgs {
         status: fb::Status(result.status as u8),
@@ -303,20 +390,32 @@ fn build_op_result<'b>(
     fb::OpResult::create(builder, &args)
 }
 
-fn build_scan<'b>(builder: &mut FlatBufferBuilder<'b>, page: &ScanPage) -> WIPOffset<fb::ScanResult<'b>> {
+fn build_scan<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    page: &ScanPage,
+) -> WIPOffset<fb::ScanResult<'b>> {
     let entries: Vec<_> = page
         .entries
         .iter()
         .map(|entry| {
             let key = builder.create_vector(&entry.key);
-            fb::ScanEntry::create(builder, &fb::ScanEntryArgs { key: Some(key), version: entry.version })
+            fb::ScanEntry::create(
+                builder,
+                &fb::ScanEntryArgs {
+                    key: Some(key),
+                    version: entry.version,
+                },
+            )
         })
         .collect();
     let entries = builder.create_vector(&entries);
     let cursor = builder.create_vector(&page.next_cursor);
     fb::ScanResult::create(
         builder,
-        &fb::ScanResultArgs { entries: Some(entries), next_cursor: Some(cursor) },
+        &fb::ScanResultArgs {
+            entries: Some(entries),
+            next_cursor: Some(cursor),
+        },
     )
 }
 
@@ -352,14 +451,21 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
         .map_err(|error| WireError(error.to_string()))?;
     let status = status_from_wire(root.status())?;
     if status != Status::Ok {
-        return Ok(Response::Error { status, message: root.message().unwrap_or("").to_string() });
+        return Ok(Response::Error {
+            status,
+            message: root.message().unwrap_or("").to_string(),
+        });
     }
     let missing = || WireError("response names no reply".into());
     Ok(match root.reply_type() {
-        fb::Reply::OpResult => Response::Op(decode_op_result(root.reply_as_op_result().ok_or_else(missing)?)?),
+        fb::Reply::OpResult => Response::Op(decode_op_result(
+            root.reply_as_op_result().ok_or_else(missing)?,
+        )?),
         fb::Reply::BatchResult => {
             let batch = root.reply_as_batch_result().ok_or_else(missing)?;
-            let results = batch.results().map(|r| r.iter().map(decode_op_result).collect());
+            let results = batch
+                .results()
+                .map(|r| r.iter().map(decode_op_result).collect());
             Response::Batch(results.unwrap_or(Ok(Vec::new()))?)
         }
         fb::Reply::ScanResult => {
@@ -367,7 +473,10 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
             let entries = scan.entries().map(|entries| {
                 entries
                     .iter()
-                    .map(|e| ScanEntry { key: bytes(e.key()), version: e.version() })
+                    .map(|e| ScanEntry {
+                        key: bytes(e.key()),
+                        version: e.version(),
+                    })
                     .collect()
             });
             Response::Scan(ScanPage {
@@ -377,7 +486,9 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
         }
         fb::Reply::StatsResult => {
             let stats = root.reply_as_stats_result().ok_or_else(missing)?;
-            let shards = stats.shards().map(|s| s.iter().map(decode_shard_stats).collect());
+            let shards = stats
+                .shards()
+                .map(|s| s.iter().map(decode_shard_stats).collect());
             Response::Stats(shards.unwrap_or_default())
         }
         fb::Reply::TopologyResult => {
@@ -385,7 +496,10 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
             Response::Topology(Topology {
                 shard_count: topology.shard_count(),
                 shard_port_base: topology.shard_port_base(),
-                vnode_shard: topology.vnode_shard().map(|v| v.iter().collect()).unwrap_or_default(),
+                vnode_shard: topology
+                    .vnode_shard()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
             })
         }
         other => return Err(WireError(format!("unknown reply {}", other.0))),
@@ -498,10 +612,17 @@ mod tests {
             OpResult::error(Status::VersionMismatch, "current version is 4"),
         ]));
         roundtrip_response(Response::Scan(ScanPage {
-            entries: vec![ScanEntry { key: b"a".to_vec(), version: 1 }],
+            entries: vec![ScanEntry {
+                key: b"a".to_vec(),
+                version: 1,
+            }],
             next_cursor: vec![1, 2],
         }));
-        roundtrip_response(Response::Stats(vec![ShardStats { shard: 1, keys: 5, ..Default::default() }]));
+        roundtrip_response(Response::Stats(vec![ShardStats {
+            shard: 1,
+            keys: 5,
+            ..Default::default()
+        }]));
         roundtrip_response(Response::Topology(Topology {
             shard_count: 2,
             shard_port_base: 7001,
@@ -514,7 +635,11 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
         let mut valid = Vec::new();
-        encode_request_frame(&mut valid, 1, &Request::Batch(vec![BatchOp::Put(put(b"k", b"v"))]));
+        encode_request_frame(
+            &mut valid,
+            1,
+            &Request::Batch(vec![BatchOp::Put(put(b"k", b"v"))]),
+        );
         let body = valid[crate::frame::HEADER_BYTES..].to_vec();
         for _ in 0..20_000 {
             let mut mutated = body.clone();

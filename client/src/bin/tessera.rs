@@ -1,1 +1,296 @@
-fn main(){}
+//! `tessera`: the command-line client.
+//!
+//! Exit status: 0 on success, 1 on NOT_FOUND, 2 on any other error (status and message on
+//! stderr).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tessera_client::{
+    Client, ClientConfig, ClientError, DeleteRequest, Durability, PutRequest, ScanRequest, Status,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Command-line client for a Tessera node"
+)]
+struct Cli {
+    /// The node's client address.
+    #[arg(long, global = true, default_value = "127.0.0.1:7000")]
+    addr: String,
+    /// Per-request timeout, e.g. 5s or 500ms.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store VALUE under KEY (VALUE `-` reads standard input); prints the new version.
+    Put {
+        key: String,
+        value: String,
+        /// Expire after this long, e.g. 30s, 500ms, 5m, 2h.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Only if the key's current version is N (0 = only if the key does not exist).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Return only after the write is on disk (fdatasync), whatever the node's mode.
+        #[arg(long)]
+        sync: bool,
+    },
+    /// Print the raw value of KEY on stdout.
+    Get {
+        key: String,
+        /// Print the version on stderr.
+        #[arg(long)]
+        version: bool,
+    },
+    /// Delete KEY.
+    Del {
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// List keys, one per line.
+    Scan {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Most keys to list (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+    },
+    /// Per-shard counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the node answers.
+    Ping,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30s"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(number.saturating_mul(millis)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = if error.status() == Some(Status::NotFound) {
+                1
+            } else {
+                2
+            };
+            eprintln!("tessera: {error}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let config = ClientConfig {
+        pool_size: 1,
+        timeout: cli.timeout,
+        retries: 2,
+        shard_aware: false,
+    };
+    let client = Client::connect_with(&cli.addr, config).await?;
+    let mut stdout = std::io::stdout().lock();
+    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    match cli.command {
+        Command::Put {
+            key,
+            value,
+            ttl,
+            if_version,
+            sync,
+        } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin().read_to_end(&mut bytes).map_err(io)?;
+                bytes
+            } else {
+                value.into_bytes()
+            };
+            let put = PutRequest {
+                key: key.into_bytes(),
+                value,
+                ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+                if_version,
+                durability: if sync {
+                    Durability::Sync
+                } else {
+                    Durability::Default
+                },
+            };
+            let version = client.put_with(put).await?;
+            writeln!(stdout, "{version}").map_err(io)?;
+        }
+        Command::Get { key, version } => match client.get(key.as_bytes()).await? {
+            Some((value, v)) => {
+                stdout.write_all(&value).map_err(io)?;
+                if version {
+                    eprintln!("version {v}");
+                }
+            }
+            None => {
+                return Err(ClientError::Status {
+                    status: Status::NotFound,
+                    message: key,
+                    version: 0,
+                })
+            }
+        },
+        Command::Del { key, if_version } => {
+            let delete = DeleteRequest {
+                key: key.into_bytes(),
+                if_version,
+                durability: Durability::Default,
+            };
+            client.delete_with(delete).await?;
+        }
+        Command::Scan { prefix, limit } => {
+            let mut cursor = Vec::new();
+            let mut listed = 0u64;
+            loop {
+                let page_size = if limit == 0 {
+                    1000
+                } else {
+                    (limit - listed).min(1000) as u32
+                };
+                let request = ScanRequest {
+                    cursor,
+                    prefix: prefix.clone().into_bytes(),
+                    limit: page_size,
+                };
+                let page = client.scan(request).await?;
+                for entry in &page.entries {
+                    stdout.write_all(&entry.key).map_err(io)?;
+                    stdout.write_all(b"\n").map_err(io)?;
+                }
+                listed += page.entries.len() as u64;
+                if page.next_cursor.is_empty() || (limit > 0 && listed >= limit) {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+        }
+        Command::Stats { json } => {
+            print_stats(&mut stdout, &client.stats().await?, json).map_err(io)?
+        }
+        Command::Ping => {
+            client.ping().await?;
+            writeln!(stdout, "PONG").map_err(io)?;
+        }
+    }
+    stdout.flush().map_err(io)
+}
+
+fn print_stats(
+    out: &mut impl Write,
+    shards: &[tessera_client::ShardStats],
+    json: bool,
+) -> std::io::Result<()> {
+    let fields = |s: &tessera_client::ShardStats| {
+        [
+            ("keys", s.keys),
+            ("live_bytes", s.live_bytes),
+            ("disk_bytes", s.disk_bytes),
+            ("segments", u64::from(s.segments)),
+            ("gets", s.gets),
+            ("puts", s.puts),
+            ("deletes", s.deletes),
+            ("scans", s.scans),
+            ("fsyncs", s.fsyncs),
+            ("bytes_written", s.bytes_written),
+            ("forwarded_in", s.forwarded_in),
+            ("overloaded", s.overloaded),
+        ]
+    };
+    let mut total = tessera_client::ShardStats::default();
+    for s in shards {
+        total.keys += s.keys;
+        total.live_bytes += s.live_bytes;
+        total.disk_bytes += s.disk_bytes;
+        total.segments += s.segments;
+        total.gets += s.gets;
+        total.puts += s.puts;
+        total.deletes += s.deletes;
+        total.scans += s.scans;
+        total.fsyncs += s.fsyncs;
+        total.bytes_written += s.bytes_written;
+        total.forwarded_in += s.forwarded_in;
+        total.overloaded += s.overloaded;
+    }
+    if json {
+        let object = |s: &tessera_client::ShardStats| {
+            let mut map = serde_json::Map::new();
+            for (name, value) in fields(s) {
+                map.insert(name.into(), value.into());
+            }
+            serde_json::Value::Object(map)
+        };
+        let shards_json: Vec<_> = shards
+            .iter()
+            .map(|s| {
+                let mut value = object(s);
+                value["shard"] = s.shard.into();
+                value
+            })
+            .collect();
+        let document = serde_json::json!({ "total": object(&total), "shards": shards_json });
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&document).expect("json")
+        )
+    } else {
+        let names: Vec<&str> = fields(&total).iter().map(|(n, _)| *n).collect();
+        writeln!(
+            out,
+            "{:<8}{}",
+            "shard",
+            names.iter().map(|n| format!("{n:>14}")).collect::<String>()
+        )?;
+        for s in shards {
+            let values: String = fields(s).iter().map(|(_, v)| format!("{v:>14}")).collect();
+            writeln!(out, "{:<8}{values}", s.shard)?;
+        }
+        let values: String = fields(&total)
+            .iter()
+            .map(|(_, v)| format!("{v:>14}"))
+            .collect();
+        writeln!(out, "{:<8}{values}", "total")
+    }
+}

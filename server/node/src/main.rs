@@ -1,1 +1,258 @@
-fn main(){}
+//! `tessera-server`: a Tessera node. See the README for a tour and DESIGN.md for the picture.
+//!
+//! Startup: take the data directory's lock, settle the shard count, pick ports, then start one
+//! glommio executor per shard (pinned to a core). Each shard recovers its own log, joins the
+//! channel mesh, binds the shared client port (SO_REUSEPORT) and its own port, and reports ready;
+//! once all have, one line goes to stdout:
+//! `tessera-server ready: listening on ADDR (shards N, shard ports P..Q), data in DIR`.
+//!
+//! Shutdown (SIGTERM or SIGINT): every shard stops taking new requests (they get UNAVAILABLE),
+//! waits for its in-flight ones, waits for its peers to do the same, syncs its log, and exits;
+//! the process exits 0.
+
+mod cli;
+mod conn;
+mod datadir;
+mod disk;
+mod exec;
+mod mesh;
+mod route;
+mod shard;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use tessera_store::{FsyncPolicy, StoreConfig};
+
+use crate::cli::{Args, FsyncMode};
+use crate::datadir::{resolve_listen, shard_dir, DataDir};
+use crate::disk::{probe_workaround, Segments};
+use crate::mesh::MeshMsg;
+use crate::shard::{
+    now_ms, NodeShared, Shard, ShardSettings, DRAIN_TIMEOUT, MESH_CHANNEL_CAPACITY,
+};
+
+/// Most connections one shard serves at once; more are closed on accept.
+const MAX_CONNECTIONS_PER_SHARD: u64 = 16 * 1024;
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(error) = run(args) {
+        eprintln!("tessera-server: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn store_config(args: &Args) -> Result<StoreConfig, String> {
+    let config = StoreConfig {
+        segment_size_bytes: args.segment_mib * 1024 * 1024,
+        fsync: match args.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval {
+                interval_ms: args.fsync_interval_ms.max(1),
+                max_writes: args.fsync_writes.max(1),
+            },
+        },
+        ..StoreConfig::default()
+    };
+    config
+        .validate()
+        .map_err(|e| format!("--segment-mib: {e}"))?;
+    Ok(config)
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let data = DataDir::open(&args.data_dir, args.shards)?;
+    let listen = resolve_listen(args.listen, data.shards)?;
+    let settings = ShardSettings {
+        store: store_config(&args)?,
+        repair: args.repair,
+    };
+    let node = Arc::new(NodeShared {
+        shards: data.shards,
+        vnode_shard: tessera_schema::placement::shard_table(data.shards),
+        shard_port_base: listen.port() + 1,
+        stopping: AtomicBool::new(false),
+        drained: AtomicUsize::new(0),
+    });
+    let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    // Executors are created in shard order, so that each shard's mesh peer id is its index.
+    for index in 0..data.shards {
+        let placement = if args.pin {
+            Placement::Fixed(usize::from(index) % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{index}"));
+        if args.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(args.spin_before_park_us));
+        }
+        let (node, mesh, ready) = (node.clone(), mesh.clone(), ready_tx.clone());
+        let (settings, root) = (settings.clone(), data.root.clone());
+        let handle = builder
+            .spawn(move || async move {
+                let result = shard_main(index, node, settings, &root, mesh, listen, &ready).await;
+                if let Err(error) = &result {
+                    let _ = ready.send(Err(format!("shard {index}: {error}")));
+                }
+                result
+            })
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        handles.push(handle);
+    }
+    for _ in 0..data.shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err("a shard exited during startup".into()),
+        }
+    }
+    println!(
+        "tessera-server ready: listening on {listen} (shards {}, shard ports {}..{}), data in {}",
+        data.shards,
+        listen.port() + 1,
+        listen.port() + data.shards,
+        data.root.display()
+    );
+    watch_signals(node.clone())?;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err("a shard panicked".into()),
+        }
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "stopping: draining in-flight requests");
+                node.stopping.store(true, Ordering::SeqCst);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+async fn shard_main(
+    index: u16,
+    node: Arc<NodeShared>,
+    settings: ShardSettings,
+    root: &std::path::Path,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    listen: SocketAddr,
+    ready: &mpsc::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    let dir = shard_dir(root, index);
+    probe_workaround(&dir).await?;
+    let started = Instant::now();
+    let (segments, store) =
+        Segments::recover(&dir, settings.store, settings.repair, now_ms()).await?;
+    let stats = store.stats();
+    tracing::info!(
+        shard = index,
+        keys = stats.keys,
+        disk_bytes = stats.disk_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the shard mesh")?;
+    if senders.peer_id() != usize::from(index) {
+        return Err(format!(
+            "mesh peer id {} is not shard index {index}",
+            senders.peer_id()
+        ));
+    }
+    let shard = Shard::new(index, node.clone(), store, segments, senders);
+    shard.spawn_mesh_receivers(receivers);
+    glommio::spawn_local(shard.clone().run_flusher()).detach();
+    let own = SocketAddr::new(listen.ip(), node.shard_port_base + index);
+    let mut accepting = Vec::new();
+    for address in [listen, own] {
+        let listener =
+            TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        accepting.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
+    }
+    let _ = ready.send(Ok(()));
+    while !node.stopping.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    shard.stopping.set(true);
+    drop(accepting);
+    drain(&shard).await;
+    shard.sync_all().await?;
+    tracing::info!(shard = index, "synced and stopped");
+    Ok(())
+}
+
+/// Waits for this shard's in-flight requests, then for every peer to have done the same (a peer
+/// may still forward work here until it has drained).
+async fn drain(shard: &Rc<Shard>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while shard.inflight.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let node = &shard.node;
+    node.drained.fetch_add(1, Ordering::SeqCst);
+    while node.drained.load(Ordering::SeqCst) < usize::from(node.shards)
+        && Instant::now() < deadline
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let connections = Rc::new(std::cell::Cell::new(0u64));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(shard = shard.index, "accept failed: {error}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if connections.get() >= MAX_CONNECTIONS_PER_SHARD {
+            tracing::warn!(
+                shard = shard.index,
+                "connection limit reached; closing a new connection"
+            );
+            continue;
+        }
+        connections.set(connections.get() + 1);
+        let (shard, connections) = (shard.clone(), connections.clone());
+        glommio::spawn_local(async move {
+            conn::serve(shard, stream).await;
+            connections.set(connections.get() - 1);
+        })
+        .detach();
+    }
+}

@@ -14,7 +14,10 @@ pub enum FsyncPolicy {
 }
 
 impl FsyncPolicy {
-    pub const DEFAULT_INTERVAL: FsyncPolicy = FsyncPolicy::Interval { interval_ms: 100, max_writes: 1000 };
+    pub const DEFAULT_INTERVAL: FsyncPolicy = FsyncPolicy::Interval {
+        interval_ms: 100,
+        max_writes: 1000,
+    };
 }
 
 #[derive(Clone, Debug)]
@@ -47,7 +50,9 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), String> {
         let size = self.segment_size_bytes;
         if size % BLOCK_BYTES != 0 {
-            return Err(format!("segment size {size} is not a multiple of {BLOCK_BYTES}"));
+            return Err(format!(
+                "segment size {size} is not a multiple of {BLOCK_BYTES}"
+            ));
         }
         if size < 2 * MAX_RECORD_BYTES as u64 || size > u64::from(u32::MAX) {
             return Err(format!(

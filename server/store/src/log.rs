@@ -87,7 +87,9 @@ pub(crate) struct LogTail {
 
 impl LogTail {
     pub fn active(&mut self) -> &mut Chunk {
-        self.chunks.back_mut().expect("there is always an active chunk")
+        self.chunks
+            .back_mut()
+            .expect("there is always an active chunk")
     }
 
     pub fn active_ref(&self) -> &Chunk {
@@ -95,7 +97,10 @@ impl LogTail {
     }
 
     pub fn unwritten_bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.end() - c.written_end.max(c.base)).sum()
+        self.chunks
+            .iter()
+            .map(|c| c.end() - c.written_end.max(c.base))
+            .sum()
     }
 
     pub fn needs_write(&self) -> bool {
@@ -120,15 +125,23 @@ impl LogTail {
         for chunk in &self.chunks {
             let steps_before = steps.len();
             if !chunk.created {
-                steps.push(FlushStep::CreateSegment { segment: chunk.segment });
+                steps.push(FlushStep::CreateSegment {
+                    segment: chunk.segment,
+                });
             }
             if chunk.written_end < chunk.end() {
                 let offset = align_down(chunk.written_end.max(chunk.base));
                 let len = align_up(chunk.end()) - offset;
-                steps.push(FlushStep::Write { segment: chunk.segment, offset, len });
+                steps.push(FlushStep::Write {
+                    segment: chunk.segment,
+                    offset,
+                    len,
+                });
             }
             if (chunk.sealed || sync) && chunk.needs_sync() {
-                steps.push(FlushStep::Sync { segment: chunk.segment });
+                steps.push(FlushStep::Sync {
+                    segment: chunk.segment,
+                });
             }
             if steps.len() > steps_before {
                 ends.push((chunk.segment, chunk.end()));
@@ -150,7 +163,8 @@ impl LogTail {
                 chunk.synced_end = chunk.synced_end.max(end);
             }
         }
-        self.chunks.retain(|c| !(c.sealed && !c.needs_write() && !c.needs_sync()));
+        self.chunks
+            .retain(|c| !(c.sealed && !c.needs_write() && !c.needs_sync()));
         let active = self.active();
         // Keep only the last partial block of written bytes: readers find older records on disk.
         let keep_from = align_down(active.written_end);
@@ -163,7 +177,11 @@ impl LogTail {
 
     /// Copies the bytes of a planned write into `out`, zero-filling past the appended end.
     pub fn copy_bytes(&self, segment: u32, offset: u64, out: &mut [u8]) {
-        let chunk = self.chunks.iter().find(|c| c.segment == segment).expect("planned chunk");
+        let chunk = self
+            .chunks
+            .iter()
+            .find(|c| c.segment == segment)
+            .expect("planned chunk");
         let start = (offset - chunk.base) as usize;
         let available = chunk.bytes.len().saturating_sub(start).min(out.len());
         out[..available].copy_from_slice(&chunk.bytes[start..start + available]);

@@ -90,7 +90,11 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value
 /// What lies at an offset of a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
-    Record { header: RecordHeader, key: &'a [u8], value: &'a [u8] },
+    Record {
+        header: RecordHeader,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
     /// An all-zero header (or too few bytes left for a header): the log ends here.
     End,
     Corrupt(&'static str),
@@ -109,7 +113,11 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 /// Parses the record at the start of `bytes`, checking everything.
 pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
     let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES>() else {
-        return if bytes.iter().all(|&b| b == 0) { Parsed::End } else { Parsed::Corrupt("short header") };
+        return if bytes.iter().all(|&b| b == 0) {
+            Parsed::End
+        } else {
+            Parsed::Corrupt("short header")
+        };
     };
     if head.iter().all(|&b| b == 0) {
         return Parsed::End;
@@ -184,12 +192,17 @@ mod tests {
     fn roundtrip_and_every_single_bit_flip_is_caught() {
         let mut out = Vec::new();
         encode_record(&mut out, &header(b"key", b"value"), b"key", b"value");
-        let Parsed::Record { key, value, .. } = parse_record(&out) else { panic!() };
+        let Parsed::Record { key, value, .. } = parse_record(&out) else {
+            panic!()
+        };
         assert_eq!((key, value), (&b"key"[..], &b"value"[..]));
         for bit in 0..out.len() * 8 {
             let mut damaged = out.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(matches!(parse_record(&damaged), Parsed::Corrupt(_)), "bit {bit}");
+            assert!(
+                matches!(parse_record(&damaged), Parsed::Corrupt(_)),
+                "bit {bit}"
+            );
         }
     }
 
@@ -199,7 +212,10 @@ mod tests {
         assert_eq!(parse_record(&[0; 5]), Parsed::End);
         let mut out = Vec::new();
         encode_record(&mut out, &header(b"key", b"value"), b"key", b"value");
-        assert!(matches!(parse_record(&out[..out.len() - 1]), Parsed::Corrupt(_)));
+        assert!(matches!(
+            parse_record(&out[..out.len() - 1]),
+            Parsed::Corrupt(_)
+        ));
     }
 
     #[test]

@@ -53,7 +53,12 @@ pub struct Recovery {
 
 impl Recovery {
     pub fn new(config: StoreConfig, repair: bool) -> Recovery {
-        Recovery { store: Store::new(config), repair, last_segment: None, actions: Vec::new() }
+        Recovery {
+            store: Store::new(config),
+            repair,
+            last_segment: None,
+            actions: Vec::new(),
+        }
     }
 
     /// Replays one segment. Segments must come in increasing id order; `is_newest` marks the last.
@@ -63,13 +68,20 @@ impl Recovery {
         bytes: &[u8],
         is_newest: bool,
     ) -> Result<SegmentReport, CorruptSegment> {
-        assert!(self.last_segment.is_none_or(|last| last < segment), "segments out of order");
+        assert!(
+            self.last_segment.is_none_or(|last| last < segment),
+            "segments out of order"
+        );
         self.last_segment = Some(segment);
         let mut report = SegmentReport::default();
         let mut offset = 0usize;
         let damage = loop {
             match ondisk::parse_record(&bytes[offset..]) {
-                Parsed::Record { header, key, value: _ } => {
+                Parsed::Record {
+                    header,
+                    key,
+                    value: _,
+                } => {
                     let entry = Entry {
                         segment,
                         offset: offset as u32,
@@ -101,7 +113,10 @@ impl Recovery {
             }
             report.cut_bytes = (bytes.len() - offset) as u64;
             report.cut_reason = Some(reason.to_string());
-            self.actions.push(RecoveryAction::Truncate { segment, len_bytes: offset as u64 });
+            self.actions.push(RecoveryAction::Truncate {
+                segment,
+                len_bytes: offset as u64,
+            });
         }
         if is_newest {
             self.store.tail.chunks = [resume_chunk(segment, &bytes[..offset])].into();

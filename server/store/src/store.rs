@@ -57,7 +57,10 @@ pub enum WriteError {
 pub enum Lookup<'a> {
     NotFound,
     /// The record is still in the in-memory tail.
-    InMemory { value: &'a [u8], version: u64 },
+    InMemory {
+        value: &'a [u8],
+        version: u64,
+    },
     /// Read `len` bytes at `offset` of `segment`, then call [`finish_read`].
     OnDisk(DiskRead),
 }
@@ -86,7 +89,11 @@ pub fn finish_read(read: &DiskRead, key: &[u8], bytes: &[u8]) -> Result<Vec<u8>,
         reason: reason.to_string(),
     };
     match ondisk::parse_record(bytes) {
-        Parsed::Record { header, key: found, value } => {
+        Parsed::Record {
+            header,
+            key: found,
+            value,
+        } => {
             if found != key || header.version != read.version || header.tombstone {
                 return Err(corrupt("record does not match the index"));
             }
@@ -138,7 +145,9 @@ impl Store {
         Store {
             config,
             indexes: (0..VNODES).map(|_| VnodeIndex::new()).collect(),
-            tail: LogTail { chunks: [active].into() },
+            tail: LogTail {
+                chunks: [active].into(),
+            },
             last_version,
             seq: 0,
             durable_seq: 0,
@@ -171,7 +180,9 @@ impl Store {
     }
 
     fn live_entry(&self, vnode: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        self.indexes[usize::from(vnode)].get(key).filter(|entry| entry.is_live(now_ms))
+        self.indexes[usize::from(vnode)]
+            .get(key)
+            .filter(|entry| entry.is_live(now_ms))
     }
 
     /// Applies a PUT or DELETE to the index and the log tail.
@@ -182,14 +193,19 @@ impl Store {
         if self.tail.unwritten_bytes() > self.config.max_unflushed_bytes as u64 {
             return Err(WriteError::Overloaded);
         }
-        let current = self.live_entry(write.vnode, write.key, now_ms).map_or(0, |e| e.version);
+        let current = self
+            .live_entry(write.vnode, write.key, now_ms)
+            .map_or(0, |e| e.version);
         if write.if_version.is_some_and(|expected| expected != current) {
             return Err(WriteError::VersionMismatch { current });
         }
         if write.value.is_none() && current == 0 {
             return Err(WriteError::NotFound);
         }
-        let version = self.last_version.saturating_add(1).max(now_ms.saturating_mul(1024));
+        let version = self
+            .last_version
+            .saturating_add(1)
+            .max(now_ms.saturating_mul(1024));
         self.last_version = version;
         let expiry_ms = match write.ttl_ms {
             0 => 0,
@@ -217,7 +233,11 @@ impl Store {
         if wait_for_sync {
             self.sync_wanted_seq = self.seq;
         }
-        Ok(WriteAck { version, seq: self.seq, wait_for_sync })
+        Ok(WriteAck {
+            version,
+            seq: self.seq,
+            wait_for_sync,
+        })
     }
 
     fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
@@ -234,7 +254,13 @@ impl Store {
         (active.segment, offset)
     }
 
-    pub(crate) fn apply_to_index(&mut self, vnode: u16, key: &[u8], header: &RecordHeader, entry: Entry) {
+    pub(crate) fn apply_to_index(
+        &mut self,
+        vnode: u16,
+        key: &[u8],
+        header: &RecordHeader,
+        entry: Entry,
+    ) {
         let index = &mut self.indexes[usize::from(vnode)];
         let old = if header.tombstone {
             index.remove(key)
@@ -263,7 +289,10 @@ impl Store {
         match self.tail.record_bytes(entry.segment, offset, len) {
             Some(record) => {
                 let value_start = RECORD_HEADER_BYTES + key.len();
-                Lookup::InMemory { value: &record[value_start..], version: entry.version }
+                Lookup::InMemory {
+                    value: &record[value_start..],
+                    version: entry.version,
+                }
             }
             None => Lookup::OnDisk(DiskRead {
                 segment: entry.segment,
@@ -318,7 +347,12 @@ impl Store {
             return None;
         }
         self.flush_in_progress = true;
-        Some(FlushPlan { steps, seq_covered: self.seq, sync, ends })
+        Some(FlushPlan {
+            steps,
+            seq_covered: self.seq,
+            sync,
+            ends,
+        })
     }
 
     fn sync_due(&self, now_ms: u64) -> bool {
@@ -330,7 +364,10 @@ impl Store {
         }
         match self.config.fsync {
             FsyncPolicy::Always => true,
-            FsyncPolicy::Interval { interval_ms, max_writes } => {
+            FsyncPolicy::Interval {
+                interval_ms,
+                max_writes,
+            } => {
                 now_ms >= self.last_sync_ms.saturating_add(interval_ms)
                     || self.seq - self.durable_seq >= max_writes
             }
@@ -380,5 +417,13 @@ impl Store {
     pub fn handle_flush_failed(&mut self, _plan: &FlushPlan, reason: String) {
         self.flush_in_progress = false;
         self.failed = Some(reason);
+    }
+}
+
+impl Store {
+    /// Asks for everything appended so far to be synced; returns the sequence number to wait for.
+    pub fn request_sync(&mut self) -> u64 {
+        self.sync_wanted_seq = self.seq;
+        self.seq
     }
 }

@@ -55,7 +55,12 @@ impl MemDisk {
     }
 
     /// Performs every step of `plan` and reports the outcome to the store.
-    pub fn perform(&mut self, store: &mut Store, plan: &FlushPlan, now_ms: u64) -> Result<(), String> {
+    pub fn perform(
+        &mut self,
+        store: &mut Store,
+        plan: &FlushPlan,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let segment_size = store.config().segment_size_bytes as usize;
         for step in &plan.steps {
             match *step {
@@ -63,13 +68,24 @@ impl MemDisk {
                     let zeros = vec![0; segment_size];
                     self.files.insert(
                         segment,
-                        MemFile { durable: zeros.clone(), current: zeros, unsynced: Vec::new() },
+                        MemFile {
+                            durable: zeros.clone(),
+                            current: zeros,
+                            unsynced: Vec::new(),
+                        },
                     );
                 }
-                FlushStep::Write { segment, offset, len } => {
+                FlushStep::Write {
+                    segment,
+                    offset,
+                    len,
+                } => {
                     let mut bytes = vec![0; len as usize];
                     store.copy_flush_bytes(segment, offset, &mut bytes);
-                    let file = self.files.get_mut(&segment).expect("write to a created segment");
+                    let file = self
+                        .files
+                        .get_mut(&segment)
+                        .expect("write to a created segment");
                     let at = offset as usize;
                     file.current[at..at + bytes.len()].copy_from_slice(&bytes);
                     file.unsynced.push((at, bytes));
@@ -80,7 +96,10 @@ impl MemDisk {
                         store.handle_flush_failed(plan, reason.clone());
                         return Err(reason);
                     }
-                    let file = self.files.get_mut(&segment).expect("sync of a created segment");
+                    let file = self
+                        .files
+                        .get_mut(&segment)
+                        .expect("sync of a created segment");
                     file.durable.clone_from(&file.current);
                     file.unsynced.clear();
                 }

@@ -74,7 +74,11 @@ impl Harness {
     fn put(&mut self) {
         let key = self.key();
         let value = self.value();
-        let ttl_ms = if self.rng.below(5) == 0 { 1 + self.rng.below(50) } else { 0 };
+        let ttl_ms = if self.rng.below(5) == 0 {
+            1 + self.rng.below(50)
+        } else {
+            0
+        };
         let current_version = self.current(&key).map_or(0, |s| s.1);
         let if_version = match self.rng.below(6) {
             0 => Some(current_version),
@@ -140,7 +144,10 @@ impl Harness {
             Lookup::InMemory { value, version } => Some((value.to_vec(), version)),
             Lookup::OnDisk(read) => {
                 let bytes = self.disk.read(&read);
-                Some((finish_read(&read, key, &bytes).expect("intact record"), read.version))
+                Some((
+                    finish_read(&read, key, &bytes).expect("intact record"),
+                    read.version,
+                ))
             }
         }
     }
@@ -148,11 +155,18 @@ impl Harness {
     fn check_get(&mut self) {
         let key = self.key();
         let want = self.current(&key).map(|s| (s.0.clone(), s.1));
-        assert_eq!(self.read(&key), want, "get {}", String::from_utf8_lossy(&key));
+        assert_eq!(
+            self.read(&key),
+            want,
+            "get {}",
+            String::from_utf8_lossy(&key)
+        );
     }
 
     fn flush(&mut self) {
-        self.disk.flush_due(&mut self.store, self.now_ms).expect("flush");
+        self.disk
+            .flush_due(&mut self.store, self.now_ms)
+            .expect("flush");
         if self.store.durable_seq() >= self.last_seq {
             self.durable = self.applied.clone();
             self.since_durable.clear();
@@ -173,7 +187,10 @@ impl Harness {
     }
 
     fn restart(&mut self) {
-        let (store, _) = self.disk.recover(self.config.clone(), false, self.now_ms).expect("recover");
+        let (store, _) = self
+            .disk
+            .recover(self.config.clone(), false, self.now_ms)
+            .expect("recover");
         self.store = store;
         self.last_seq = 0;
     }
@@ -190,23 +207,43 @@ impl Harness {
         keys.extend(got.keys().cloned());
         let now = self.now_ms;
         for key in keys {
-            let visible = |s: &State| s.as_ref().filter(|s| live(s, now)).map(|s| (s.0.clone(), s.1));
+            let visible = |s: &State| {
+                s.as_ref()
+                    .filter(|s| live(s, now))
+                    .map(|s| (s.0.clone(), s.1))
+            };
             let mut allowed = vec![visible(&self.durable.get(&key).cloned())];
-            allowed.extend(self.since_durable.iter().filter(|(k, _)| *k == key).map(|(_, s)| visible(s)));
+            allowed.extend(
+                self.since_durable
+                    .iter()
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, s)| visible(s)),
+            );
             let found = got.get(&key).cloned();
-            assert!(allowed.contains(&found), "key {:?}: found {:?}", String::from_utf8_lossy(&key), found.map(|f| f.1));
+            assert!(
+                allowed.contains(&found),
+                "key {:?}: found {:?}",
+                String::from_utf8_lossy(&key),
+                found.map(|f| f.1)
+            );
         }
         self.applied = self.durable_after_crash(&got);
         self.durable = self.applied.clone();
         self.since_durable.clear();
     }
 
-    fn durable_after_crash(&self, got: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)> {
+    fn durable_after_crash(
+        &self,
+        got: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    ) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)> {
         let mut candidates: Vec<(Vec<u8>, u64, u64)> = self.durable.values().cloned().collect();
         candidates.extend(self.since_durable.iter().filter_map(|(_, s)| s.clone()));
         got.iter()
             .map(|(key, (value, version))| {
-                let expiry = candidates.iter().find(|c| c.1 == *version).map_or(0, |c| c.2);
+                let expiry = candidates
+                    .iter()
+                    .find(|c| c.1 == *version)
+                    .map_or(0, |c| c.2);
                 (key.clone(), (value.clone(), *version, expiry))
             })
             .collect()
@@ -252,7 +289,14 @@ fn model_fsync_always_loses_nothing_acknowledged() {
 #[test]
 fn model_fsync_interval() {
     for seed in 100..140 {
-        run(seed, FsyncPolicy::Interval { interval_ms: 20, max_writes: 50 }, 600);
+        run(
+            seed,
+            FsyncPolicy::Interval {
+                interval_ms: 20,
+                max_writes: 50,
+            },
+            600,
+        );
     }
 }
 
@@ -266,10 +310,19 @@ fn corruption_in_a_sealed_segment_refuses_to_open_unless_repaired() {
     let segments = harness.disk.segments();
     assert!(segments.len() >= 2, "the test needs a sealed segment");
     harness.disk.corrupt(segments[0], 100);
-    let error = harness.disk.recover(harness.config.clone(), false, harness.now_ms).unwrap_err();
+    let error = harness
+        .disk
+        .recover(harness.config.clone(), false, harness.now_ms)
+        .unwrap_err();
     assert_eq!(error.segment, segments[0]);
-    assert!(error.to_string().contains("segment-0000000001.log"), "{error}");
-    let (_, reports) = harness.disk.recover(harness.config.clone(), true, harness.now_ms).unwrap();
+    assert!(
+        error.to_string().contains("segment-0000000001.log"),
+        "{error}"
+    );
+    let (_, reports) = harness
+        .disk
+        .recover(harness.config.clone(), true, harness.now_ms)
+        .unwrap();
     assert!(reports[0].cut_bytes > 0);
 }
 
@@ -279,8 +332,21 @@ fn failed_fsync_stops_acknowledging() {
     harness.put();
     harness.disk.fail_next_sync = true;
     harness.put();
-    assert!(harness.disk.flush_due(&mut harness.store, harness.now_ms).is_err());
+    assert!(harness
+        .disk
+        .flush_due(&mut harness.store, harness.now_ms)
+        .is_err());
     assert!(harness.store.failure().is_some());
-    let write = Write { vnode: 0, key: b"k", value: Some(b"v"), ttl_ms: 0, if_version: None, sync: false };
-    assert!(matches!(harness.store.handle_write(write, harness.now_ms), Err(WriteError::Failed(_))));
+    let write = Write {
+        vnode: 0,
+        key: b"k",
+        value: Some(b"v"),
+        ttl_ms: 0,
+        if_version: None,
+        sync: false,
+    };
+    assert!(matches!(
+        harness.store.handle_write(write, harness.now_ms),
+        Err(WriteError::Failed(_))
+    ));
 }

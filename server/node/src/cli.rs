@@ -1,0 +1,54 @@
+//! Command-line flags of `tessera-server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncMode {
+    /// Acknowledge a write only after an fdatasync covers it (group commit shares fdatasyncs).
+    Always,
+    /// fdatasync every --fsync-interval-ms or --fsync-writes writes; acknowledge on append.
+    Interval,
+}
+
+/// A Tessera node: one executor per core, each owning a disjoint set of the node's 256 vnodes.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "tessera-server", version)]
+pub struct Args {
+    /// Directory for the node's data (created if missing; locked while the node runs).
+    #[arg(long, default_value = "./tessera-data")]
+    pub data_dir: PathBuf,
+    /// Client address. Every shard serves it (SO_REUSEPORT); shard i also serves PORT + 1 + i.
+    /// Port 0 picks a free range and prints it on the ready line.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Number of shards (executors). Default: every online core, or what the data directory was
+    /// created with. A data directory keeps its shard count: a different --shards is refused.
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// When writes become durable.
+    #[arg(long, value_enum, default_value_t = FsyncMode::Interval)]
+    pub fsync: FsyncMode,
+    /// With --fsync interval: the longest time between fdatasyncs.
+    #[arg(long, default_value_t = 100)]
+    pub fsync_interval_ms: u64,
+    /// With --fsync interval: the most writes between fdatasyncs.
+    #[arg(long, default_value_t = 1000)]
+    pub fsync_writes: u64,
+    /// Size of each segment file, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub segment_mib: u64,
+    /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
+    /// that segment is lost and reported).
+    #[arg(long)]
+    pub repair: bool,
+    /// Microseconds an idle executor spins before sleeping. Spinning cuts cross-shard latency
+    /// but burns CPU that other work may need; 0 disables it.
+    #[arg(long, default_value_t = 0)]
+    pub spin_before_park_us: u64,
+    /// Pin shard i to CPU i (modulo the online CPUs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin: bool,
+}

@@ -1,0 +1,193 @@
+//! Running operations on this shard's own store.
+//!
+//! A batch is applied to the store in order without awaiting, so a GET after a PUT of the same
+//! key in one batch sees the PUT; then the writes that must be durable wait for one shared
+//! fdatasync, and the GETs whose records are on disk read them concurrently.
+
+use std::rc::Rc;
+
+use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
+use tessera_schema::placement::vnode_of;
+use tessera_schema::verify::check_batch_op;
+use tessera_store::{finish_read, DiskRead, Lookup, Write, WriteError};
+
+use crate::mesh::{ShardOp, ShardReply};
+use crate::shard::{now_ms, Shard};
+
+pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
+    shard.inflight.set(shard.inflight.get() + 1);
+    let reply = match op {
+        ShardOp::Batch(ops) => ShardReply::Batch(run_batch(shard, ops).await),
+        ShardOp::Scan {
+            from_vnode,
+            last_vnode,
+            after,
+            prefix,
+            limit,
+        } => {
+            let (entries, complete) = scan(shard, from_vnode, last_vnode, after, &prefix, limit);
+            ShardReply::Scan { entries, complete }
+        }
+        ShardOp::Stats => ShardReply::Stats(shard.stats()),
+    };
+    shard.inflight.set(shard.inflight.get() - 1);
+    reply
+}
+
+enum Step {
+    Done(OpResult),
+    Read {
+        read: DiskRead,
+        key: Vec<u8>,
+    },
+    /// A write whose acknowledgement waits for `durable_seq >= seq`.
+    Durable {
+        version: u64,
+        seq: u64,
+    },
+}
+
+fn write_error(error: WriteError) -> OpResult {
+    let status = match &error {
+        WriteError::VersionMismatch { current } => {
+            let mut result = OpResult::error(Status::VersionMismatch, error.to_string());
+            result.version = *current;
+            return result;
+        }
+        WriteError::NotFound => Status::NotFound,
+        WriteError::Overloaded => Status::Overloaded,
+        WriteError::Failed(_) => Status::Unavailable,
+    };
+    OpResult::error(status, error.to_string())
+}
+
+fn apply(shard: &Shard, op: &BatchOp, now: u64) -> Step {
+    if let Err(refusal) = check_batch_op(op) {
+        return Step::Done(OpResult::error(refusal.status, refusal.message));
+    }
+    let vnode = vnode_of(op.key());
+    let write = match op {
+        BatchOp::Get { key } => {
+            shard.counters.gets.set(shard.counters.gets.get() + 1);
+            return match shard.store.borrow().get(vnode, key, now) {
+                Lookup::NotFound => Step::Done(OpResult::error(Status::NotFound, "")),
+                Lookup::InMemory { value, version } => {
+                    Step::Done(OpResult::found(value.to_vec(), version))
+                }
+                Lookup::OnDisk(read) => Step::Read {
+                    read,
+                    key: key.clone(),
+                },
+            };
+        }
+        BatchOp::Put(put) => {
+            shard.counters.puts.set(shard.counters.puts.get() + 1);
+            Write {
+                vnode,
+                key: &put.key,
+                value: Some(&put.value),
+                ttl_ms: put.ttl_ms,
+                if_version: put.if_version,
+                sync: put.durability == tessera_schema::msg::Durability::Sync,
+            }
+        }
+        BatchOp::Delete(delete) => {
+            shard.counters.deletes.set(shard.counters.deletes.get() + 1);
+            Write {
+                vnode,
+                key: &delete.key,
+                value: None,
+                ttl_ms: 0,
+                if_version: delete.if_version,
+                sync: delete.durability == tessera_schema::msg::Durability::Sync,
+            }
+        }
+    };
+    let result = shard.store.borrow_mut().handle_write(write, now);
+    match result {
+        Ok(ack) if ack.wait_for_sync => Step::Durable {
+            version: ack.version,
+            seq: ack.seq,
+        },
+        Ok(ack) => Step::Done(OpResult::ok(ack.version)),
+        Err(error) => Step::Done(write_error(error)),
+    }
+}
+
+/// Runs a batch (or a single op) on this shard's store; one result per op, in order.
+pub async fn run_batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
+    let now = now_ms();
+    let steps: Vec<Step> = ops.iter().map(|op| apply(shard, op, now)).collect();
+    shard.kick_flusher();
+    let wait_seq = steps.iter().filter_map(|s| match s {
+        Step::Durable { seq, .. } => Some(*seq),
+        _ => None,
+    });
+    let durable = match wait_seq.max() {
+        Some(seq) => shard
+            .wait_durable(seq)
+            .await
+            .unwrap_or_else(|_| Err("flusher stopped".into())),
+        None => Ok(()),
+    };
+    let finish = steps.into_iter().map(|step| {
+        let durable = durable.clone();
+        async move {
+            match step {
+                Step::Done(result) => result,
+                Step::Durable { version, .. } => match durable {
+                    Ok(()) => OpResult::ok(version),
+                    Err(reason) => OpResult::error(
+                        Status::Unavailable,
+                        format!("write not durable, the disk failed: {reason}"),
+                    ),
+                },
+                Step::Read { read, key } => read_record(shard, &read, &key).await,
+            }
+        }
+    });
+    futures::future::join_all(finish).await
+}
+
+async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
+    let bytes = match shard.segments.read(read).await {
+        Ok(bytes) => bytes,
+        Err(reason) => return OpResult::error(Status::Internal, reason),
+    };
+    match finish_read(read, key, &bytes) {
+        Ok(value) => OpResult::found(value, read.version),
+        Err(corrupt) => {
+            tracing::error!(shard = shard.index, "{corrupt}");
+            OpResult::error(Status::Internal, corrupt.to_string())
+        }
+    }
+}
+
+/// Live keys of vnodes `from_vnode..=last_vnode`; `complete` when the range ended before `limit`.
+fn scan(
+    shard: &Shard,
+    from_vnode: u16,
+    last_vnode: u16,
+    after: Option<Vec<u8>>,
+    prefix: &[u8],
+    limit: usize,
+) -> (Vec<(u16, ScanEntry)>, bool) {
+    shard.counters.scans.set(shard.counters.scans.get() + 1);
+    let now = now_ms();
+    let store = shard.store.borrow();
+    let mut entries = Vec::new();
+    let mut after = after;
+    for vnode in from_vnode..=last_vnode {
+        let room = limit - entries.len();
+        let found = store.scan(vnode, after.take().as_deref(), prefix, room, now);
+        entries.extend(
+            found
+                .into_iter()
+                .map(|(key, version)| (vnode, ScanEntry { key, version })),
+        );
+        if entries.len() >= limit {
+            return (entries, false);
+        }
+    }
+    (entries, true)
+}

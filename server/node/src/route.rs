@@ -1,0 +1,196 @@
+//! Serving one client request on the shard that received it: local work runs inline, work for
+//! another shard's vnodes hops once over the mesh (as Seastar's memcached does).
+//!
+//! SCAN cursors: `[vnode: u16 LE][flag: u8][key]`; flag 0 = start of the vnode, 1 = after `key`.
+//! A page walks vnodes in order; each shard owns a contiguous run, so a page crosses shards at
+//! most once per shard.
+
+use std::rc::Rc;
+
+use tessera_schema::limits::{DEFAULT_SCAN_PAGE, MAX_SCAN_PAGE};
+use tessera_schema::msg::{BatchOp, OpResult, Request, Response, ScanPage, ScanRequest, Status};
+use tessera_schema::placement::{vnode_of, VNODES};
+use tessera_schema::verify::check_request;
+
+use crate::exec::{run_batch, run_shard_op};
+use crate::mesh::{ShardOp, ShardReply};
+use crate::shard::Shard;
+
+pub async fn handle_request(shard: &Rc<Shard>, request: Request) -> Response {
+    if shard.stopping.get() {
+        return Response::error(Status::Unavailable, "the node is shutting down");
+    }
+    if let Err(refusal) = check_request(&request) {
+        return Response::error(refusal.status, refusal.message);
+    }
+    match request {
+        Request::Ping => Response::Op(OpResult::ok(0)),
+        Request::Get { key } => single(shard, BatchOp::Get { key }).await,
+        Request::Put(put) => single(shard, BatchOp::Put(put)).await,
+        Request::Delete(delete) => single(shard, BatchOp::Delete(delete)).await,
+        Request::Batch(ops) => Response::Batch(batch(shard, ops).await),
+        Request::Scan(scan_request) => scan(shard, scan_request).await,
+        Request::Stats => stats(shard).await,
+        Request::Topology => Response::Topology(shard.node.topology()),
+    }
+}
+
+fn overloaded(target: u16) -> OpResult {
+    OpResult::error(
+        Status::Overloaded,
+        format!("shard {target}'s queue is full"),
+    )
+}
+
+/// Runs ops that all belong to shard `target`.
+async fn on_shard(shard: &Rc<Shard>, target: u16, ops: Vec<BatchOp>) -> Vec<OpResult> {
+    if target == shard.index {
+        return run_batch(shard, ops).await;
+    }
+    let count = ops.len();
+    match shard.forward(target, ShardOp::Batch(ops)).await {
+        Some(ShardReply::Batch(results)) => results,
+        _ => vec![overloaded(target); count],
+    }
+}
+
+async fn single(shard: &Rc<Shard>, op: BatchOp) -> Response {
+    let target = shard.owner_of(vnode_of(op.key()));
+    let mut results = on_shard(shard, target, vec![op]).await;
+    Response::Op(results.pop().expect("one result per op"))
+}
+
+async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
+    let shards = usize::from(shard.node.shards);
+    let mut groups: Vec<(Vec<usize>, Vec<BatchOp>)> =
+        (0..shards).map(|_| Default::default()).collect();
+    for (position, op) in ops.into_iter().enumerate() {
+        let target = usize::from(shard.owner_of(vnode_of(op.key())));
+        groups[target].0.push(position);
+        groups[target].1.push(op);
+    }
+    let total = groups.iter().map(|g| g.0.len()).sum();
+    let runs = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.0.is_empty())
+        .map(|(target, (positions, ops))| async move {
+            (positions, on_shard(shard, target as u16, ops).await)
+        });
+    let mut results = vec![None; total];
+    for (positions, group_results) in futures::future::join_all(runs).await {
+        for (position, result) in positions.into_iter().zip(group_results) {
+            results[position] = Some(result);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every op answered"))
+        .collect()
+}
+
+fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Vec<u8>>)> {
+    match cursor {
+        [] => Some((0, None)),
+        [lo, hi, 0] => Some((u16::from_le_bytes([*lo, *hi]), None)),
+        [lo, hi, 1, key @ ..] if !key.is_empty() => {
+            Some((u16::from_le_bytes([*lo, *hi]), Some(key.to_vec())))
+        }
+        _ => None,
+    }
+    .filter(|(vnode, _)| *vnode < VNODES)
+}
+
+fn encode_cursor(vnode: u16, after: Option<&[u8]>) -> Vec<u8> {
+    let mut cursor = vnode.to_le_bytes().to_vec();
+    match after {
+        Some(key) => {
+            cursor.push(1);
+            cursor.extend_from_slice(key);
+        }
+        None => cursor.push(0),
+    }
+    cursor
+}
+
+/// The last vnode of the contiguous run owned by the shard that owns `vnode`.
+fn run_end(shard: &Shard, vnode: u16) -> u16 {
+    let owner = shard.owner_of(vnode);
+    let mut last = vnode;
+    while last + 1 < VNODES && shard.owner_of(last + 1) == owner {
+        last += 1;
+    }
+    last
+}
+
+async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
+    let Some((mut vnode, mut after)) = decode_cursor(&request.cursor) else {
+        return Response::error(Status::BadRequest, "scan cursor is not one this node made");
+    };
+    let limit = match request.limit {
+        0 => DEFAULT_SCAN_PAGE,
+        n => n.min(MAX_SCAN_PAGE),
+    } as usize;
+    let mut page = ScanPage::default();
+    while vnode < VNODES {
+        let last_vnode = run_end(shard, vnode);
+        let target = shard.owner_of(vnode);
+        let op = ShardOp::Scan {
+            from_vnode: vnode,
+            last_vnode,
+            after: after.take(),
+            prefix: request.prefix.clone(),
+            limit: limit - page.entries.len(),
+        };
+        let reply = if target == shard.index {
+            run_shard_op(shard, op).await
+        } else {
+            match shard.forward(target, op).await {
+                Some(reply) => reply,
+                None => {
+                    return Response::error(
+                        Status::Overloaded,
+                        format!("shard {target}'s queue is full"),
+                    )
+                }
+            }
+        };
+        let ShardReply::Scan { entries, complete } = reply else {
+            return Response::error(Status::Internal, "unexpected reply to a scan");
+        };
+        let last = entries.last().map(|(v, e)| (*v, e.key.clone()));
+        page.entries
+            .extend(entries.into_iter().map(|(_, entry)| entry));
+        if !complete {
+            let (last_vnode, last_key) = last.expect("an incomplete scan returned entries");
+            page.next_cursor = encode_cursor(last_vnode, Some(&last_key));
+            return Response::Scan(page);
+        }
+        vnode = last_vnode + 1;
+        if page.entries.len() >= limit && vnode < VNODES {
+            page.next_cursor = encode_cursor(vnode, None);
+            return Response::Scan(page);
+        }
+    }
+    Response::Scan(page)
+}
+
+async fn stats(shard: &Rc<Shard>) -> Response {
+    let gathers = (0..shard.node.shards).map(|target| async move {
+        if target == shard.index {
+            return Some(shard.stats());
+        }
+        match shard.forward(target, ShardOp::Stats).await {
+            Some(ShardReply::Stats(stats)) => Some(stats),
+            _ => None,
+        }
+    });
+    let shards: Option<Vec<_>> = futures::future::join_all(gathers)
+        .await
+        .into_iter()
+        .collect();
+    match shards {
+        Some(shards) => Response::Stats(shards),
+        None => Response::error(Status::Overloaded, "a shard's queue is full"),
+    }
+}

@@ -1,0 +1,283 @@
+//! One shard: an executor pinned to a core, owning a store, its segment files, its listeners and
+//! its end of the channel mesh.
+//!
+//! Everything here runs on one thread; shared state is `Rc` + `RefCell` + `Cell`, and no
+//! `RefCell` borrow is ever held across an await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use tessera_schema::msg::{ShardStats, Topology};
+use tessera_store::{Store, StoreConfig};
+
+use crate::disk::Segments;
+use crate::mesh::{MeshMsg, ShardReply};
+
+/// Most requests forwarded to one peer shard that may wait in its mesh channel; past it the
+/// request is answered OVERLOADED. Generous, per PLATFORM.md, to keep clear of mesh deadlocks.
+pub const MESH_CHANNEL_CAPACITY: usize = 4096;
+/// Most requests a connection may have in flight; past it the node stops reading that socket
+/// until one completes (TCP backpressure, not an error).
+pub const MAX_INFLIGHT_PER_CONNECTION: u64 = 1024;
+/// Longest a SIGTERM waits for in-flight requests before syncing and exiting anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every shard of the node knows, shared across threads.
+pub struct NodeShared {
+    pub shards: u16,
+    pub vnode_shard: Vec<u16>,
+    pub shard_port_base: u16,
+    pub stopping: AtomicBool,
+    /// Shards that finished draining; each exits once all have.
+    pub drained: AtomicUsize,
+}
+
+impl NodeShared {
+    pub fn topology(&self) -> Topology {
+        Topology {
+            shard_count: self.shards,
+            shard_port_base: self.shard_port_base,
+            vnode_shard: self.vnode_shard.clone(),
+        }
+    }
+}
+
+/// Counters reported by STATS.
+#[derive(Default)]
+pub struct Counters {
+    pub gets: Cell<u64>,
+    pub puts: Cell<u64>,
+    pub deletes: Cell<u64>,
+    pub scans: Cell<u64>,
+    pub forwarded_in: Cell<u64>,
+    pub overloaded: Cell<u64>,
+}
+
+pub struct Shard {
+    pub index: u16,
+    pub node: Arc<NodeShared>,
+    pub store: RefCell<Store>,
+    pub segments: Segments,
+    pub counters: Counters,
+    pub mesh: Senders<MeshMsg>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
+    next_forward_id: Cell<u64>,
+    /// Writes waiting for `durable_seq` to reach their sequence number.
+    sync_waiters: RefCell<BTreeMap<u64, Vec<oneshot::Sender<Result<(), String>>>>>,
+    flush_kick: LocalSender<()>,
+    flush_kicked: RefCell<Option<LocalReceiver<()>>>,
+    /// Requests being served (from clients of this shard and forwarded from peers).
+    pub inflight: Cell<u64>,
+    /// Set when this shard stops taking new client requests (SIGTERM).
+    pub stopping: Cell<bool>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shard {
+    pub fn new(
+        index: u16,
+        node: Arc<NodeShared>,
+        store: Store,
+        segments: Segments,
+        mesh: Senders<MeshMsg>,
+    ) -> Rc<Shard> {
+        let (flush_kick, flush_kicked) = local_channel::new_bounded(1);
+        Rc::new(Shard {
+            index,
+            node,
+            store: RefCell::new(store),
+            segments,
+            counters: Counters::default(),
+            mesh,
+            pending: RefCell::new(HashMap::new()),
+            next_forward_id: Cell::new(1),
+            sync_waiters: RefCell::new(BTreeMap::new()),
+            flush_kick,
+            flush_kicked: RefCell::new(Some(flush_kicked)),
+            inflight: Cell::new(0),
+            stopping: Cell::new(false),
+        })
+    }
+
+    pub fn owner_of(&self, vnode: u16) -> u16 {
+        self.node.vnode_shard[usize::from(vnode)]
+    }
+
+    /// Wakes the flusher: a write wants a sync, or the tail grew.
+    pub fn kick_flusher(&self) {
+        let _ = self.flush_kick.try_send(());
+    }
+
+    /// Resolves once the write with sequence `seq` is durable, or with the store's failure.
+    pub fn wait_durable(&self, seq: u64) -> oneshot::Receiver<Result<(), String>> {
+        let (sender, receiver) = oneshot::channel();
+        if self.store.borrow().durable_seq() >= seq {
+            let _ = sender.send(Ok(()));
+        } else {
+            self.sync_waiters
+                .borrow_mut()
+                .entry(seq)
+                .or_default()
+                .push(sender);
+        }
+        self.kick_flusher();
+        receiver
+    }
+
+    fn wake_durable(&self) {
+        let store = self.store.borrow();
+        let mut waiters = self.sync_waiters.borrow_mut();
+        let failure = store.failure().map(str::to_string);
+        let still_waiting = match failure {
+            Some(_) => BTreeMap::new(),
+            None => waiters.split_off(&(store.durable_seq() + 1)),
+        };
+        let ready = std::mem::replace(&mut *waiters, still_waiting);
+        for sender in ready.into_values().flatten() {
+            let _ = sender.send(failure.clone().map_or(Ok(()), Err));
+        }
+    }
+
+    /// The group-commit loop: performs the store's flush plans as they come due.
+    pub async fn run_flusher(self: Rc<Self>) {
+        let kicked = self
+            .flush_kicked
+            .borrow_mut()
+            .take()
+            .expect("one flusher per shard");
+        loop {
+            let now = now_ms();
+            let plan = self.store.borrow_mut().poll_flush(now);
+            if let Some(plan) = plan {
+                match self.segments.perform(&self.store, &plan).await {
+                    Ok(()) => self.store.borrow_mut().handle_flush_done(&plan, now_ms()),
+                    Err(reason) => {
+                        tracing::error!(shard = self.index, "disk failure, writes stop: {reason}");
+                        self.store.borrow_mut().handle_flush_failed(&plan, reason);
+                    }
+                }
+                self.wake_durable();
+                continue;
+            }
+            self.wake_durable();
+            let deadline = self.store.borrow().next_flush_deadline_ms();
+            let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now).max(1)));
+            match wait {
+                Some(wait) => {
+                    futures_lite::future::or(
+                        async {
+                            kicked.recv().await;
+                        },
+                        glommio::timer::sleep(wait),
+                    )
+                    .await
+                }
+                None => {
+                    kicked.recv().await;
+                }
+            }
+        }
+    }
+
+    /// Flushes and syncs everything appended so far (used at shutdown).
+    pub async fn sync_all(&self) -> Result<(), String> {
+        let seq = self.store.borrow_mut().request_sync();
+        match self.wait_durable(seq).await {
+            Ok(result) => result,
+            Err(_) => Err("flusher stopped".into()),
+        }
+    }
+
+    /// Sends `op` to shard `target` and awaits its reply; OVERLOADED when its queue is full.
+    pub async fn forward(&self, target: u16, op: crate::mesh::ShardOp) -> Option<ShardReply> {
+        let id = self.next_forward_id.get();
+        self.next_forward_id.set(id + 1);
+        let (sender, receiver) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, sender);
+        if self
+            .mesh
+            .try_send_to(usize::from(target), MeshMsg::Request { id, op })
+            .is_err()
+        {
+            self.pending.borrow_mut().remove(&id);
+            self.counters
+                .overloaded
+                .set(self.counters.overloaded.get() + 1);
+            return None;
+        }
+        receiver.await.ok()
+    }
+
+    fn handle_reply(&self, id: u64, reply: ShardReply) {
+        if let Some(sender) = self.pending.borrow_mut().remove(&id) {
+            let _ = sender.send(reply);
+        }
+    }
+
+    /// Receives from every peer; requests run in their own tasks so this loop never blocks.
+    pub fn spawn_mesh_receivers(self: &Rc<Self>, mut receivers: Receivers<MeshMsg>) {
+        for (peer, stream) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = stream.recv().await {
+                    match msg {
+                        MeshMsg::Reply { id, reply } => shard.handle_reply(id, reply),
+                        MeshMsg::Request { id, op } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                shard
+                                    .counters
+                                    .forwarded_in
+                                    .set(shard.counters.forwarded_in.get() + 1);
+                                let reply = crate::exec::run_shard_op(&shard, op).await;
+                                let _ =
+                                    shard.mesh.send_to(peer, MeshMsg::Reply { id, reply }).await;
+                            })
+                            .detach();
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let store = self.store.borrow().stats();
+        let c = &self.counters;
+        ShardStats {
+            shard: self.index,
+            keys: store.keys,
+            live_bytes: store.live_bytes,
+            disk_bytes: store.disk_bytes,
+            segments: store.segments,
+            gets: c.gets.get(),
+            puts: c.puts.get(),
+            deletes: c.deletes.get(),
+            scans: c.scans.get(),
+            fsyncs: store.fsyncs,
+            bytes_written: store.bytes_written,
+            forwarded_in: c.forwarded_in.get(),
+            overloaded: c.overloaded.get(),
+        }
+    }
+}
+
+/// Settings each shard starts with.
+#[derive(Clone)]
+pub struct ShardSettings {
+    pub store: StoreConfig,
+    pub repair: bool,
+}
