@@ -17,7 +17,7 @@ pub fn vnode_of(key: &[u8]) -> u16 {
 
 /// vnode -> shard for a node with `shard_count` shards.
 pub fn shard_table(shard_count: u16) -> Vec<u16> {
-    assert!(shard_count >= 1 && shard_count <= VNODES);
+    assert!((1..=VNODES).contains(&shard_count));
     (0..VNODES)
         .map(|vnode| (u32::from(vnode) * u32::from(shard_count) / u32::from(VNODES)) as u16)
         .collect()

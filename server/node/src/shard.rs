@@ -70,7 +70,7 @@ pub struct Shard {
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_forward_id: Cell<u64>,
     /// Writes waiting for `durable_seq` to reach their sequence number.
-    sync_waiters: RefCell<BTreeMap<u64, Vec<oneshot::Sender<Result<(), String>>>>>,
+    sync_waiters: RefCell<BTreeMap<u64, Vec<DurableWaiter>>>,
     flush_kick: LocalSender<()>,
     flush_kicked: RefCell<Option<LocalReceiver<()>>>,
     /// Requests being served (from clients of this shard and forwarded from peers).
@@ -78,6 +78,9 @@ pub struct Shard {
     /// Set when this shard stops taking new client requests (SIGTERM).
     pub stopping: Cell<bool>,
 }
+
+/// Told when a write is durable, or why it never will be.
+type DurableWaiter = oneshot::Sender<Result<(), String>>;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()

@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{runtime, Node};
+
+/// key -> (value, version) of every acknowledged PUT.
+type Acked = HashMap<Vec<u8>, (Vec<u8>, u64)>;
 use tessera_client::*;
 
 #[test]
@@ -60,7 +63,7 @@ fn kill_9_under_concurrent_writers_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--shards", "2", "--fsync", "always"]);
     let addr = node.addr();
-    let acked: Arc<Mutex<HashMap<Vec<u8>, (Vec<u8>, u64)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let rt = runtime();
     let writers = rt.block_on(async {
         let client = Arc::new(Client::connect(&addr).await.unwrap());

@@ -49,7 +49,7 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub fn validate(&self) -> Result<(), String> {
         let size = self.segment_size_bytes;
-        if size % BLOCK_BYTES != 0 {
+        if !size.is_multiple_of(BLOCK_BYTES) {
             return Err(format!(
                 "segment size {size} is not a multiple of {BLOCK_BYTES}"
             ));
