@@ -334,3 +334,28 @@ fn the_cli_does_every_operation_with_its_exit_codes() {
     assert_eq!(code, 2);
     assert!(stderr.contains("KEY_TOO_LARGE"), "{stderr}");
 }
+
+/// Regression test for glommio's poll-queue probe (PLATFORM.md, upstream #605): on a fresh data
+/// directory the first DmaFile a shard opens is a new, empty segment; without the workaround in
+/// `disk::probe_workaround` every read from disk then fails with EOPNOTSUPP.
+#[test]
+fn disk_reads_work_on_a_fresh_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--shards", "1"]);
+    runtime().block_on(async {
+        let client = Client::connect(&node.addr()).await.unwrap();
+        // 64 KiB values: each flush leaves only the last partial block in memory, so the first
+        // value must come back from the disk.
+        for i in 0..4u8 {
+            let put = PutRequest {
+                durability: Durability::Sync,
+                ..put_req(&format!("v{i}"), &[i; 65536])
+            };
+            client.put_with(put).await.unwrap();
+        }
+        assert_eq!(
+            client.get(b"v0").await.unwrap().unwrap().0,
+            vec![0u8; 65536]
+        );
+    });
+}
