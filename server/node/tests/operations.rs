@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use common::{runtime, Node, Raw};
 use tessera_client::*;
@@ -229,110 +228,6 @@ fn pipelined_requests_on_a_wrong_shard_port_are_forwarded_and_answered_by_id() {
         };
         assert_eq!(result.value.as_deref(), Some(key.as_bytes()));
     }
-}
-
-fn cli(node: &Node, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
-    let server = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tessera-server"));
-    let tessera = server.with_file_name("tessera");
-    assert!(
-        tessera.exists(),
-        "build the CLI first: cargo build -p tessera-client ({})",
-        tessera.display()
-    );
-    let mut command = Command::new(tessera);
-    command.arg("--addr").arg(node.addr()).args(args);
-    command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn the_cli_does_every_operation_with_its_exit_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--shards", "2"]);
-    assert_eq!(cli(&node, &["ping"], None).0, 0);
-    let (code, version, _) = cli(&node, &["put", "user:1", "alice"], None);
-    assert_eq!(code, 0);
-    let version: u64 = version.trim().parse().unwrap();
-    assert_eq!(
-        cli(&node, &["get", "user:1"], None),
-        (0, "alice".into(), String::new())
-    );
-    assert_eq!(
-        cli(&node, &["put", "user:2", "-"], Some(b"from stdin")).0,
-        0
-    );
-    assert_eq!(cli(&node, &["get", "user:2"], None).1, "from stdin");
-    let (code, _, stderr) = cli(
-        &node,
-        &[
-            "put",
-            "user:1",
-            "bob",
-            "--if-version",
-            &(version + 1).to_string(),
-        ],
-        None,
-    );
-    assert_eq!(code, 2);
-    assert!(stderr.contains("VERSION_MISMATCH"), "{stderr}");
-    assert_eq!(
-        cli(
-            &node,
-            &["put", "user:1", "bob", "--if-version", &version.to_string()],
-            None
-        )
-        .0,
-        0
-    );
-    assert_eq!(
-        cli(&node, &["put", "tmp", "x", "--ttl", "200ms"], None).0,
-        0
-    );
-    let (code, stdout, _) = cli(&node, &["scan", "--prefix", "user:"], None);
-    assert_eq!(code, 0);
-    let mut keys: Vec<&str> = stdout.lines().collect();
-    keys.sort();
-    assert_eq!(keys, vec!["user:1", "user:2"]);
-    assert_eq!(
-        cli(&node, &["scan", "--limit", "1"], None)
-            .1
-            .lines()
-            .count(),
-        1
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(cli(&node, &["get", "tmp"], None).0, 1, "expired");
-    assert_eq!(cli(&node, &["del", "user:2"], None).0, 0);
-    let (code, _, stderr) = cli(&node, &["get", "user:2"], None);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("NOT_FOUND"));
-    assert_eq!(cli(&node, &["del", "user:2"], None).0, 1);
-    let (code, stdout, _) = cli(&node, &["stats", "--json"], None);
-    assert_eq!(code, 0);
-    let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(
-        stats["total"]["keys"],
-        1 + 1,
-        "user:1 and the expired tmp (reclaimed later, issue 4)"
-    );
-    assert_eq!(stats["shards"].as_array().unwrap().len(), 2);
-    let (code, _, stderr) = cli(&node, &["put", &"k".repeat(1025), "v"], None);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("KEY_TOO_LARGE"), "{stderr}");
 }
 
 /// Regression test for glommio's poll-queue probe (PLATFORM.md, upstream #605): on a fresh data

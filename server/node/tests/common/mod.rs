@@ -14,6 +14,26 @@ use tessera_schema::frame::{FrameEvent, FrameReader};
 use tessera_schema::msg::{Request, Response};
 use tessera_schema::wire::{decode_response, encode_request_frame};
 
+/// The `tessera-server` binary: cargo's path when this test belongs to the server package,
+/// otherwise the one `cargo test --workspace` built beside the test executable's folder.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_tessera-server") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("tessera-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` or `cargo build -p tessera-server`",
+        path.display()
+    );
+    path
+}
+
 pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
@@ -23,7 +43,7 @@ pub struct Node {
 impl Node {
     /// Starts a node on a free loopback port and waits for its ready line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        let mut child = Command::new(server_binary())
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--segment-mib", "4"])
