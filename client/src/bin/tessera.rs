@@ -238,33 +238,26 @@ fn print_stats(
             ("overloaded", s.overloaded),
         ]
     };
-    let mut total = tessera_client::ShardStats::default();
-    for s in shards {
-        total.keys += s.keys;
-        total.live_bytes += s.live_bytes;
-        total.disk_bytes += s.disk_bytes;
-        total.segments += s.segments;
-        total.gets += s.gets;
-        total.puts += s.puts;
-        total.deletes += s.deletes;
-        total.scans += s.scans;
-        total.fsyncs += s.fsyncs;
-        total.bytes_written += s.bytes_written;
-        total.forwarded_in += s.forwarded_in;
-        total.overloaded += s.overloaded;
-    }
-    if json {
-        let object = |s: &tessera_client::ShardStats| {
-            let mut map = serde_json::Map::new();
-            for (name, value) in fields(s) {
-                map.insert(name.into(), value.into());
+    let total: Vec<(&str, u64)> = {
+        let mut sums = fields(&tessera_client::ShardStats::default());
+        for shard in shards {
+            for (sum, (_, value)) in sums.iter_mut().zip(fields(shard)) {
+                sum.1 += value;
             }
-            serde_json::Value::Object(map)
+        }
+        sums.to_vec()
+    };
+    if json {
+        let object = |pairs: &[(&str, u64)]| {
+            let map = pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), (*value).into()));
+            serde_json::Value::Object(map.collect())
         };
         let shards_json: Vec<_> = shards
             .iter()
             .map(|s| {
-                let mut value = object(s);
+                let mut value = object(&fields(s));
                 value["shard"] = s.shard.into();
                 value
             })
@@ -276,7 +269,7 @@ fn print_stats(
             serde_json::to_string_pretty(&document).expect("json")
         )
     } else {
-        let names: Vec<&str> = fields(&total).iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = total.iter().map(|(n, _)| *n).collect();
         writeln!(
             out,
             "{:<8}{}",
@@ -287,10 +280,7 @@ fn print_stats(
             let values: String = fields(s).iter().map(|(_, v)| format!("{v:>14}")).collect();
             writeln!(out, "{:<8}{values}", s.shard)?;
         }
-        let values: String = fields(&total)
-            .iter()
-            .map(|(_, v)| format!("{v:>14}"))
-            .collect();
+        let values: String = total.iter().map(|(_, v)| format!("{v:>14}")).collect();
         writeln!(out, "{:<8}{values}", "total")
     }
 }
