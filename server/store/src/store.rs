@@ -377,7 +377,8 @@ impl Store {
     /// When the shell should call `poll_flush` next if nothing else happens: `None` when nothing
     /// is waiting to be written or synced.
     pub fn next_flush_deadline_ms(&self) -> Option<u64> {
-        if self.seq == self.durable_seq && !self.tail.needs_write() {
+        // After a disk failure nothing will be flushed again: no deadline, so the shell sleeps.
+        if self.failed.is_some() || (self.seq == self.durable_seq && !self.tail.needs_write()) {
             return None;
         }
         match self.config.fsync {

@@ -337,6 +337,11 @@ fn failed_fsync_stops_acknowledging() {
         .flush_due(&mut harness.store, harness.now_ms)
         .is_err());
     assert!(harness.store.failure().is_some());
+    assert_eq!(
+        harness.store.next_flush_deadline_ms(),
+        None,
+        "no busy retry after a failure"
+    );
     let write = Write {
         vnode: 0,
         key: b"k",
