@@ -44,6 +44,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let permits = Rc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
     let mut frames = FrameReader::new();
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    // Responses of requests answered inline, sent together once the bytes read are processed.
+    let mut inline = Vec::new();
     'read: loop {
         let n = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
@@ -92,16 +94,41 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let Ok(permit) = permits.clone().acquire_static_permit(1).await else {
                 break 'read;
             };
-            let (shard, out) = (shard.clone(), out.clone());
-            glommio::spawn_local(async move {
-                shard.inflight.set(shard.inflight.get() + 1);
-                let response = handle_request(&shard, request).await;
-                shard.inflight.set(shard.inflight.get() - 1);
-                respond(&out, header.opcode, header.request_id, &response);
-                drop(permit);
-            })
-            .detach();
+            let request_shard = shard.clone();
+            let mut task = Box::pin(async move {
+                request_shard.inflight.set(request_shard.inflight.get() + 1);
+                let response = handle_request(&request_shard, request).await;
+                request_shard.inflight.set(request_shard.inflight.get() - 1);
+                response
+            });
+            // Most requests finish without waiting (an in-memory read, a write acknowledged on
+            // append): answer those inline, gathered into one write per read from the socket.
+            // The rest (disk reads, syncs, other shards) continue in their own task.
+            match futures::poll!(&mut task) {
+                std::task::Poll::Ready(response) => {
+                    encode_response_frame(&mut inline, header.opcode, header.request_id, &response);
+                    drop(permit);
+                    if inline.len() >= WRITE_BATCH_BYTES {
+                        let _ = out.try_send(std::mem::take(&mut inline));
+                    }
+                }
+                std::task::Poll::Pending => {
+                    let out = out.clone();
+                    glommio::spawn_local(async move {
+                        let response = task.await;
+                        respond(&out, header.opcode, header.request_id, &response);
+                        drop(permit);
+                    })
+                    .detach();
+                }
+            }
         }
+        if !inline.is_empty() {
+            let _ = out.try_send(std::mem::take(&mut inline));
+        }
+    }
+    if !inline.is_empty() {
+        let _ = out.try_send(inline);
     }
     drop(out);
     let _ = writer_task.await;
