@@ -254,6 +254,11 @@ pub struct ShardStats {
     pub bytes_written: u64,
     pub forwarded_in: u64,
     pub overloaded: u64,
+    pub cache_bytes: u64,
+    /// Reads answered by the value cache instead of the disk.
+    pub cache_hits: u64,
+    /// Reads that went to the disk.
+    pub cache_misses: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -437,6 +437,9 @@ fn build_shard_stats<'b>(
         bytes_written: s.bytes_written,
         forwarded_in: s.forwarded_in,
         overloaded: s.overloaded,
+        cache_bytes: s.cache_bytes,
+        cache_hits: s.cache_hits,
+        cache_misses: s.cache_misses,
     };
     fb::ShardStats::create(builder, &args)
 }
@@ -530,6 +533,9 @@ fn decode_shard_stats(s: fb::ShardStats<'_>) -> ShardStats {
         bytes_written: s.bytes_written(),
         forwarded_in: s.forwarded_in(),
         overloaded: s.overloaded(),
+        cache_bytes: s.cache_bytes(),
+        cache_hits: s.cache_hits(),
+        cache_misses: s.cache_misses(),
     }
 }
 

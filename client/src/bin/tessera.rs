@@ -236,6 +236,9 @@ fn print_stats(
             ("bytes_written", s.bytes_written),
             ("forwarded_in", s.forwarded_in),
             ("overloaded", s.overloaded),
+            ("cache_bytes", s.cache_bytes),
+            ("cache_hits", s.cache_hits),
+            ("cache_misses", s.cache_misses),
         ]
     };
     let total: Vec<(&str, u64)> = {

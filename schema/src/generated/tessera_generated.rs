@@ -2407,6 +2407,9 @@ impl<'a> ShardStats<'a> {
   pub const VT_BYTES_WRITTEN: ::flatbuffers::VOffsetT = 24;
   pub const VT_FORWARDED_IN: ::flatbuffers::VOffsetT = 26;
   pub const VT_OVERLOADED: ::flatbuffers::VOffsetT = 28;
+  pub const VT_CACHE_BYTES: ::flatbuffers::VOffsetT = 30;
+  pub const VT_CACHE_HITS: ::flatbuffers::VOffsetT = 32;
+  pub const VT_CACHE_MISSES: ::flatbuffers::VOffsetT = 34;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2418,6 +2421,9 @@ impl<'a> ShardStats<'a> {
     args: &'args ShardStatsArgs
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_cache_misses(args.cache_misses);
+    builder.add_cache_hits(args.cache_hits);
+    builder.add_cache_bytes(args.cache_bytes);
     builder.add_overloaded(args.overloaded);
     builder.add_forwarded_in(args.forwarded_in);
     builder.add_bytes_written(args.bytes_written);
@@ -2526,6 +2532,27 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_OVERLOADED, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn cache_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CACHE_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cache_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CACHE_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cache_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CACHE_MISSES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -2547,6 +2574,9 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("bytes_written", Self::VT_BYTES_WRITTEN, false)?
      .visit_field::<u64>("forwarded_in", Self::VT_FORWARDED_IN, false)?
      .visit_field::<u64>("overloaded", Self::VT_OVERLOADED, false)?
+     .visit_field::<u64>("cache_bytes", Self::VT_CACHE_BYTES, false)?
+     .visit_field::<u64>("cache_hits", Self::VT_CACHE_HITS, false)?
+     .visit_field::<u64>("cache_misses", Self::VT_CACHE_MISSES, false)?
      .finish();
     Ok(())
   }
@@ -2565,6 +2595,9 @@ pub struct ShardStatsArgs {
     pub bytes_written: u64,
     pub forwarded_in: u64,
     pub overloaded: u64,
+    pub cache_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }
 impl<'a> Default for ShardStatsArgs {
   #[inline]
@@ -2583,6 +2616,9 @@ impl<'a> Default for ShardStatsArgs {
       bytes_written: 0,
       forwarded_in: 0,
       overloaded: 0,
+      cache_bytes: 0,
+      cache_hits: 0,
+      cache_misses: 0,
     }
   }
 }
@@ -2645,6 +2681,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_OVERLOADED, overloaded, 0);
   }
   #[inline]
+  pub fn add_cache_bytes(&mut self, cache_bytes: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CACHE_BYTES, cache_bytes, 0);
+  }
+  #[inline]
+  pub fn add_cache_hits(&mut self, cache_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CACHE_HITS, cache_hits, 0);
+  }
+  #[inline]
+  pub fn add_cache_misses(&mut self, cache_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CACHE_MISSES, cache_misses, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -2675,6 +2723,9 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("bytes_written", &self.bytes_written());
       ds.field("forwarded_in", &self.forwarded_in());
       ds.field("overloaded", &self.overloaded());
+      ds.field("cache_bytes", &self.cache_bytes());
+      ds.field("cache_hits", &self.cache_hits());
+      ds.field("cache_misses", &self.cache_misses());
       ds.finish()
   }
 }

@@ -40,6 +40,10 @@ pub struct Args {
     /// Size of each segment file, in MiB.
     #[arg(long, default_value_t = 64)]
     pub segment_mib: u64,
+    /// Memory for the value cache of hot values, in MiB, for the whole node (split evenly among
+    /// shards). 0 disables it; reads then go to the disk.
+    #[arg(long, default_value_t = 512)]
+    pub cache_mib: u64,
     /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
     /// that segment is lost and reported).
     #[arg(long)]

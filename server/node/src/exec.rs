@@ -155,7 +155,14 @@ async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
         Err(reason) => return OpResult::error(Status::Internal, reason),
     };
     match finish_read(read, key, &bytes) {
-        Ok(value) => OpResult::found(value, read.version),
+        Ok(value) => {
+            let vnode = tessera_schema::placement::vnode_of(key);
+            shard
+                .store
+                .borrow_mut()
+                .handle_read_done(vnode, key, read, &value, now_ms());
+            OpResult::found(value, read.version)
+        }
         Err(corrupt) => {
             tracing::error!(shard = shard.index, "{corrupt}");
             OpResult::error(Status::Internal, corrupt.to_string())

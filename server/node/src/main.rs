@@ -57,7 +57,7 @@ fn main() {
     }
 }
 
-fn store_config(args: &Args) -> Result<StoreConfig, String> {
+fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
     let config = StoreConfig {
         segment_size_bytes: args.segment_mib * 1024 * 1024,
         fsync: match args.fsync {
@@ -67,6 +67,7 @@ fn store_config(args: &Args) -> Result<StoreConfig, String> {
                 max_writes: args.fsync_writes.max(1),
             },
         },
+        cache_bytes: (args.cache_mib * 1024 * 1024 / u64::from(shards)) as usize,
         ..StoreConfig::default()
     };
     config
@@ -79,7 +80,7 @@ fn run(args: Args) -> Result<(), String> {
     let data = DataDir::open(&args.data_dir, args.shards)?;
     let listen = resolve_listen(args.listen, data.shards)?;
     let settings = ShardSettings {
-        store: store_config(&args)?,
+        store: store_config(&args, data.shards)?,
         repair: args.repair,
     };
     let node = Arc::new(NodeShared {

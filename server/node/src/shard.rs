@@ -274,6 +274,9 @@ impl Shard {
             bytes_written: store.bytes_written,
             forwarded_in: c.forwarded_in.get(),
             overloaded: c.overloaded.get(),
+            cache_bytes: store.cache_bytes,
+            cache_hits: store.cache_hits,
+            cache_misses: store.cache_misses,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct StoreConfig {
     /// Unwritten bytes that trigger a write (without fdatasync) even when no sync is due, so that
     /// the in-memory tail stays small under `--fsync interval`.
     pub flush_threshold_bytes: usize,
+    /// Bytes of hot values kept in memory (see `cache.rs`); 0 disables the cache.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -42,6 +44,7 @@ impl Default for StoreConfig {
             fsync: FsyncPolicy::DEFAULT_INTERVAL,
             max_unflushed_bytes: 64 * 1024 * 1024,
             flush_threshold_bytes: 256 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
 //! - [`testing`]: the fault-injecting in-memory disk.
 
+pub mod cache;
 pub mod config;
 pub mod index;
 pub mod log;

@@ -11,6 +11,7 @@
 
 use tessera_schema::placement::VNODES;
 
+use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
 use crate::index::{Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
@@ -113,6 +114,9 @@ pub struct StoreStats {
     pub segments: u32,
     pub fsyncs: u64,
     pub bytes_written: u64,
+    pub cache_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,7 @@ pub struct Store {
     pub(crate) stats: StoreStats,
     /// Bytes in segments before the active one.
     pub(crate) sealed_disk_bytes: u64,
+    pub(crate) cache: ValueCache,
 }
 
 impl Store {
@@ -142,7 +147,9 @@ impl Store {
 
     pub(crate) fn with_tail(config: StoreConfig, active: Chunk, last_version: u64) -> Store {
         config.validate().expect("invalid store config");
+        let cache = ValueCache::new(config.cache_bytes);
         Store {
+            cache,
             config,
             indexes: (0..VNODES).map(|_| VnodeIndex::new()).collect(),
             tail: LogTail {
@@ -176,6 +183,10 @@ impl Store {
         let mut stats = self.stats.clone();
         stats.disk_bytes = self.sealed_disk_bytes + self.tail.active_ref().end();
         stats.segments = self.tail.active_ref().segment;
+        let cache = self.cache.stats();
+        stats.cache_bytes = cache.bytes;
+        stats.cache_hits = cache.hits;
+        stats.cache_misses = cache.misses;
         stats
     }
 
@@ -228,6 +239,13 @@ impl Store {
             expiry_ms,
         };
         self.apply_to_index(write.vnode, write.key, &header, entry);
+        match write.value {
+            // Keep a cached key hot with its new value; uncached keys are cached when read.
+            Some(value) if self.cache.contains(write.key) => self
+                .cache
+                .insert(write.key, value, version, expiry_ms, now_ms),
+            _ => self.cache.remove(write.key),
+        }
         self.seq += 1;
         let wait_for_sync = write.sync || self.config.fsync == FsyncPolicy::Always;
         if wait_for_sync {
@@ -286,20 +304,43 @@ impl Store {
             return Lookup::NotFound;
         };
         let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
-        match self.tail.record_bytes(entry.segment, offset, len) {
-            Some(record) => {
-                let value_start = RECORD_HEADER_BYTES + key.len();
-                Lookup::InMemory {
-                    value: &record[value_start..],
-                    version: entry.version,
-                }
-            }
+        if let Some(record) = self.tail.record_bytes(entry.segment, offset, len) {
+            let value_start = RECORD_HEADER_BYTES + key.len();
+            return Lookup::InMemory {
+                value: &record[value_start..],
+                version: entry.version,
+            };
+        }
+        match self.cache.get(key, entry.version, now_ms) {
+            Some(value) => Lookup::InMemory {
+                value,
+                version: entry.version,
+            },
             None => Lookup::OnDisk(DiskRead {
                 segment: entry.segment,
                 offset,
                 len,
                 version: entry.version,
             }),
+        }
+    }
+
+    /// A disk read finished: cache the value if the key still has the version that was read.
+    pub fn handle_read_done(
+        &mut self,
+        vnode: u16,
+        key: &[u8],
+        read: &DiskRead,
+        value: &[u8],
+        now_ms: u64,
+    ) {
+        let Some(entry) = self.live_entry(vnode, key, now_ms) else {
+            return;
+        };
+        if entry.version == read.version {
+            let expiry_ms = entry.expiry_ms;
+            self.cache
+                .insert(key, value, read.version, expiry_ms, now_ms);
         }
     }
 
