@@ -7,7 +7,14 @@
 #
 # Settings (environment): DURATION (10s), KEYS (100000), SEED_KEYS (10000: the seed mix averages
 # ~17 KiB a value), CONNECTIONS (50), THREADS (1: the generator's tokio threads), SHARDS
-# (tessera-server --shards; default every core), TESSERA_FLAGS (extra server flags).
+# (tessera-server --shards, default 1), TESSERA_FLAGS (extra server flags), PIN (1), REPEAT (3:
+# each case runs this many times, alternating the two sides; the table quotes the run with the
+# median throughput of each side, since numbers move from run to run on a shared machine).
+#
+# Per-core comparison: with PIN=1 each server runs on CPU 0 and the load generator on CPU 1, so
+# Redis (one thread) and a one-shard Tessera get the same single core and the generator never
+# competes with them. SHARDS=2 PIN=0 runs Tessera on every core instead (sharing them with the
+# generator on a 2-core machine).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +24,15 @@ KEYS=${KEYS:-100000}
 SEED_KEYS=${SEED_KEYS:-10000}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
-SHARDS=${SHARDS:-}
+SHARDS=${SHARDS:-1}
+PIN=${PIN:-1}
+REPEAT=${REPEAT:-3}
+server_cpu=()
+loadgen_cpu=()
+if [ "$PIN" = 1 ]; then
+  server_cpu=(taskset -c 0)
+  loadgen_cpu=(taskset -c 1)
+fi
 TESSERA_FLAGS=${TESSERA_FLAGS:-}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -58,36 +73,51 @@ start_servers() {
   local shards=()
   [ -n "$SHARDS" ] && shards=(--shards "$SHARDS")
   # shellcheck disable=SC2086
-  "$bin/tessera-server" --data-dir "$work/tessera" --listen 127.0.0.1:0 --fsync "$fsync" \
+  "${server_cpu[@]}" "$bin/tessera-server" --data-dir "$work/tessera" --listen 127.0.0.1:0 --fsync "$fsync" \
     "${shards[@]}" $TESSERA_FLAGS >"$work/tessera.out" 2>"$work/tessera.err" &
   tessera_pid=$!
   for _ in $(seq 100); do grep -q ready "$work/tessera.out" 2>/dev/null && break; sleep 0.1; done
   tessera_addr=$(grep -o '127.0.0.1:[0-9]*' "$work/tessera.out" | head -1)
   [ -n "$tessera_addr" ] || { cat "$work/tessera.err" >&2; exit 1; }
   redis_port=$(free_port)
-  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --dir "$work/redis" \
+  "${server_cpu[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --dir "$work/redis" \
     "${redis_aof[@]}" --daemonize no >"$work/redis.log" 2>&1 &
   redis_pid=$!
   for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   echo "servers ($1): tessera $tessera_addr (pid $tessera_pid), redis 127.0.0.1:$redis_port (pid $redis_pid)" >&2
 }
 
-# run NAME BACKEND LOADGEN-ARGS...
+# run NAME BACKEND ROUND LOADGEN-ARGS...
 run() {
-  local name=$1 backend=$2
-  shift 2
+  local name=$1 backend=$2 round=$3
+  shift 3
   local target="tessera://$tessera_addr"
   [ "$backend" = redis ] && target="redis://127.0.0.1:$redis_port"
-  "$bin/tessera-loadgen" --target "$target" --label "$backend $name" --json "$out/$backend-$name.json" \
-    --threads "$THREADS" --live false "$@"
+  "${loadgen_cpu[@]}" "$bin/tessera-loadgen" --target "$target" --label "$backend $name" \
+    --json "$out/$backend-$name.$round.json" --threads "$THREADS" --live false "$@"
+}
+
+# The run with the median throughput becomes SIDE-NAME.json.
+keep_median() {
+  python3 - "$@" <<'PY'
+import json, shutil, sys
+files = sys.argv[2:]
+ranked = sorted(files, key=lambda f: json.load(open(f))["throughput_ops_s"])
+shutil.copy(ranked[len(ranked) // 2], sys.argv[1])
+PY
 }
 
 both() {
   local name=$1
   shift
   echo "== $name" >&2
-  run "$name" tessera "$@"
-  run "$name" redis "$@"
+  for round in $(seq "$REPEAT"); do
+    run "$name" tessera "$round" "$@"
+    run "$name" redis "$round" "$@"
+  done
+  for side in tessera redis; do
+    keep_median "$out/$side-$name.json" "$out/$side-$name".[0-9]*.json
+  done
 }
 
 common=(--connections "$CONNECTIONS" --duration "$DURATION" --keys "$KEYS" --value-size 1024)

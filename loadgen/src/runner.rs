@@ -84,7 +84,7 @@ pub async fn load(
                     }
                     let value_len = spec.sample_value_len(&mut sizes);
                     let op = Op::Insert { key, value_len };
-                    conn.execute(&op, &values, &options)
+                    load_one(&mut conn, &op, &values, &options)
                         .await
                         .map_err(|e| format!("load of key {key} failed: {e}"))?;
                 }
@@ -95,6 +95,28 @@ pub async fn load(
         task.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+/// Writes one key of the load phase, backing off while the server answers OVERLOADED (its
+/// write buffer is ahead of its disk): the load phase must complete, not measure.
+async fn load_one(
+    conn: &mut Conn,
+    op: &Op,
+    values: &Values,
+    options: &Options,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_millis(1);
+    for _ in 0..200 {
+        match conn.execute(op, values, options).await {
+            Ok(_) => return Ok(()),
+            Err(label) if label == "OVERLOADED" => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            Err(label) => return Err(label),
+        }
+    }
+    Err("OVERLOADED for too long".into())
 }
 
 /// Runs the measured phase.
