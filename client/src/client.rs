@@ -107,6 +107,12 @@ type Waiter = oneshot::Sender<Result<Response, ClientError>>;
 struct ConnState {
     session: Session,
     waiters: HashMap<u64, Waiter>,
+    /// Frames encoded and not yet written. Concurrent callers append here and one flusher task
+    /// writes them all at once, so a pipelined connection makes one write per batch, not one
+    /// per request.
+    outgoing: Vec<u8>,
+    /// A flusher task is running.
+    flushing: bool,
 }
 
 /// One pipelined connection.
@@ -126,7 +132,7 @@ impl Conn {
         let conn = Arc::new(Conn {
             state: Mutex::new(ConnState {
                 session: Session::new(),
-                waiters: HashMap::new(),
+                ..ConnState::default()
             }),
             writer: tokio::sync::Mutex::new(writer),
             broken: Arc::new(AtomicBool::new(false)),
@@ -188,23 +194,49 @@ impl Conn {
         }
     }
 
-    async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-        let mut frame = Vec::new();
+    /// Writes everything queued, until the queue is empty. Runs in its own task, so that a
+    /// caller's timeout can never cancel a write halfway through a frame.
+    async fn flush(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut state = self.state.lock().expect("connection state lock");
+                if state.outgoing.is_empty() {
+                    state.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut state.outgoing)
+            };
+            let mut writer = self.writer.lock().await;
+            if let Err(e) = writer.write_all(&batch).await {
+                drop(writer);
+                self.fail_all(ClientError::Io(e.to_string()));
+                self.state.lock().expect("connection state lock").flushing = false;
+                return;
+            }
+        }
+    }
+
+    async fn call(
+        self: &Arc<Self>,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(ClientError::Io("connection is closed".into()));
+        }
         let (id, receiver) = {
-            let mut state = self.state.lock().expect("connection state lock");
-            let id = state.session.encode(request, &mut frame);
+            let mut guard = self.state.lock().expect("connection state lock");
+            let state = &mut *guard;
+            let id = state.session.encode(request, &mut state.outgoing);
             let (sender, receiver) = oneshot::channel();
             state.waiters.insert(id, sender);
+            if !state.flushing {
+                state.flushing = true;
+                tokio::spawn(self.clone().flush());
+            }
             (id, receiver)
         };
         let attempt = async {
-            {
-                let mut writer = self.writer.lock().await;
-                if let Err(e) = writer.write_all(&frame).await {
-                    self.broken.store(true, Ordering::SeqCst);
-                    return Err(ClientError::Io(e.to_string()));
-                }
-            }
             receiver
                 .await
                 .unwrap_or_else(|_| Err(ClientError::Io("connection dropped".into())))

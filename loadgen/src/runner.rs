@@ -193,7 +193,7 @@ async fn worker_loop(
     while shared.claim() {
         let op = generator.next_op();
         if let Some(at) = intended {
-            tokio::time::sleep_until(at.into()).await;
+            pace_until(at).await;
         }
         let sent = Instant::now();
         // Behind schedule because the last request was slow: count from the intended time.
@@ -212,6 +212,21 @@ async fn worker_loop(
         if let (Some(at), Some(step)) = (intended, interval) {
             intended = Some(at + step);
         }
+    }
+}
+
+/// Waits until `at` with better precision than tokio's millisecond timer: sleeps until about a
+/// millisecond before, then yields until the instant. Without this, timer slop of up to 1 ms
+/// would be charged to every open-loop request.
+async fn pace_until(at: Instant) {
+    let early = Duration::from_micros(1500);
+    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+        if wait > early {
+            tokio::time::sleep_until((at - early).into()).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
     }
 }
 
