@@ -259,6 +259,13 @@ pub struct ShardStats {
     pub cache_hits: u64,
     /// Reads that went to the disk.
     pub cache_misses: u64,
+    /// Estimated memory of the index.
+    pub index_bytes: u64,
+    pub compactions: u64,
+    pub bytes_reclaimed: u64,
+    pub expired_keys: u64,
+    /// Writes made durable by an fdatasync (divided by fsyncs: the mean group-commit size).
+    pub synced_writes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -440,6 +440,11 @@ fn build_shard_stats<'b>(
         cache_bytes: s.cache_bytes,
         cache_hits: s.cache_hits,
         cache_misses: s.cache_misses,
+        index_bytes: s.index_bytes,
+        compactions: s.compactions,
+        bytes_reclaimed: s.bytes_reclaimed,
+        expired_keys: s.expired_keys,
+        synced_writes: s.synced_writes,
     };
     fb::ShardStats::create(builder, &args)
 }
@@ -536,6 +541,11 @@ fn decode_shard_stats(s: fb::ShardStats<'_>) -> ShardStats {
         cache_bytes: s.cache_bytes(),
         cache_hits: s.cache_hits(),
         cache_misses: s.cache_misses(),
+        index_bytes: s.index_bytes(),
+        compactions: s.compactions(),
+        bytes_reclaimed: s.bytes_reclaimed(),
+        expired_keys: s.expired_keys(),
+        synced_writes: s.synced_writes(),
     }
 }
 

@@ -239,6 +239,11 @@ fn print_stats(
             ("cache_bytes", s.cache_bytes),
             ("cache_hits", s.cache_hits),
             ("cache_misses", s.cache_misses),
+            ("index_bytes", s.index_bytes),
+            ("compactions", s.compactions),
+            ("bytes_reclaimed", s.bytes_reclaimed),
+            ("expired_keys", s.expired_keys),
+            ("synced_writes", s.synced_writes),
         ]
     };
     let total: Vec<(&str, u64)> = {
@@ -252,10 +257,13 @@ fn print_stats(
     };
     if json {
         let object = |pairs: &[(&str, u64)]| {
-            let map = pairs
+            let counters = pairs
                 .iter()
                 .map(|(name, value)| (name.to_string(), (*value).into()));
-            serde_json::Value::Object(map.collect())
+            let ratios = derived(pairs)
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value.into()));
+            serde_json::Value::Object(counters.chain(ratios).collect())
         };
         let shards_json: Vec<_> = shards
             .iter()
@@ -272,18 +280,58 @@ fn print_stats(
             serde_json::to_string_pretty(&document).expect("json")
         )
     } else {
-        let names: Vec<&str> = total.iter().map(|(n, _)| *n).collect();
-        writeln!(
-            out,
-            "{:<8}{}",
-            "shard",
-            names.iter().map(|n| format!("{n:>14}")).collect::<String>()
-        )?;
+        // One row per counter, one column per shard and the total.
+        let columns: Vec<Vec<(&str, u64)>> = shards
+            .iter()
+            .map(fields)
+            .map(|f| f.to_vec())
+            .chain([total.clone()])
+            .collect();
+        let mut header = format!("{:<18}", "");
         for s in shards {
-            let values: String = fields(s).iter().map(|(_, v)| format!("{v:>14}")).collect();
-            writeln!(out, "{:<8}{values}", s.shard)?;
+            header.push_str(&format!("{:>16}", format!("shard {}", s.shard)));
         }
-        let values: String = total.iter().map(|(_, v)| format!("{v:>14}")).collect();
-        writeln!(out, "{:<8}{values}", "total")
+        writeln!(out, "{header}{:>16}", "total")?;
+        for (row, (name, _)) in total.iter().enumerate() {
+            let values: String = columns
+                .iter()
+                .map(|c| format!("{:>16}", c[row].1))
+                .collect();
+            writeln!(out, "{name:<18}{values}")?;
+        }
+        for (row, (name, _)) in derived(&total).iter().enumerate() {
+            let values: String = columns
+                .iter()
+                .map(|c| format!("{:>16.3}", derived(c)[row].1))
+                .collect();
+            writeln!(out, "{name:<18}{values}")?;
+        }
+        Ok(())
     }
+}
+
+/// Ratios computed from the counters: the share of the log that is garbage, the share of disk
+/// reads the cache saved, and the mean number of writes one fdatasync made durable.
+fn derived(pairs: &[(&str, u64)]) -> [(&'static str, f64); 3] {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v) as f64
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    [
+        (
+            "garbage_ratio",
+            ratio(get("disk_bytes") - get("live_bytes"), get("disk_bytes")).max(0.0),
+        ),
+        (
+            "cache_hit_rate",
+            ratio(get("cache_hits"), get("cache_hits") + get("cache_misses")),
+        ),
+        (
+            "avg_group_commit",
+            ratio(get("synced_writes"), get("fsyncs")),
+        ),
+    ]
 }

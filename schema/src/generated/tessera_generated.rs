@@ -2410,6 +2410,11 @@ impl<'a> ShardStats<'a> {
   pub const VT_CACHE_BYTES: ::flatbuffers::VOffsetT = 30;
   pub const VT_CACHE_HITS: ::flatbuffers::VOffsetT = 32;
   pub const VT_CACHE_MISSES: ::flatbuffers::VOffsetT = 34;
+  pub const VT_INDEX_BYTES: ::flatbuffers::VOffsetT = 36;
+  pub const VT_COMPACTIONS: ::flatbuffers::VOffsetT = 38;
+  pub const VT_BYTES_RECLAIMED: ::flatbuffers::VOffsetT = 40;
+  pub const VT_EXPIRED_KEYS: ::flatbuffers::VOffsetT = 42;
+  pub const VT_SYNCED_WRITES: ::flatbuffers::VOffsetT = 44;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2421,6 +2426,11 @@ impl<'a> ShardStats<'a> {
     args: &'args ShardStatsArgs
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_synced_writes(args.synced_writes);
+    builder.add_expired_keys(args.expired_keys);
+    builder.add_bytes_reclaimed(args.bytes_reclaimed);
+    builder.add_compactions(args.compactions);
+    builder.add_index_bytes(args.index_bytes);
     builder.add_cache_misses(args.cache_misses);
     builder.add_cache_hits(args.cache_hits);
     builder.add_cache_bytes(args.cache_bytes);
@@ -2553,6 +2563,41 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_CACHE_MISSES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn index_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_INDEX_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn compactions(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_COMPACTIONS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_reclaimed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_BYTES_RECLAIMED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn expired_keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_EXPIRED_KEYS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn synced_writes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_SYNCED_WRITES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -2577,6 +2622,11 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("cache_bytes", Self::VT_CACHE_BYTES, false)?
      .visit_field::<u64>("cache_hits", Self::VT_CACHE_HITS, false)?
      .visit_field::<u64>("cache_misses", Self::VT_CACHE_MISSES, false)?
+     .visit_field::<u64>("index_bytes", Self::VT_INDEX_BYTES, false)?
+     .visit_field::<u64>("compactions", Self::VT_COMPACTIONS, false)?
+     .visit_field::<u64>("bytes_reclaimed", Self::VT_BYTES_RECLAIMED, false)?
+     .visit_field::<u64>("expired_keys", Self::VT_EXPIRED_KEYS, false)?
+     .visit_field::<u64>("synced_writes", Self::VT_SYNCED_WRITES, false)?
      .finish();
     Ok(())
   }
@@ -2598,6 +2648,11 @@ pub struct ShardStatsArgs {
     pub cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub index_bytes: u64,
+    pub compactions: u64,
+    pub bytes_reclaimed: u64,
+    pub expired_keys: u64,
+    pub synced_writes: u64,
 }
 impl<'a> Default for ShardStatsArgs {
   #[inline]
@@ -2619,6 +2674,11 @@ impl<'a> Default for ShardStatsArgs {
       cache_bytes: 0,
       cache_hits: 0,
       cache_misses: 0,
+      index_bytes: 0,
+      compactions: 0,
+      bytes_reclaimed: 0,
+      expired_keys: 0,
+      synced_writes: 0,
     }
   }
 }
@@ -2693,6 +2753,26 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_CACHE_MISSES, cache_misses, 0);
   }
   #[inline]
+  pub fn add_index_bytes(&mut self, index_bytes: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_INDEX_BYTES, index_bytes, 0);
+  }
+  #[inline]
+  pub fn add_compactions(&mut self, compactions: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_COMPACTIONS, compactions, 0);
+  }
+  #[inline]
+  pub fn add_bytes_reclaimed(&mut self, bytes_reclaimed: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_BYTES_RECLAIMED, bytes_reclaimed, 0);
+  }
+  #[inline]
+  pub fn add_expired_keys(&mut self, expired_keys: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_EXPIRED_KEYS, expired_keys, 0);
+  }
+  #[inline]
+  pub fn add_synced_writes(&mut self, synced_writes: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_SYNCED_WRITES, synced_writes, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -2726,6 +2806,11 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("cache_bytes", &self.cache_bytes());
       ds.field("cache_hits", &self.cache_hits());
       ds.field("cache_misses", &self.cache_misses());
+      ds.field("index_bytes", &self.index_bytes());
+      ds.field("compactions", &self.compactions());
+      ds.field("bytes_reclaimed", &self.bytes_reclaimed());
+      ds.field("expired_keys", &self.expired_keys());
+      ds.field("synced_writes", &self.synced_writes());
       ds.finish()
   }
 }

@@ -44,6 +44,9 @@ pub struct Args {
     /// shards). 0 disables it; reads then go to the disk.
     #[arg(long, default_value_t = 512)]
     pub cache_mib: u64,
+    /// Compaction keeps the log within this factor of the live data (at least 1.2).
+    #[arg(long, default_value_t = 2.0)]
+    pub space_factor: f64,
     /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
     /// that segment is lost and reported).
     #[arg(long)]

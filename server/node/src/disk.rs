@@ -171,6 +171,23 @@ impl Segments {
         Ok(())
     }
 
+    /// Reads a whole segment (for compaction).
+    pub async fn read_segment(&self, segment: u32) -> Result<Vec<u8>, String> {
+        let file = self.file(segment)?;
+        read_whole(&file, &self.path(segment)).await
+    }
+
+    /// Deletes a compacted segment. Reads still in flight keep their open file handle.
+    pub fn delete(&self, segment: u32) -> Result<(), String> {
+        self.files.borrow_mut().remove(&segment);
+        let path = self.path(segment);
+        // One blocking unlink and directory sync per compacted segment (64 MiB of log).
+        std::fs::remove_file(&path).map_err(|e| io_error("cannot delete", &path, e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io_error("cannot sync directory", &self.dir, e))
+    }
+
     /// Reads the bytes of one record.
     pub async fn read(&self, read: &DiskRead) -> Result<Vec<u8>, String> {
         let file = self.file(read.segment)?;

@@ -67,12 +67,13 @@ fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
                 max_writes: args.fsync_writes.max(1),
             },
         },
+        space_factor: args.space_factor,
         cache_bytes: (args.cache_mib * 1024 * 1024 / u64::from(shards)) as usize,
         ..StoreConfig::default()
     };
     config
         .validate()
-        .map_err(|e| format!("--segment-mib: {e}"))?;
+        .map_err(|e| format!("invalid storage settings: {e}"))?;
     Ok(config)
 }
 
@@ -195,6 +196,15 @@ async fn shard_main(
     let shard = Shard::new(index, node.clone(), store, segments, senders);
     shard.spawn_mesh_receivers(receivers);
     glommio::spawn_local(shard.clone().run_flusher()).detach();
+    // Compaction and the TTL sweep get a tenth of the shares of foreground work.
+    let maintenance = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "maintenance",
+    );
+    glommio::spawn_local_into(shard.clone().run_maintenance(), maintenance)
+        .map_err(|e| format!("cannot start maintenance: {e}"))?
+        .detach();
     let own = SocketAddr::new(listen.ip(), node.shard_port_base + index);
     let mut accepting = Vec::new();
     for address in [listen, own] {

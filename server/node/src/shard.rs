@@ -26,6 +26,14 @@ pub const MESH_CHANNEL_CAPACITY: usize = 4096;
 /// Most requests a connection may have in flight; past it the node stops reading that socket
 /// until one completes (TCP backpressure, not an error).
 pub const MAX_INFLIGHT_PER_CONNECTION: u64 = 1024;
+/// How often the maintenance task looks for expired keys and compaction work.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
+/// Index entries the TTL sweep examines per tick (bounded work, ~10 K entries/s per shard).
+const SWEEP_ENTRIES_PER_TICK: usize = 1000;
+/// Bytes of a victim segment relocated per step between yields.
+const COMPACTION_STEP_BYTES: usize = 256 * 1024;
+/// Compaction pauses while this much of the log tail is unwritten.
+const COMPACTION_MAX_UNFLUSHED_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest a SIGTERM waits for in-flight requests before syncing and exiting anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -165,7 +173,10 @@ impl Shard {
             let plan = self.store.borrow_mut().poll_flush(now);
             if let Some(plan) = plan {
                 match self.segments.perform(&self.store, &plan).await {
-                    Ok(()) => self.store.borrow_mut().handle_flush_done(&plan, now_ms()),
+                    Ok(()) => {
+                        self.store.borrow_mut().handle_flush_done(&plan, now_ms());
+                        self.delete_compacted_segments();
+                    }
                     Err(reason) => {
                         tracing::error!(shard = self.index, "disk failure, writes stop: {reason}");
                         self.store.borrow_mut().handle_flush_failed(&plan, reason);
@@ -174,6 +185,9 @@ impl Shard {
                 self.wake_durable();
                 continue;
             }
+            // A sync with nothing left to write is settled without a plan; compacted segments
+            // waiting for it can go now.
+            self.delete_compacted_segments();
             self.wake_durable();
             let deadline = self.store.borrow().next_flush_deadline_ms();
             let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now).max(1)));
@@ -191,6 +205,67 @@ impl Shard {
                     kicked.recv().await;
                 }
             }
+        }
+    }
+
+    fn delete_compacted_segments(&self) {
+        loop {
+            let segment = self.store.borrow_mut().poll_segment_delete();
+            let Some(segment) = segment else { return };
+            if let Err(error) = self.segments.delete(segment) {
+                tracing::warn!(shard = self.index, "compacted segment left behind: {error}");
+            }
+        }
+    }
+
+    /// Background maintenance in a low-priority task queue: the TTL sweep and compaction.
+    /// Compaction copies a victim's live records in steps of `COMPACTION_STEP_BYTES`, yielding
+    /// between steps and pausing while the log tail is far ahead of the disk, so that
+    /// foreground requests keep their latency.
+    pub async fn run_maintenance(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
+            if self.stopping.get() {
+                return;
+            }
+            self.store
+                .borrow_mut()
+                .sweep_expired(now_ms(), SWEEP_ENTRIES_PER_TICK);
+            let victim = self.store.borrow_mut().poll_compaction();
+            if let Some(victim) = victim {
+                if let Err(error) = self.compact(victim).await {
+                    tracing::error!(
+                        shard = self.index,
+                        segment = victim,
+                        "compaction stopped: {error}"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn compact(&self, victim: u32) -> Result<(), String> {
+        let bytes = self.segments.read_segment(victim).await?;
+        let mut offset = 0;
+        loop {
+            while self.store.borrow().unflushed_bytes() > COMPACTION_MAX_UNFLUSHED_BYTES {
+                self.kick_flusher();
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let step = self.store.borrow_mut().relocate(
+                victim,
+                &bytes,
+                offset,
+                COMPACTION_STEP_BYTES,
+                now_ms(),
+            );
+            self.kick_flusher();
+            match step.map_err(|e| e.to_string())? {
+                Some(next) => offset = next,
+                None => return Ok(()),
+            }
+            glommio::yield_if_needed().await;
+            glommio::timer::sleep(Duration::from_micros(200)).await;
         }
     }
 
@@ -277,6 +352,11 @@ impl Shard {
             cache_bytes: store.cache_bytes,
             cache_hits: store.cache_hits,
             cache_misses: store.cache_misses,
+            index_bytes: store.index_bytes,
+            compactions: store.compactions,
+            bytes_reclaimed: store.bytes_reclaimed,
+            expired_keys: store.expired_keys,
+            synced_writes: store.synced_writes,
         }
     }
 }

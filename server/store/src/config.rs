@@ -35,6 +35,8 @@ pub struct StoreConfig {
     pub flush_threshold_bytes: usize,
     /// Bytes of hot values kept in memory (see `cache.rs`); 0 disables the cache.
     pub cache_bytes: usize,
+    /// Compaction keeps the log within this factor of the live data (see `compaction.rs`).
+    pub space_factor: f64,
 }
 
 impl Default for StoreConfig {
@@ -45,6 +47,7 @@ impl Default for StoreConfig {
             max_unflushed_bytes: 64 * 1024 * 1024,
             flush_threshold_bytes: 256 * 1024,
             cache_bytes: 256 * 1024 * 1024,
+            space_factor: 2.0,
         }
     }
 }
@@ -62,6 +65,12 @@ impl StoreConfig {
                 "segment size {size} must be between {} and {} bytes",
                 2 * MAX_RECORD_BYTES,
                 u32::MAX
+            ));
+        }
+        if self.space_factor.is_nan() || self.space_factor < 1.2 {
+            return Err(format!(
+                "space factor {} must be at least 1.2",
+                self.space_factor
             ));
         }
         if self.max_unflushed_bytes < 2 * MAX_RECORD_BYTES {

@@ -13,6 +13,7 @@
 //! - [`testing`]: the fault-injecting in-memory disk.
 
 pub mod cache;
+pub mod compaction;
 pub mod config;
 pub mod index;
 pub mod log;

@@ -89,7 +89,12 @@ impl Recovery {
                         version: header.version,
                         expiry_ms: header.expiry_ms,
                     };
-                    self.store.apply_to_index(header.vnode, key, &header, entry);
+                    // Compaction copies live records forward, so a key's copies are not always
+                    // in version order along the log: an older copy never replaces a newer one.
+                    let current = self.store.indexes[usize::from(header.vnode)].get(key);
+                    if current.is_none_or(|e| e.version <= header.version) {
+                        self.store.apply_to_index(header.vnode, key, &header, entry);
+                    }
                     self.store.last_version = self.store.last_version.max(header.version);
                     report.records += 1;
                     offset += header.record_len();
@@ -122,6 +127,7 @@ impl Recovery {
             self.store.tail.chunks = [resume_chunk(segment, &bytes[..offset])].into();
         } else {
             self.store.sealed_disk_bytes += offset as u64;
+            self.store.sealed_segments.insert(segment, offset as u64);
         }
         Ok(report)
     }

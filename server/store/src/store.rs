@@ -117,7 +117,18 @@ pub struct StoreStats {
     pub cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Estimated memory of the index: keys plus `INDEX_ENTRY_OVERHEAD_BYTES` per key.
+    pub index_bytes: u64,
+    pub compactions: u64,
+    pub bytes_reclaimed: u64,
+    pub expired_keys: u64,
+    /// Writes made durable by an fdatasync; divided by `fsyncs`, the mean group-commit size.
+    pub synced_writes: u64,
 }
+
+/// Index memory per key beyond the key's bytes: the 32-byte `Entry`, the boxed key's 16-byte
+/// pointer, and the B-tree's share of node space (an estimate; issue 4's benchmark measures it).
+pub const INDEX_ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 #[derive(Debug)]
 pub struct Store {
@@ -137,6 +148,13 @@ pub struct Store {
     /// Bytes in segments before the active one.
     pub(crate) sealed_disk_bytes: u64,
     pub(crate) cache: ValueCache,
+    /// Size of every sealed segment (bytes of log it holds).
+    pub(crate) sealed_segments: std::collections::BTreeMap<u32, u64>,
+    /// Bytes of live records per segment (active one included).
+    pub(crate) segment_live: std::collections::HashMap<u32, u64>,
+    pub compaction: crate::compaction::CompactionState,
+    /// Sum of the lengths of the keys in the index.
+    pub(crate) index_key_bytes: u64,
 }
 
 impl Store {
@@ -164,11 +182,20 @@ impl Store {
             failed: None,
             stats: StoreStats::default(),
             sealed_disk_bytes: 0,
+            sealed_segments: Default::default(),
+            segment_live: Default::default(),
+            compaction: Default::default(),
+            index_key_bytes: 0,
         }
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Bytes appended but not yet written; compaction waits while this is high.
+    pub fn unflushed_bytes(&self) -> u64 {
+        self.tail.unwritten_bytes()
     }
 
     pub fn durable_seq(&self) -> u64 {
@@ -187,6 +214,10 @@ impl Store {
         stats.cache_bytes = cache.bytes;
         stats.cache_hits = cache.hits;
         stats.cache_misses = cache.misses;
+        stats.index_bytes = self.index_key_bytes + stats.keys * INDEX_ENTRY_OVERHEAD_BYTES;
+        stats.compactions = self.compaction.runs;
+        stats.bytes_reclaimed = self.compaction.bytes_reclaimed;
+        stats.expired_keys = self.compaction.expired_keys;
         stats
     }
 
@@ -258,12 +289,14 @@ impl Store {
         })
     }
 
-    fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
+    pub(crate) fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
         let len = header.record_len() as u64;
         if self.tail.active().end() + len > self.config.segment_size_bytes {
             let old = self.tail.active_ref();
-            self.sealed_disk_bytes += old.end();
-            let next = old.segment + 1;
+            let (old_segment, old_end) = (old.segment, old.end());
+            self.sealed_disk_bytes += old_end;
+            self.sealed_segments.insert(old_segment, old_end);
+            let next = old_segment + 1;
             self.tail.roll(next);
         }
         let active = self.tail.active();
@@ -291,11 +324,22 @@ impl Store {
         if let Some(old) = old {
             self.stats.live_bytes -= u64::from(old.record_len);
             self.stats.keys -= 1;
+            self.index_key_bytes -= key.len() as u64;
+            self.charge_segment(old.segment, -i64::from(old.record_len));
         }
         if !header.tombstone {
             self.stats.live_bytes += u64::from(entry.record_len);
             self.stats.keys += 1;
+            self.index_key_bytes += key.len() as u64;
+            self.charge_segment(entry.segment, i64::from(entry.record_len));
         }
+    }
+
+    fn charge_segment(&mut self, segment: u32, delta_bytes: i64) {
+        let live = self.segment_live.entry(segment).or_default();
+        *live = live
+            .checked_add_signed(delta_bytes)
+            .expect("segment live bytes stay positive");
     }
 
     /// Finds a key's value.
@@ -448,6 +492,7 @@ impl Store {
             }
         }
         if plan.sync {
+            self.stats.synced_writes += plan.seq_covered.saturating_sub(self.durable_seq);
             self.durable_seq = self.durable_seq.max(plan.seq_covered);
             self.last_sync_ms = now_ms;
         }

@@ -154,6 +154,37 @@ impl MemDisk {
         file.current[offset] ^= 0x5A;
     }
 
+    /// A segment's whole contents, as the device holds them now.
+    pub fn segment_bytes(&self, segment: u32) -> Vec<u8> {
+        self.files[&segment].current.clone()
+    }
+
+    /// Deletes a segment file (compaction). Durable at once, like creation.
+    pub fn delete_segment(&mut self, segment: u32) {
+        self.files.remove(&segment);
+    }
+
+    /// Runs one whole compaction if one is due: relocation in small steps, a flush, deletion.
+    pub fn compact(&mut self, store: &mut Store, now_ms: u64) -> Result<Option<u32>, String> {
+        let Some(victim) = store.poll_compaction() else {
+            return Ok(None);
+        };
+        let bytes = self.segment_bytes(victim);
+        let mut offset = 0;
+        while let Some(next) = store
+            .relocate(victim, &bytes, offset, 16 * 1024, now_ms)
+            .map_err(|e| e.to_string())?
+        {
+            offset = next;
+            self.flush_due(store, now_ms)?;
+        }
+        self.flush_due(store, now_ms)?;
+        while let Some(segment) = store.poll_segment_delete() {
+            self.delete_segment(segment);
+        }
+        Ok(Some(victim))
+    }
+
     pub fn segments(&self) -> Vec<u32> {
         self.files.keys().copied().collect()
     }
