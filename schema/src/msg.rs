@@ -17,10 +17,11 @@ pub enum Status {
     Overloaded = 7,
     Unavailable = 8,
     Internal = 9,
+    MemoryLimit = 10,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::NotFound,
         Status::VersionMismatch,
@@ -31,6 +32,7 @@ impl Status {
         Status::Overloaded,
         Status::Unavailable,
         Status::Internal,
+        Status::MemoryLimit,
     ];
 
     pub fn from_wire(value: u8) -> Option<Status> {
@@ -50,6 +52,7 @@ impl Status {
             Status::Overloaded => "OVERLOADED",
             Status::Unavailable => "UNAVAILABLE",
             Status::Internal => "INTERNAL",
+            Status::MemoryLimit => "MEMORY_LIMIT",
         }
     }
 }

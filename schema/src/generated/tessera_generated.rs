@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 9;
+pub const ENUM_MAX_STATUS: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 10] = [
+pub const ENUM_VALUES_STATUS: [Status; 11] = [
   Status::Ok,
   Status::NotFound,
   Status::VersionMismatch,
@@ -27,6 +27,7 @@ pub const ENUM_VALUES_STATUS: [Status; 10] = [
   Status::Overloaded,
   Status::Unavailable,
   Status::Internal,
+  Status::MemoryLimit,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -44,9 +45,12 @@ impl Status {
   pub const Overloaded: Self = Self(7);
   pub const Unavailable: Self = Self(8);
   pub const Internal: Self = Self(9);
+  /// The node's --memory-limit is reached: new keys are refused until memory is freed;
+  /// reads, overwrites and deletes still work.
+  pub const MemoryLimit: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::NotFound,
@@ -58,6 +62,7 @@ impl Status {
     Self::Overloaded,
     Self::Unavailable,
     Self::Internal,
+    Self::MemoryLimit,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -72,6 +77,7 @@ impl Status {
       Self::Overloaded => Some("Overloaded"),
       Self::Unavailable => Some("Unavailable"),
       Self::Internal => Some("Internal"),
+      Self::MemoryLimit => Some("MemoryLimit"),
       _ => None,
     }
   }

@@ -44,6 +44,11 @@ pub struct Args {
     /// shards). 0 disables it; reads then go to the disk.
     #[arg(long, default_value_t = 512)]
     pub cache_mib: u64,
+    /// Memory for index plus value cache, in MiB, for the whole node (split evenly among
+    /// shards). The cache shrinks as the index grows; past the limit new keys are refused with
+    /// MEMORY_LIMIT while reads, overwrites and deletes go on. Default: no limit.
+    #[arg(long)]
+    pub memory_limit_mib: Option<u64>,
     /// Compaction keeps the log within this factor of the live data (at least 1.2).
     #[arg(long, default_value_t = 2.0)]
     pub space_factor: f64,

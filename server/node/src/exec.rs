@@ -57,6 +57,7 @@ fn write_error(error: WriteError) -> OpResult {
         WriteError::NotFound => Status::NotFound,
         WriteError::Overloaded => Status::Overloaded,
         WriteError::Failed(_) => Status::Unavailable,
+        WriteError::MemoryLimit { .. } => Status::MemoryLimit,
     };
     OpResult::error(status, error.to_string())
 }

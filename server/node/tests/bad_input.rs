@@ -169,3 +169,75 @@ fn random_bytes_do_not_take_the_node_down() {
     };
     assert_eq!(got.value.as_deref(), Some(&b"here"[..]));
 }
+
+#[test]
+fn a_memory_limit_refuses_new_keys_with_a_clear_status_and_the_node_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &["--shards", "1", "--memory-limit-mib", "1"]);
+    let mut raw = Raw::connect(node.addr);
+    let mut stored = 0u64;
+    let mut refused = None;
+    // About 80 bytes of index per 16-byte key: 1 MiB holds some 12 000 keys.
+    'fill: for batch in 0..40u64 {
+        let ops = (0..1000u64)
+            .map(|i| {
+                match put(
+                    format!("key{:012}", batch * 1000 + i).into_bytes(),
+                    vec![1; 8],
+                ) {
+                    Request::Put(p) => BatchOp::Put(p),
+                    _ => unreachable!(),
+                }
+            })
+            .collect();
+        let Response::Batch(results) = raw.call(100 + batch, &Request::Batch(ops)) else {
+            panic!()
+        };
+        for result in results {
+            match result.status {
+                Status::Ok => stored += 1,
+                Status::MemoryLimit => {
+                    refused = Some(result.message);
+                    break 'fill;
+                }
+                other => panic!("unexpected {other}: {}", result.message),
+            }
+        }
+    }
+    let message = refused.expect("the limit was reached");
+    assert!(message.contains("memory limit"), "{message}");
+    assert!(
+        (5_000..20_000).contains(&stored),
+        "{stored} keys fit in 1 MiB"
+    );
+    // Still refused, cleanly; overwrites, reads and deletes go on.
+    assert_eq!(
+        status(&raw.call(1, &put(b"brand-new".to_vec(), b"v".to_vec()))),
+        Status::MemoryLimit
+    );
+    assert_eq!(
+        status(&raw.call(2, &put(b"key000000000001".to_vec(), b"new".to_vec()))),
+        Status::Ok
+    );
+    let Response::Op(got) = raw.call(
+        3,
+        &Request::Get {
+            key: b"key000000000001".to_vec(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(got.value.as_deref(), Some(&b"new"[..]));
+    let delete = Request::Delete(DeleteRequest {
+        key: b"key000000000002".to_vec(),
+        if_version: None,
+        durability: Durability::Default,
+    });
+    assert_eq!(status(&raw.call(4, &delete)), Status::Ok);
+    assert_eq!(
+        status(&raw.call(5, &put(b"brand-new".to_vec(), b"v".to_vec()))),
+        Status::Ok,
+        "room again"
+    );
+    assert!(node.is_running());
+}

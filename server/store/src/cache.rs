@@ -119,6 +119,16 @@ impl ValueCache {
         }
     }
 
+    /// Changes the byte budget, evicting down to it at once.
+    pub fn set_capacity(&mut self, capacity_bytes: usize, now_ms: u64) {
+        self.capacity_bytes = capacity_bytes;
+        self.evict(now_ms);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity_bytes
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         self.entries.contains_key(key)
     }

@@ -37,6 +37,9 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
     /// Compaction keeps the log within this factor of the live data (see `compaction.rs`).
     pub space_factor: f64,
+    /// Bound on index plus cache memory. The cache shrinks as the index grows; once the index
+    /// alone would pass the bound, writes of new keys are refused (`WriteError::MemoryLimit`).
+    pub memory_limit_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +51,7 @@ impl Default for StoreConfig {
             flush_threshold_bytes: 256 * 1024,
             cache_bytes: 256 * 1024 * 1024,
             space_factor: 2.0,
+            memory_limit_bytes: None,
         }
     }
 }

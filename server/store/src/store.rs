@@ -51,6 +51,8 @@ pub enum WriteError {
     Overloaded,
     #[error("the store stopped accepting writes after a disk failure: {0}")]
     Failed(String),
+    #[error("memory limit reached: the index holds {index_bytes} bytes of the {limit_bytes}-byte limit; new keys are refused (overwrites, deletes and reads still work)")]
+    MemoryLimit { index_bytes: u64, limit_bytes: u64 },
 }
 
 /// Where a GET's answer is.
@@ -165,7 +167,11 @@ impl Store {
 
     pub(crate) fn with_tail(config: StoreConfig, active: Chunk, last_version: u64) -> Store {
         config.validate().expect("invalid store config");
-        let cache = ValueCache::new(config.cache_bytes);
+        let cache_bytes = match config.memory_limit_bytes {
+            Some(limit) => config.cache_bytes.min(limit as usize),
+            None => config.cache_bytes,
+        };
+        let cache = ValueCache::new(cache_bytes);
         Store {
             cache,
             config,
@@ -244,6 +250,9 @@ impl Store {
         if write.value.is_none() && current == 0 {
             return Err(WriteError::NotFound);
         }
+        if current == 0 && write.value.is_some() {
+            self.admit_new_key(write.key.len(), now_ms)?;
+        }
         let version = self
             .last_version
             .saturating_add(1)
@@ -287,6 +296,26 @@ impl Store {
             seq: self.seq,
             wait_for_sync,
         })
+    }
+
+    /// Checks the memory limit for one more key, shrinking the cache to make room.
+    fn admit_new_key(&mut self, key_len: usize, now_ms: u64) -> Result<(), WriteError> {
+        let Some(limit_bytes) = self.config.memory_limit_bytes else {
+            return Ok(());
+        };
+        let index_bytes = self.index_key_bytes + self.stats.keys * INDEX_ENTRY_OVERHEAD_BYTES;
+        let needed = index_bytes + key_len as u64 + INDEX_ENTRY_OVERHEAD_BYTES;
+        if needed > limit_bytes {
+            return Err(WriteError::MemoryLimit {
+                index_bytes,
+                limit_bytes,
+            });
+        }
+        let cache_room = (limit_bytes - needed) as usize;
+        if self.cache.capacity() > cache_room {
+            self.cache.set_capacity(cache_room, now_ms);
+        }
+        Ok(())
     }
 
     pub(crate) fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
