@@ -45,6 +45,7 @@ impl Harness {
             // Small, so that the model test runs through evictions.
             cache_bytes: 256 * 1024,
             space_factor: 2.0,
+            memory_limit_bytes: None,
         };
         Harness {
             store: Store::new(config.clone()),
