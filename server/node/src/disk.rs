@@ -12,6 +12,8 @@ use tessera_store::{DiskRead, FlushPlan, FlushStep, Recovery, RecoveryAction, St
 
 /// Bytes read per request while replaying a segment.
 const RECOVERY_READ_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes read per request when compaction reads a victim.
+const COMPACTION_READ_BYTES: usize = 1024 * 1024;
 
 pub struct Segments {
     dir: PathBuf,
@@ -66,7 +68,7 @@ impl Segments {
         let mut recovery = Recovery::new(config, repair);
         for (i, &id) in ids.iter().enumerate() {
             let file = segments.open(id, false).await?;
-            let bytes = read_whole(&file, &segments.path(id)).await?;
+            let bytes = read_whole(&file, &segments.path(id), RECOVERY_READ_BYTES).await?;
             let report = recovery
                 .add_segment(id, &bytes, i + 1 == ids.len())
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -131,11 +133,12 @@ impl Segments {
             .await
             .map_err(|e| io_error("cannot sync", &path, e))?;
         // The new name must be durable before any write in the file counts as durable. glommio's
-        // Directory::open fails with EBADF here, so this one blocking call (once per segment)
-        // goes through std.
-        std::fs::File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io_error("cannot sync directory", &self.dir, e))?;
+        // Directory::open fails with EBADF here, so the sync goes through std, on glommio's
+        // blocking thread pool so that the shard's thread keeps serving.
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || sync_directory(&dir))
+            .await?;
         self.files.borrow_mut().insert(segment, Rc::new(file));
         Ok(())
     }
@@ -174,18 +177,22 @@ impl Segments {
     /// Reads a whole segment (for compaction).
     pub async fn read_segment(&self, segment: u32) -> Result<Vec<u8>, String> {
         let file = self.file(segment)?;
-        read_whole(&file, &self.path(segment)).await
+        // Small reads: each one is copied out on the shard's thread, which must not stall.
+        read_whole(&file, &self.path(segment), COMPACTION_READ_BYTES).await
     }
 
-    /// Deletes a compacted segment. Reads still in flight keep their open file handle.
-    pub fn delete(&self, segment: u32) -> Result<(), String> {
+    /// Deletes a compacted segment. Reads still in flight keep their open file handle. The
+    /// unlink and the directory sync run on glommio's blocking thread pool, so that the shard's
+    /// thread keeps serving meanwhile.
+    pub async fn delete(&self, segment: u32) -> Result<(), String> {
         self.files.borrow_mut().remove(&segment);
-        let path = self.path(segment);
-        // One blocking unlink and directory sync per compacted segment (64 MiB of log).
-        std::fs::remove_file(&path).map_err(|e| io_error("cannot delete", &path, e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io_error("cannot sync directory", &self.dir, e))
+        let (path, dir) = (self.path(segment), self.dir.clone());
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::remove_file(&path).map_err(|e| io_error("cannot delete", &path, e))?;
+                sync_directory(&dir)
+            })
+            .await
     }
 
     /// Reads the bytes of one record.
@@ -205,14 +212,20 @@ impl Segments {
     }
 }
 
-async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>, String> {
+fn sync_directory(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|e| io_error("cannot sync directory", dir, e))
+}
+
+async fn read_whole(file: &DmaFile, path: &Path, read_bytes: usize) -> Result<Vec<u8>, String> {
     let size = file
         .file_size()
         .await
         .map_err(|e| io_error("cannot stat", path, e))?;
     let mut bytes = Vec::with_capacity(size as usize);
     while (bytes.len() as u64) < size {
-        let want = RECOVERY_READ_BYTES.min((size - bytes.len() as u64) as usize);
+        let want = read_bytes.min((size - bytes.len() as u64) as usize);
         let chunk = file
             .read_at_aligned(bytes.len() as u64, want.next_multiple_of(4096))
             .await

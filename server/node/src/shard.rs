@@ -31,9 +31,9 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
 /// Index entries the TTL sweep examines per tick (bounded work, ~10 K entries/s per shard).
 const SWEEP_ENTRIES_PER_TICK: usize = 1000;
 /// Bytes of a victim segment relocated per step between yields.
-const COMPACTION_STEP_BYTES: usize = 256 * 1024;
+const COMPACTION_STEP_BYTES: usize = 64 * 1024;
 /// Compaction pauses while this much of the log tail is unwritten.
-const COMPACTION_MAX_UNFLUSHED_BYTES: u64 = 4 * 1024 * 1024;
+const COMPACTION_MAX_UNFLUSHED_BYTES: u64 = 512 * 1024;
 /// Longest a SIGTERM waits for in-flight requests before syncing and exiting anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,7 +175,7 @@ impl Shard {
                 match self.segments.perform(&self.store, &plan).await {
                     Ok(()) => {
                         self.store.borrow_mut().handle_flush_done(&plan, now_ms());
-                        self.delete_compacted_segments();
+                        self.delete_compacted_segments().await;
                     }
                     Err(reason) => {
                         tracing::error!(shard = self.index, "disk failure, writes stop: {reason}");
@@ -187,7 +187,7 @@ impl Shard {
             }
             // A sync with nothing left to write is settled without a plan; compacted segments
             // waiting for it can go now.
-            self.delete_compacted_segments();
+            self.delete_compacted_segments().await;
             self.wake_durable();
             let deadline = self.store.borrow().next_flush_deadline_ms();
             let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now).max(1)));
@@ -208,11 +208,11 @@ impl Shard {
         }
     }
 
-    fn delete_compacted_segments(&self) {
+    async fn delete_compacted_segments(&self) {
         loop {
             let segment = self.store.borrow_mut().poll_segment_delete();
             let Some(segment) = segment else { return };
-            if let Err(error) = self.segments.delete(segment) {
+            if let Err(error) = self.segments.delete(segment).await {
                 tracing::warn!(shard = self.index, "compacted segment left behind: {error}");
             }
         }
