@@ -18,10 +18,11 @@ pub enum Status {
     Unavailable = 8,
     Internal = 9,
     MemoryLimit = 10,
+    DiskFull = 11,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::NotFound,
         Status::VersionMismatch,
@@ -33,6 +34,7 @@ impl Status {
         Status::Unavailable,
         Status::Internal,
         Status::MemoryLimit,
+        Status::DiskFull,
     ];
 
     pub fn from_wire(value: u8) -> Option<Status> {
@@ -53,6 +55,7 @@ impl Status {
             Status::Unavailable => "UNAVAILABLE",
             Status::Internal => "INTERNAL",
             Status::MemoryLimit => "MEMORY_LIMIT",
+            Status::DiskFull => "DISK_FULL",
         }
     }
 }

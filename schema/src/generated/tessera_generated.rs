@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 10;
+pub const ENUM_MAX_STATUS: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 11] = [
+pub const ENUM_VALUES_STATUS: [Status; 12] = [
   Status::Ok,
   Status::NotFound,
   Status::VersionMismatch,
@@ -28,6 +28,7 @@ pub const ENUM_VALUES_STATUS: [Status; 11] = [
   Status::Unavailable,
   Status::Internal,
   Status::MemoryLimit,
+  Status::DiskFull,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -48,9 +49,11 @@ impl Status {
   /// The node's --memory-limit is reached: new keys are refused until memory is freed;
   /// reads, overwrites and deletes still work.
   pub const MemoryLimit: Self = Self(10);
+  /// The disk is full: writes are refused until space returns; reads go on.
+  pub const DiskFull: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::NotFound,
@@ -63,6 +66,7 @@ impl Status {
     Self::Unavailable,
     Self::Internal,
     Self::MemoryLimit,
+    Self::DiskFull,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -78,6 +82,7 @@ impl Status {
       Self::Unavailable => Some("Unavailable"),
       Self::Internal => Some("Internal"),
       Self::MemoryLimit => Some("MemoryLimit"),
+      Self::DiskFull => Some("DiskFull"),
       _ => None,
     }
   }

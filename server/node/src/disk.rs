@@ -123,29 +123,42 @@ impl Segments {
             .map_err(|e| io_error("cannot sync", &path, e))
     }
 
-    async fn create(&self, segment: u32) -> Result<(), String> {
+    async fn create(&self, segment: u32) -> Result<(), FlushFailure> {
         let path = self.path(segment);
-        let file = self.open(segment, true).await?;
+        // Not create_new: an earlier attempt may have created the file and then found the disk
+        // full; the retry preallocates it again.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| FlushFailure::of("cannot create", &path, e))?;
         file.pre_allocate(self.segment_size_bytes, false)
             .await
-            .map_err(|e| io_error("cannot preallocate", &path, e))?;
+            .map_err(|e| FlushFailure::of("cannot preallocate", &path, e))?;
         file.fdatasync()
             .await
-            .map_err(|e| io_error("cannot sync", &path, e))?;
+            .map_err(|e| FlushFailure::of("cannot sync", &path, e))?;
         // The new name must be durable before any write in the file counts as durable. glommio's
         // Directory::open fails with EBADF here, so the sync goes through std, on glommio's
         // blocking thread pool so that the shard's thread keeps serving.
         let dir = self.dir.clone();
         glommio::executor()
             .spawn_blocking(move || sync_directory(&dir))
-            .await?;
+            .await
+            .map_err(FlushFailure::fatal)?;
         self.files.borrow_mut().insert(segment, Rc::new(file));
         Ok(())
     }
 
     /// Performs the steps of a flush plan in order. The bytes of each write are copied out of
     /// the store before the first await, as `copy_flush_bytes` requires.
-    pub async fn perform(&self, store: &RefCell<Store>, plan: &FlushPlan) -> Result<(), String> {
+    pub async fn perform(
+        &self,
+        store: &RefCell<Store>,
+        plan: &FlushPlan,
+    ) -> Result<(), FlushFailure> {
         for step in &plan.steps {
             match *step {
                 FlushStep::CreateSegment { segment } => self.create(segment).await?,
@@ -154,20 +167,23 @@ impl Segments {
                     offset,
                     len,
                 } => {
-                    let file = self.file(segment)?;
+                    let file = self.file(segment).map_err(FlushFailure::fatal)?;
                     let mut buffer = file.alloc_dma_buffer(len as usize);
                     store
                         .borrow()
                         .copy_flush_bytes(segment, offset, buffer.as_bytes_mut());
                     file.write_at(buffer, offset)
                         .await
-                        .map_err(|e| io_error("write failed on", &self.path(segment), e))?;
+                        .map_err(|e| FlushFailure::of("write failed on", &self.path(segment), e))?;
                 }
                 FlushStep::Sync { segment } => {
-                    self.file(segment)?
+                    self.file(segment)
+                        .map_err(FlushFailure::fatal)?
                         .fdatasync()
                         .await
-                        .map_err(|e| io_error("fdatasync failed on", &self.path(segment), e))?;
+                        .map_err(|e| {
+                            FlushFailure::of("fdatasync failed on", &self.path(segment), e)
+                        })?;
                 }
             }
         }
@@ -209,6 +225,32 @@ impl Segments {
             ));
         }
         Ok(result.to_vec())
+    }
+}
+
+/// Why a flush failed: a full disk (retried later, reads go on) or anything else (the shard
+/// stops writing: the state of the file is unknown).
+#[derive(Debug)]
+pub struct FlushFailure {
+    pub reason: String,
+    pub disk_full: bool,
+}
+
+impl FlushFailure {
+    fn fatal(reason: String) -> FlushFailure {
+        FlushFailure {
+            reason,
+            disk_full: false,
+        }
+    }
+
+    fn of<T>(what: &str, path: &Path, error: glommio::GlommioError<T>) -> FlushFailure {
+        let error = std::io::Error::from(error);
+        let disk_full = error.raw_os_error() == Some(libc::ENOSPC);
+        FlushFailure {
+            reason: io_error(what, path, error),
+            disk_full,
+        }
     }
 }
 

@@ -58,6 +58,7 @@ fn write_error(error: WriteError) -> OpResult {
         WriteError::Overloaded => Status::Overloaded,
         WriteError::Failed(_) => Status::Unavailable,
         WriteError::MemoryLimit { .. } => Status::MemoryLimit,
+        WriteError::DiskFull(_) => Status::DiskFull,
     };
     OpResult::error(status, error.to_string())
 }

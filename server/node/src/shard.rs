@@ -177,9 +177,25 @@ impl Shard {
                         self.store.borrow_mut().handle_flush_done(&plan, now_ms());
                         self.delete_compacted_segments().await;
                     }
-                    Err(reason) => {
-                        tracing::error!(shard = self.index, "disk failure, writes stop: {reason}");
-                        self.store.borrow_mut().handle_flush_failed(&plan, reason);
+                    Err(failure) if failure.disk_full => {
+                        tracing::warn!(
+                            shard = self.index,
+                            "disk full, new writes refused until space returns: {}",
+                            failure.reason
+                        );
+                        self.store
+                            .borrow_mut()
+                            .handle_disk_full(&plan, failure.reason, now_ms());
+                    }
+                    Err(failure) => {
+                        tracing::error!(
+                            shard = self.index,
+                            "disk failure, writes stop: {}",
+                            failure.reason
+                        );
+                        self.store
+                            .borrow_mut()
+                            .handle_flush_failed(&plan, failure.reason);
                     }
                 }
                 self.wake_durable();

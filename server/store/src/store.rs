@@ -51,6 +51,8 @@ pub enum WriteError {
     Overloaded,
     #[error("the store stopped accepting writes after a disk failure: {0}")]
     Failed(String),
+    #[error("disk full: {0} (writes are refused until space returns; reads go on)")]
+    DiskFull(String),
     #[error("memory limit reached: the index holds {index_bytes} bytes of the {limit_bytes}-byte limit; new keys are refused (overwrites, deletes and reads still work)")]
     MemoryLimit { index_bytes: u64, limit_bytes: u64 },
 }
@@ -128,6 +130,9 @@ pub struct StoreStats {
     pub synced_writes: u64,
 }
 
+/// How long a full disk waits before the next flush attempt.
+pub const DISK_FULL_RETRY_MS: u64 = 1000;
+
 /// Index memory per key beyond the key's bytes: the 32-byte `Entry`, the boxed key's pointer and
 /// allocation, the B-tree's share of node space and the per-segment accounting. Calibrated by
 /// `examples/store_bench.rs`: 160 bytes per 50-byte key resident at 10 M keys.
@@ -147,6 +152,8 @@ pub struct Store {
     pub(crate) last_sync_ms: u64,
     pub(crate) flush_in_progress: bool,
     pub(crate) failed: Option<String>,
+    /// The disk was full at the last flush, and when to try again.
+    pub(crate) disk_full: Option<(String, u64)>,
     pub(crate) stats: StoreStats,
     /// Bytes in segments before the active one.
     pub(crate) sealed_disk_bytes: u64,
@@ -187,6 +194,7 @@ impl Store {
             last_sync_ms: 0,
             flush_in_progress: false,
             failed: None,
+            disk_full: None,
             stats: StoreStats::default(),
             sealed_disk_bytes: 0,
             sealed_segments: Default::default(),
@@ -238,6 +246,9 @@ impl Store {
     pub fn handle_write(&mut self, write: Write<'_>, now_ms: u64) -> Result<WriteAck, WriteError> {
         if let Some(reason) = &self.failed {
             return Err(WriteError::Failed(reason.clone()));
+        }
+        if let Some((reason, _)) = &self.disk_full {
+            return Err(WriteError::DiskFull(reason.clone()));
         }
         if self.tail.unwritten_bytes() > self.config.max_unflushed_bytes as u64 {
             return Err(WriteError::Overloaded);
@@ -447,6 +458,13 @@ impl Store {
         if self.flush_in_progress || self.failed.is_some() {
             return None;
         }
+        if self
+            .disk_full
+            .as_ref()
+            .is_some_and(|(_, retry_at_ms)| now_ms < *retry_at_ms)
+        {
+            return None;
+        }
         let sync = self.sync_due(now_ms);
         let write_due = self.tail.unwritten_bytes() >= self.config.flush_threshold_bytes as u64
             || self.tail.has_sealed();
@@ -496,6 +514,9 @@ impl Store {
         if self.failed.is_some() || (self.seq == self.durable_seq && !self.tail.needs_write()) {
             return None;
         }
+        if let Some((_, retry_at_ms)) = self.disk_full {
+            return Some(retry_at_ms);
+        }
         match self.config.fsync {
             FsyncPolicy::Always => Some(0),
             _ if self.sync_wanted_seq > self.durable_seq => Some(0),
@@ -512,6 +533,7 @@ impl Store {
 
     /// The shell performed every step of `plan`.
     pub fn handle_flush_done(&mut self, plan: &FlushPlan, now_ms: u64) {
+        self.disk_full = None;
         use crate::log::FlushStep;
         self.tail.complete(plan);
         for step in &plan.steps {
@@ -527,6 +549,20 @@ impl Store {
             self.last_sync_ms = now_ms;
         }
         self.flush_in_progress = false;
+    }
+
+    /// The disk was full during `plan` (ENOSPC; in practice while preallocating a new segment).
+    /// Writes are refused with `WriteError::DiskFull` and the flush is retried after
+    /// `DISK_FULL_RETRY_MS`; whatever was appended is kept and written once space returns
+    /// (compaction or an operator freed some). Steps already done are redone: rewriting the
+    /// same bytes is harmless.
+    pub fn handle_disk_full(&mut self, _plan: &FlushPlan, reason: String, now_ms: u64) {
+        self.flush_in_progress = false;
+        self.disk_full = Some((reason, now_ms + DISK_FULL_RETRY_MS));
+    }
+
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.is_some()
     }
 
     /// A step of `plan` failed. The store stops accepting writes: after a failed fdatasync the

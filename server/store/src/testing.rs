@@ -47,6 +47,8 @@ pub struct MemDisk {
     files: BTreeMap<u32, MemFile>,
     /// The next fdatasync fails (EIO).
     pub fail_next_sync: bool,
+    /// Creating segments fails with ENOSPC while this is set.
+    pub disk_full: bool,
 }
 
 impl MemDisk {
@@ -65,6 +67,11 @@ impl MemDisk {
         for step in &plan.steps {
             match *step {
                 FlushStep::CreateSegment { segment } => {
+                    if self.disk_full {
+                        let reason = format!("preallocating segment {segment}: ENOSPC");
+                        store.handle_disk_full(plan, reason.clone(), now_ms);
+                        return Err(reason);
+                    }
                     let zeros = vec![0; segment_size];
                     self.files.insert(
                         segment,

@@ -547,3 +547,63 @@ fn a_tombstone_outlives_the_older_records_it_hides() {
         "the tombstone was carried forward"
     );
 }
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
+    let mut harness = Harness::new(14, FsyncPolicy::Always);
+    let big = vec![4u8; 900_000];
+    let write = |h: &mut Harness, key: &str, value: &[u8]| {
+        let write = Write {
+            vnode: vnode_of(key.as_bytes()),
+            key: key.as_bytes(),
+            value: Some(value),
+            ttl_ms: 0,
+            if_version: None,
+            sync: false,
+        };
+        h.store.handle_write(write, h.now_ms)
+    };
+    for i in 0..3 {
+        write(&mut harness, &format!("k{i}"), &big).unwrap();
+        harness
+            .disk
+            .flush_due(&mut harness.store, harness.now_ms)
+            .unwrap();
+    }
+    // The next write needs a new segment, and the disk has no room for it.
+    harness.disk.disk_full = true;
+    let pending = write(&mut harness, "k3", &big).unwrap();
+    assert!(harness
+        .disk
+        .flush_due(&mut harness.store, harness.now_ms)
+        .is_err());
+    assert!(harness.store.disk_full());
+    assert!(matches!(
+        write(&mut harness, "k4", b"v"),
+        Err(WriteError::DiskFull(_))
+    ));
+    assert_eq!(
+        harness.read(b"k1").map(|r| r.0),
+        Some(big.clone()),
+        "reads go on"
+    );
+    assert!(
+        harness.store.durable_seq() < pending.seq,
+        "not acknowledged while the disk is full"
+    );
+    // No retry before the back-off; then space returns and everything appended gets written.
+    assert!(harness.store.poll_flush(harness.now_ms).is_none());
+    harness.disk.disk_full = false;
+    harness.now_ms += tessera_store::store::DISK_FULL_RETRY_MS;
+    harness
+        .disk
+        .flush_due(&mut harness.store, harness.now_ms)
+        .unwrap();
+    assert!(!harness.store.disk_full());
+    assert!(harness.store.durable_seq() >= pending.seq);
+    write(&mut harness, "k4", b"v").unwrap();
+    harness.flush();
+    harness.restart();
+    assert_eq!(harness.read(b"k3").map(|r| r.0), Some(big));
+    assert_eq!(harness.read(b"k4").map(|r| r.0), Some(b"v".to_vec()));
+}
