@@ -246,7 +246,9 @@ impl FlushFailure {
 
     fn of<T>(what: &str, path: &Path, error: glommio::GlommioError<T>) -> FlushFailure {
         let error = std::io::Error::from(error);
-        let disk_full = error.raw_os_error() == Some(libc::ENOSPC);
+        // glommio keeps the kind but not always the errno.
+        let disk_full = error.raw_os_error() == Some(libc::ENOSPC)
+            || error.kind() == std::io::ErrorKind::StorageFull;
         FlushFailure {
             reason: io_error(what, path, error),
             disk_full,

@@ -139,9 +139,15 @@ pub async fn run_batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
                 Step::Done(result) => result,
                 Step::Durable { version, .. } => match durable {
                     Ok(()) => OpResult::ok(version),
+                    Err(reason) if reason.starts_with(crate::shard::DISK_FULL_PREFIX) => {
+                        OpResult::error(
+                            Status::DiskFull,
+                            format!("write not acknowledged: {reason}"),
+                        )
+                    }
                     Err(reason) => OpResult::error(
                         Status::Unavailable,
-                        format!("write not durable, the disk failed: {reason}"),
+                        format!("write not acknowledged: {reason}"),
                     ),
                 },
                 Step::Read { read, key } => read_record(shard, &read, &key).await,

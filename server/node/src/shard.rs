@@ -87,6 +87,9 @@ pub struct Shard {
     pub stopping: Cell<bool>,
 }
 
+/// How a durability failure message starts when the disk is full (exec.rs maps it to DISK_FULL).
+pub const DISK_FULL_PREFIX: &str = "disk full: ";
+
 /// Told when a write is durable, or why it never will be.
 type DurableWaiter = oneshot::Sender<Result<(), String>>;
 
@@ -147,17 +150,26 @@ impl Shard {
         receiver
     }
 
+    /// Answers the writes that are now durable, and, when the disk failed or is full, the ones
+    /// that cannot become durable now (a full disk's writes are kept and written once space
+    /// returns, but their callers are told now rather than left waiting).
     fn wake_durable(&self) {
         let store = self.store.borrow();
         let mut waiters = self.sync_waiters.borrow_mut();
-        let failure = store.failure().map(str::to_string);
-        let still_waiting = match failure {
-            Some(_) => BTreeMap::new(),
-            None => waiters.split_off(&(store.durable_seq() + 1)),
+        let not_durable = waiters.split_off(&(store.durable_seq() + 1));
+        for sender in std::mem::replace(&mut *waiters, not_durable)
+            .into_values()
+            .flatten()
+        {
+            let _ = sender.send(Ok(()));
+        }
+        let failure = match (store.failure(), store.disk_full_reason()) {
+            (Some(reason), _) => format!("the disk failed: {reason}"),
+            (None, Some(reason)) => format!("{DISK_FULL_PREFIX}{reason}"),
+            (None, None) => return,
         };
-        let ready = std::mem::replace(&mut *waiters, still_waiting);
-        for sender in ready.into_values().flatten() {
-            let _ = sender.send(failure.clone().map_or(Ok(()), Err));
+        for sender in std::mem::take(&mut *waiters).into_values().flatten() {
+            let _ = sender.send(Err(failure.clone()));
         }
     }
 

@@ -565,6 +565,10 @@ impl Store {
         self.disk_full.is_some()
     }
 
+    pub fn disk_full_reason(&self) -> Option<&str> {
+        self.disk_full.as_ref().map(|(reason, _)| reason.as_str())
+    }
+
     /// A step of `plan` failed. The store stops accepting writes: after a failed fdatasync the
     /// state of the file is unknown, and pretending otherwise could acknowledge lost data.
     pub fn handle_flush_failed(&mut self, _plan: &FlushPlan, reason: String) {
