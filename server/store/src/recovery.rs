@@ -90,11 +90,9 @@ impl Recovery {
                         expiry_ms: header.expiry_ms,
                     };
                     // Compaction copies live records forward, so a key's copies are not always
-                    // in version order along the log: an older copy never replaces a newer one.
-                    let current = self.store.indexes[usize::from(header.vnode)].get(key);
-                    if current.is_none_or(|e| e.version <= header.version) {
-                        self.store.apply_to_index(header.vnode, key, &header, entry);
-                    }
+                    // in version order along the log: apply_to_index never lets an older copy
+                    // replace a newer one.
+                    self.store.apply_to_index(header.vnode, key, &header, entry);
                     self.store.last_version = self.store.last_version.max(header.version);
                     report.records += 1;
                     offset += header.record_len();

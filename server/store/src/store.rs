@@ -354,13 +354,17 @@ impl Store {
         entry: Entry,
     ) {
         let index = &mut self.indexes[usize::from(vnode)];
-        let old = if header.tombstone {
-            index.remove(key)
-        } else if let Some(slot) = index.get_mut(key) {
-            Some(std::mem::replace(slot, entry))
-        } else {
-            index.insert(key.into(), entry);
-            None
+        // An older record never replaces a newer one. In service versions only grow, so this
+        // matters at recovery, where compaction's copies can put a key's records out of order.
+        let old = match index.get_mut(key) {
+            Some(slot) if slot.version > header.version => return,
+            Some(_) if header.tombstone => index.remove(key),
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None if header.tombstone => None,
+            None => {
+                index.insert(key.into(), entry);
+                None
+            }
         };
         if let Some(old) = old {
             self.stats.live_bytes -= u64::from(old.record_len);
