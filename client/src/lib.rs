@@ -6,9 +6,11 @@
 //! - The `tessera` CLI (`src/bin/tessera.rs`) is built on the async client.
 
 pub mod client;
+pub mod duration;
 pub mod session;
 
 pub use client::{Client, ClientConfig, ClientError};
+pub use duration::parse_duration;
 pub use tessera_schema::msg::{
     BatchOp, DeleteRequest, Durability, OpResult, PutRequest, Request, Response, ScanEntry,
     ScanPage, ScanRequest, ShardStats, Status, Topology,

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tessera_client::parse_duration;
 
 use crate::backend::{Conn, Options, Target, Values};
 use crate::keydist::Distribution;
@@ -128,28 +129,6 @@ struct RunArgs {
     /// Print a line each second (default: on for runs of 5 s or more).
     #[arg(long, action = clap::ArgAction::Set)]
     live: Option<bool>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 10s"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn main() {

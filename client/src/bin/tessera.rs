@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tessera_client::parse_duration;
 use tessera_client::{
     Client, ClientConfig, ClientError, DeleteRequest, Durability, PutRequest, ScanRequest, Status,
 };
@@ -73,29 +74,6 @@ enum Command {
     },
     /// Check that the node answers.
     Ping,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 30s"))?;
-    let millis = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(number.saturating_mul(millis)))
 }
 
 fn main() -> ExitCode {
