@@ -213,6 +213,7 @@ impl Store {
             .position(|&(_, seq)| seq <= durable)?;
         let (segment, _) = self.compaction.pending_deletes.remove(position);
         let size = self.sealed_segments.remove(&segment).unwrap_or(0);
+        self.sealed_hints.retain(|h| h.segment != segment);
         self.sealed_disk_bytes -= size;
         self.segment_live.remove(&segment);
         self.compaction.runs += 1;

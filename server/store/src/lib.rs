@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod compaction;
 pub mod config;
+pub mod hint;
 pub mod index;
 pub mod log;
 pub mod ondisk;

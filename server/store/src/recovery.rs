@@ -13,9 +13,10 @@
 //! segment is cut at the damage and the loss is reported.
 
 use crate::config::StoreConfig;
+use crate::hint::HintFile;
 use crate::index::Entry;
 use crate::log::Chunk;
-use crate::ondisk::{self, align_down, Parsed};
+use crate::ondisk::{self, align_down, Parsed, RecordHeader, RECORD_HEADER_BYTES};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +76,7 @@ impl Recovery {
         self.last_segment = Some(segment);
         let mut report = SegmentReport::default();
         let mut offset = 0usize;
+        let mut hint = Vec::new();
         let damage = loop {
             match ondisk::parse_record(&bytes[offset..]) {
                 Parsed::Record {
@@ -94,6 +96,7 @@ impl Recovery {
                     // replace a newer one.
                     self.store.apply_to_index(header.vnode, key, &header, entry);
                     self.store.last_version = self.store.last_version.max(header.version);
+                    hint.push(crate::store::hint_entry(&header, key, offset as u64));
                     report.records += 1;
                     offset += header.record_len();
                 }
@@ -123,11 +126,59 @@ impl Recovery {
         }
         if is_newest {
             self.store.tail.chunks = [resume_chunk(segment, &bytes[..offset])].into();
+            self.store.active_hint = hint;
         } else {
             self.store.sealed_disk_bytes += offset as u64;
             self.store.sealed_segments.insert(segment, offset as u64);
+            // This segment had no usable hint: hand one to the shell for next time.
+            let end_offset = offset as u64;
+            self.store.sealed_hints.push(HintFile {
+                segment,
+                end_offset,
+                entries: hint,
+            });
         }
         Ok(report)
+    }
+
+    /// Replays a sealed segment from its hint instead of its bytes. The hint must come from
+    /// `hint::decode_hint` (checksum and structure verified) and name this segment.
+    pub fn add_segment_hint(&mut self, hint: HintFile) -> SegmentReport {
+        assert!(
+            self.last_segment.is_none_or(|last| last < hint.segment),
+            "segments out of order"
+        );
+        self.last_segment = Some(hint.segment);
+        let mut report = SegmentReport::default();
+        for entry in &hint.entries {
+            let header = RecordHeader {
+                tombstone: entry.tombstone,
+                key_len: entry.key.len() as u16,
+                value_len: (entry.record_len as usize)
+                    .saturating_sub(RECORD_HEADER_BYTES + entry.key.len())
+                    as u32,
+                vnode: entry.vnode,
+                version: entry.version,
+                expiry_ms: entry.expiry_ms,
+            };
+            let index_entry = Entry {
+                segment: hint.segment,
+                offset: entry.offset,
+                record_len: entry.record_len,
+                version: entry.version,
+                expiry_ms: entry.expiry_ms,
+            };
+            self.store
+                .apply_to_index(entry.vnode, &entry.key, &header, index_entry);
+            self.store.last_version = self.store.last_version.max(entry.version);
+            report.records += 1;
+        }
+        report.end_offset = hint.end_offset;
+        self.store.sealed_disk_bytes += hint.end_offset;
+        self.store
+            .sealed_segments
+            .insert(hint.segment, hint.end_offset);
+        report
     }
 
     /// The recovered store, and the repairs to make before it serves.

@@ -13,6 +13,7 @@ use tessera_schema::placement::VNODES;
 
 use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
+use crate::hint::{encode_hint, HintEntry, HintFile};
 use crate::index::{Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
@@ -165,6 +166,22 @@ pub struct Store {
     pub compaction: crate::compaction::CompactionState,
     /// Sum of the lengths of the keys in the index.
     pub(crate) index_key_bytes: u64,
+    /// Hint entries of the active segment, in log order.
+    pub(crate) active_hint: Vec<HintEntry>,
+    /// Hints of sealed segments not yet handed to the shell.
+    pub(crate) sealed_hints: Vec<HintFile>,
+}
+
+pub(crate) fn hint_entry(header: &RecordHeader, key: &[u8], offset: u64) -> HintEntry {
+    HintEntry {
+        key: key.to_vec(),
+        vnode: header.vnode,
+        offset: offset as u32,
+        record_len: header.record_len() as u32,
+        version: header.version,
+        expiry_ms: header.expiry_ms,
+        tombstone: header.tombstone,
+    }
 }
 
 impl Store {
@@ -201,11 +218,29 @@ impl Store {
             segment_live: Default::default(),
             compaction: Default::default(),
             index_key_bytes: 0,
+            active_hint: Vec::new(),
+            sealed_hints: Vec::new(),
         }
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The hint of a sealed segment whose bytes are all synced: the shell writes it to
+    /// `hint::hint_file_name(segment)`. Hints are advisory; losing one costs a slower restart.
+    pub fn poll_hint(&mut self) -> Option<(u32, Vec<u8>)> {
+        loop {
+            let ready = self
+                .sealed_hints
+                .iter()
+                .position(|h| !self.tail.chunks.iter().any(|c| c.segment == h.segment))?;
+            let hint = self.sealed_hints.remove(ready);
+            if self.sealed_segments.contains_key(&hint.segment) {
+                return Some((hint.segment, encode_hint(&hint)));
+            }
+            // Compacted away meanwhile: no hint needed.
+        }
     }
 
     /// Bytes appended but not yet written; compaction waits while this is high.
@@ -337,13 +372,21 @@ impl Store {
             let (old_segment, old_end) = (old.segment, old.end());
             self.sealed_disk_bytes += old_end;
             self.sealed_segments.insert(old_segment, old_end);
+            let entries = std::mem::take(&mut self.active_hint);
+            self.sealed_hints.push(HintFile {
+                segment: old_segment,
+                end_offset: old_end,
+                entries,
+            });
             let next = old_segment + 1;
             self.tail.roll(next);
         }
         let active = self.tail.active();
         let offset = active.end();
         encode_record(&mut active.bytes, header, key, value);
-        (active.segment, offset)
+        let segment = active.segment;
+        self.active_hint.push(hint_entry(header, key, offset));
+        (segment, offset)
     }
 
     pub(crate) fn apply_to_index(

@@ -45,6 +45,10 @@ impl Rng {
 #[derive(Debug, Default)]
 pub struct MemDisk {
     files: BTreeMap<u32, MemFile>,
+    /// Hint files by segment (written whole and durable at once: they are advisory).
+    hints: BTreeMap<u32, Vec<u8>>,
+    /// Recovery reads hints where they are valid (else it scans every segment).
+    pub use_hints: bool,
     /// The next fdatasync fails (EIO).
     pub fail_next_sync: bool,
     /// Creating segments fails with ENOSPC while this is set.
@@ -116,12 +120,26 @@ impl MemDisk {
         Ok(())
     }
 
-    /// Runs flushes until none is due at `now_ms`.
+    /// Runs flushes until none is due at `now_ms`, then writes the hints that became ready.
     pub fn flush_due(&mut self, store: &mut Store, now_ms: u64) -> Result<(), String> {
         while let Some(plan) = store.poll_flush(now_ms) {
             self.perform(store, &plan, now_ms)?;
         }
+        while let Some((segment, bytes)) = store.poll_hint() {
+            self.hints.insert(segment, bytes);
+        }
         Ok(())
+    }
+
+    pub fn hint_segments(&self) -> Vec<u32> {
+        self.hints.keys().copied().collect()
+    }
+
+    /// Flips one byte of a hint file.
+    pub fn corrupt_hint(&mut self, segment: u32, offset: usize) {
+        let hint = self.hints.get_mut(&segment).expect("hint exists");
+        let at = offset % hint.len();
+        hint[at] ^= 0x5A;
     }
 
     /// The bytes of a disk read (what the device holds now, synced or not).
@@ -166,9 +184,10 @@ impl MemDisk {
         self.files[&segment].current.clone()
     }
 
-    /// Deletes a segment file (compaction). Durable at once, like creation.
+    /// Deletes a segment file and its hint (compaction). Durable at once, like creation.
     pub fn delete_segment(&mut self, segment: u32) {
         self.files.remove(&segment);
+        self.hints.remove(&segment);
     }
 
     /// Runs one whole compaction if one is due: relocation in small steps, a flush, deletion.
@@ -211,7 +230,17 @@ impl MemDisk {
         let newest = self.files.keys().next_back().copied();
         let mut reports = Vec::new();
         for (&segment, file) in &self.files {
-            reports.push(recovery.add_segment(segment, &file.durable, Some(segment) == newest)?);
+            let is_newest = Some(segment) == newest;
+            let hint = self
+                .hints
+                .get(&segment)
+                .filter(|_| self.use_hints && !is_newest);
+            match hint.map(|bytes| crate::hint::decode_hint(bytes)) {
+                Some(Ok(hint)) if hint.segment == segment => {
+                    reports.push(recovery.add_segment_hint(hint))
+                }
+                _ => reports.push(recovery.add_segment(segment, &file.durable, is_newest)?),
+            }
         }
         let (store, actions) = recovery.finish(now_ms);
         for action in actions {
