@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
+use tessera_store::hint::{decode_hint, hint_file_name, HintFile};
 use tessera_store::ondisk::{parse_segment_file_name, segment_file_name};
 use tessera_store::{DiskRead, FlushPlan, FlushStep, Recovery, RecoveryAction, Store, StoreConfig};
 
@@ -66,8 +67,16 @@ impl Segments {
             files: RefCell::new(BTreeMap::new()),
         };
         let mut recovery = Recovery::new(config, repair);
+        let mut from_hints = 0;
         for (i, &id) in ids.iter().enumerate() {
             let file = segments.open(id, false).await?;
+            let is_newest = i + 1 == ids.len();
+            if let Some(hint) = (!is_newest).then(|| segments.read_hint(id)).flatten() {
+                recovery.add_segment_hint(hint);
+                segments.files.borrow_mut().insert(id, Rc::new(file));
+                from_hints += 1;
+                continue;
+            }
             let bytes = read_whole(&file, &segments.path(id), RECOVERY_READ_BYTES).await?;
             let report = recovery
                 .add_segment(id, &bytes, i + 1 == ids.len())
@@ -78,12 +87,48 @@ impl Segments {
             }
             segments.files.borrow_mut().insert(id, Rc::new(file));
         }
+        tracing::info!(dir = %dir.display(), segments = ids.len(), from_hints, "replayed the log");
         let (store, actions) = recovery.finish(now_ms);
         for action in actions {
             let RecoveryAction::Truncate { segment, len_bytes } = action;
             segments.truncate(segment, len_bytes).await?;
         }
         Ok((segments, store))
+    }
+
+    /// The hint of a segment, if it exists and is intact (else the segment is scanned).
+    fn read_hint(&self, segment: u32) -> Option<HintFile> {
+        let path = self.dir.join(hint_file_name(segment));
+        let bytes = std::fs::read(&path).ok()?;
+        match decode_hint(&bytes) {
+            Ok(hint) if hint.segment == segment => Some(hint),
+            Ok(_) => None,
+            Err(reason) => {
+                tracing::warn!(hint = %path.display(), "ignoring a damaged hint ({reason}): scanning its segment");
+                None
+            }
+        }
+    }
+
+    /// Writes a hint file: temp file, fsync, rename, on the blocking pool. Hints are advisory,
+    /// so a failure is logged, not fatal.
+    pub async fn write_hint(&self, segment: u32, bytes: Vec<u8>) {
+        let path = self.dir.join(hint_file_name(segment));
+        let result = glommio::executor()
+            .spawn_blocking(move || {
+                let temp = path.with_extension("hint.tmp");
+                let write = || -> std::io::Result<()> {
+                    let mut file = std::fs::File::create(&temp)?;
+                    std::io::Write::write_all(&mut file, &bytes)?;
+                    file.sync_all()?;
+                    std::fs::rename(&temp, &path)
+                };
+                write().map_err(|e| io_error("cannot write", &path, e))
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!("hint not written (restart will scan the segment): {error}");
+        }
     }
 
     fn path(&self, segment: u32) -> PathBuf {
@@ -205,6 +250,7 @@ impl Segments {
         let (path, dir) = (self.path(segment), self.dir.clone());
         glommio::executor()
             .spawn_blocking(move || {
+                let _ = std::fs::remove_file(path.with_extension("hint"));
                 std::fs::remove_file(&path).map_err(|e| io_error("cannot delete", &path, e))?;
                 sync_directory(&dir)
             })

@@ -180,6 +180,8 @@ impl Shard {
             .borrow_mut()
             .take()
             .expect("one flusher per shard");
+        // Segments recovery had to scan get their hints now, for a faster next restart.
+        self.write_hints().await;
         loop {
             let now = now_ms();
             let plan = self.store.borrow_mut().poll_flush(now);
@@ -188,6 +190,7 @@ impl Shard {
                     Ok(()) => {
                         self.store.borrow_mut().handle_flush_done(&plan, now_ms());
                         self.delete_compacted_segments().await;
+                        self.write_hints().await;
                     }
                     Err(failure) if failure.disk_full => {
                         tracing::warn!(
@@ -233,6 +236,15 @@ impl Shard {
                     kicked.recv().await;
                 }
             }
+        }
+    }
+
+    /// Writes the hints of sealed, synced segments.
+    async fn write_hints(&self) {
+        loop {
+            let hint = self.store.borrow_mut().poll_hint();
+            let Some((segment, bytes)) = hint else { return };
+            self.segments.write_hint(segment, bytes).await;
         }
     }
 
