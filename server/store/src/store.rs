@@ -259,7 +259,9 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.stats.clone();
         stats.disk_bytes = self.sealed_disk_bytes + self.tail.active_ref().end();
-        stats.segments = self.tail.active_ref().segment;
+        // Sealed segments, plus the active one once its file exists.
+        let active_exists = self.tail.active_ref().created || self.tail.active_ref().end() > 0;
+        stats.segments = self.sealed_segments.len() as u32 + u32::from(active_exists);
         let cache = self.cache.stats();
         stats.cache_bytes = cache.bytes;
         stats.cache_hits = cache.hits;
