@@ -141,6 +141,18 @@ fn null_flush(store: &mut Store, buffer: &mut Vec<u8>, now_ms: u64) {
     }
 }
 
+/// A PUT with no TTL, no compare-and-set and the node's durability.
+fn plain_put<'a>(key: &'a [u8], value: &'a [u8]) -> Write<'a> {
+    Write {
+        vnode: vnode_of(key),
+        key,
+        value: Some(value),
+        ttl_ms: 0,
+        if_version: None,
+        sync: false,
+    }
+}
+
 fn puts(ops: u64) {
     let mut store = Store::new(StoreConfig::default());
     let value = [9u8; 100];
@@ -148,15 +160,9 @@ fn puts(ops: u64) {
     let mut buffer = Vec::new();
     let started = Instant::now();
     for (i, key) in keys.iter().enumerate() {
-        let write = Write {
-            vnode: vnode_of(key),
-            key,
-            value: Some(&value),
-            ttl_ms: 0,
-            if_version: None,
-            sync: false,
-        };
-        store.handle_write(write, 1_000_000).unwrap();
+        store
+            .handle_write(plain_put(key, &value), 1_000_000)
+            .unwrap();
         null_flush(&mut store, &mut buffer, 1_000_000 + i as u64 / 1000);
     }
     let rate = ops as f64 / started.elapsed().as_secs_f64();
@@ -172,15 +178,9 @@ fn gets(ops: u64) {
     let value = [9u8; 100];
     let keys: Vec<Vec<u8>> = (0..ops).map(key).collect();
     for (i, key) in keys.iter().enumerate() {
-        let write = Write {
-            vnode: vnode_of(key),
-            key,
-            value: Some(&value),
-            ttl_ms: 0,
-            if_version: None,
-            sync: false,
-        };
-        store.handle_write(write, 1_000_000).unwrap();
+        store
+            .handle_write(plain_put(key, &value), 1_000_000)
+            .unwrap();
         if i % 10_000 == 9_999 {
             disk.flush_due(&mut store, 1_000_000 + i as u64).unwrap();
         }
