@@ -23,8 +23,8 @@ pub const DEFAULT_SCAN_PAGE: u32 = 100;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Longest TTL: 100 years. Longer ones are BAD_REQUEST (they are almost always unit mistakes).
 pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
-/// Largest SCAN cursor a node hands out: 2 bytes of vnode, a flag byte, and a key.
-pub const MAX_CURSOR_BYTES: usize = 3 + MAX_KEY_BYTES;
+/// Largest SCAN cursor a node hands out: 2 bytes of vnode, a flag byte, and a 16-byte key digest.
+pub const MAX_CURSOR_BYTES: usize = 3 + 16;
 
 const _: () = assert!(MAX_VALUE_BYTES + MAX_KEY_BYTES + 4096 < MAX_FRAME_BODY_BYTES);
 const _: () = assert!(MAX_FRAME_BODY_BYTES <= u32::MAX as usize);

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
-use tessera_store::{finish_read, DiskRead, Lookup, Write, WriteError};
+use tessera_store::{
+    finish_key_read, finish_read, Digest, DiskRead, Lookup, ScanKey, Write, WriteError,
+};
 
 use crate::mesh::{ShardOp, ShardReply};
 use crate::shard::{now_ms, Shard};
@@ -25,8 +27,20 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             prefix,
             limit,
         } => {
-            let (entries, complete) = scan(shard, from_vnode, last_vnode, after, &prefix, limit);
-            ShardReply::Scan { entries, complete }
+            let range = ScanRange {
+                from_vnode,
+                last_vnode,
+                after,
+                limit,
+            };
+            match scan(shard, range, &prefix).await {
+                Ok((entries, examined, resume)) => ShardReply::Scan {
+                    entries,
+                    examined,
+                    resume,
+                },
+                Err(error) => ShardReply::Failed(error),
+            }
         }
         ShardOp::Stats => ShardReply::Stats(shard.stats()),
     };
@@ -178,31 +192,61 @@ async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
     }
 }
 
-/// Live keys of vnodes `from_vnode..=last_vnode`; `complete` when the range ended before `limit`.
-fn scan(
-    shard: &Shard,
+struct ScanRange {
     from_vnode: u16,
     last_vnode: u16,
-    after: Option<Vec<u8>>,
-    prefix: &[u8],
+    after: Option<Digest>,
     limit: usize,
-) -> (Vec<(u16, ScanEntry)>, bool) {
+}
+
+/// Live keys of the range's vnodes starting with `prefix`, examining at most `limit` keys:
+/// the entries, the number examined, and where to resume if the limit cut the range short.
+/// Keys whose records are on disk are read back (header and key only), concurrently.
+async fn scan(
+    shard: &Shard,
+    range: ScanRange,
+    prefix: &[u8],
+) -> Result<(Vec<ScanEntry>, usize, Option<(u16, Digest)>), String> {
     shard.counters.scans.set(shard.counters.scans.get() + 1);
     let now = now_ms();
-    let store = shard.store.borrow();
-    let mut entries = Vec::new();
-    let mut after = after;
-    for vnode in from_vnode..=last_vnode {
-        let room = limit - entries.len();
-        let found = store.scan(vnode, after.take().as_deref(), prefix, room, now);
-        entries.extend(
-            found
-                .into_iter()
-                .map(|(key, version)| (vnode, ScanEntry { key, version })),
-        );
-        if entries.len() >= limit {
-            return (entries, false);
+    let mut items = Vec::new();
+    let mut resume = None;
+    {
+        let store = shard.store.borrow();
+        let mut after = range.after;
+        for vnode in range.from_vnode..=range.last_vnode {
+            let room = range.limit - items.len();
+            let found = store.scan(vnode, after.take(), room, now);
+            if found.len() == room {
+                resume = found.last().map(|item| (vnode, item.digest));
+            }
+            items.extend(found);
+            if resume.is_some() {
+                break;
+            }
         }
     }
-    (entries, true)
+    let examined = items.len();
+    let keys = futures::future::join_all(items.into_iter().map(|item| async move {
+        let key = match &item.key {
+            ScanKey::InMemory(key) => key.clone(),
+            ScanKey::OnDisk(read) => {
+                let bytes = shard.segments.read(read).await?;
+                finish_key_read(read, item.digest, &bytes).map_err(|e| e.to_string())?
+            }
+        };
+        Ok::<_, String>(ScanEntry {
+            key,
+            version: item.version,
+        })
+    }))
+    .await;
+    let mut entries = Vec::new();
+    for entry in keys {
+        let entry = entry.inspect_err(|e| tracing::error!(shard = shard.index, "scan: {e}"))?;
+        if entry.key.starts_with(prefix) {
+            entries.push(entry);
+        }
+    }
+    Ok((entries, examined, resume))
 }

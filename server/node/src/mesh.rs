@@ -6,17 +6,18 @@
 //! reply's send, which always drains because every peer's receive loop keeps receiving.
 
 use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, ShardStats};
+use tessera_store::Digest;
 
 /// Work one shard asks of another.
 #[derive(Debug)]
 pub enum ShardOp {
     Batch(Vec<BatchOp>),
-    /// Live keys of vnodes `from_vnode..=last_vnode` (all owned by the target), after `after` in
-    /// `from_vnode`, starting with `prefix`, at most `limit`.
+    /// Live keys of vnodes `from_vnode..=last_vnode` (all owned by the target), after the
+    /// digest `after` in `from_vnode`, starting with `prefix`; at most `limit` keys examined.
     Scan {
         from_vnode: u16,
         last_vnode: u16,
-        after: Option<Vec<u8>>,
+        after: Option<Digest>,
         prefix: Vec<u8>,
         limit: usize,
     },
@@ -26,12 +27,16 @@ pub enum ShardOp {
 #[derive(Debug)]
 pub enum ShardReply {
     Batch(Vec<OpResult>),
-    /// Entries found, and the vnode and key to resume from when the page filled up.
+    /// Entries found, how many keys were examined, and the vnode and digest to resume after
+    /// when `limit` keys were examined before the range ended (`None`: the range is done).
     Scan {
-        entries: Vec<(u16, ScanEntry)>,
-        complete: bool,
+        entries: Vec<ScanEntry>,
+        examined: usize,
+        resume: Option<(u16, Digest)>,
     },
     Stats(ShardStats),
+    /// The op failed on the target (a corrupt record met by a scan); the message says where.
+    Failed(String),
 }
 
 #[derive(Debug)]

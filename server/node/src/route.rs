@@ -1,9 +1,14 @@
 //! Serving one client request on the shard that received it: local work runs inline, work for
 //! another shard's vnodes hops once over the mesh (as Seastar's memcached does).
 //!
-//! SCAN cursors: `[vnode: u16 LE][flag: u8][key]`; flag 0 = start of the vnode, 1 = after `key`.
-//! A page walks vnodes in order; each shard owns a contiguous run, so a page crosses shards at
-//! most once per shard.
+//! SCAN cursors: `[vnode: u16 LE][flag: u8][digest: u128 LE]`; flag 0 = start of the vnode (no
+//! digest), 1 = after the key whose index digest is `digest`. A page walks vnodes in order and,
+//! within a vnode, keys in digest order (the index keeps digests, not keys: `index.rs`); each
+//! shard owns a contiguous run of vnodes, so a page crosses shards at most once per shard.
+//!
+//! A page's `limit` bounds the keys examined, as Redis's SCAN COUNT does: with a prefix, a page
+//! may hold fewer keys than the limit, or none, and still carry a cursor to go on from. Keys
+//! written during a scan may or may not be listed; keys present throughout are listed once.
 
 use std::rc::Rc;
 
@@ -11,6 +16,7 @@ use tessera_schema::limits::{DEFAULT_SCAN_PAGE, MAX_SCAN_PAGE};
 use tessera_schema::msg::{BatchOp, OpResult, Request, Response, ScanPage, ScanRequest, Status};
 use tessera_schema::placement::{vnode_of, VNODES};
 use tessera_schema::verify::check_request;
+use tessera_store::Digest;
 
 use crate::exec::{run_batch, run_shard_op};
 use crate::mesh::{ShardOp, ShardReply};
@@ -89,24 +95,25 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
         .collect()
 }
 
-fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Vec<u8>>)> {
-    match cursor {
-        [] => Some((0, None)),
-        [lo, hi, 0] => Some((u16::from_le_bytes([*lo, *hi]), None)),
-        [lo, hi, 1, key @ ..] if !key.is_empty() => {
-            Some((u16::from_le_bytes([*lo, *hi]), Some(key.to_vec())))
+fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Digest>)> {
+    let (vnode, after) = match cursor {
+        [] => (0, None),
+        [lo, hi, 0] => (u16::from_le_bytes([*lo, *hi]), None),
+        [lo, hi, 1, digest @ ..] => {
+            let digest = u128::from_le_bytes(digest.try_into().ok()?);
+            (u16::from_le_bytes([*lo, *hi]), Some(digest))
         }
-        _ => None,
-    }
-    .filter(|(vnode, _)| *vnode < VNODES)
+        _ => return None,
+    };
+    (vnode < VNODES).then_some((vnode, after))
 }
 
-fn encode_cursor(vnode: u16, after: Option<&[u8]>) -> Vec<u8> {
+fn encode_cursor(vnode: u16, after: Option<Digest>) -> Vec<u8> {
     let mut cursor = vnode.to_le_bytes().to_vec();
     match after {
-        Some(key) => {
+        Some(digest) => {
             cursor.push(1);
-            cursor.extend_from_slice(key);
+            cursor.extend_from_slice(&digest.to_le_bytes());
         }
         None => cursor.push(0),
     }
@@ -132,6 +139,7 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
         n => n.min(MAX_SCAN_PAGE),
     } as usize;
     let mut page = ScanPage::default();
+    let mut examined = 0;
     while vnode < VNODES {
         let last_vnode = run_end(shard, vnode);
         let target = shard.owner_of(vnode);
@@ -140,7 +148,7 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
             last_vnode,
             after: after.take(),
             prefix: request.prefix.clone(),
-            limit: limit - page.entries.len(),
+            limit: limit - examined,
         };
         let reply = if target == shard.index {
             run_shard_op(shard, op).await
@@ -155,19 +163,23 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
                 }
             }
         };
-        let ShardReply::Scan { entries, complete } = reply else {
-            return Response::error(Status::Internal, "unexpected reply to a scan");
+        let (entries, found, resume) = match reply {
+            ShardReply::Scan {
+                entries,
+                examined,
+                resume,
+            } => (entries, examined, resume),
+            ShardReply::Failed(reason) => return Response::error(Status::Internal, reason),
+            _ => return Response::error(Status::Internal, "unexpected reply to a scan"),
         };
-        let last = entries.last().map(|(v, e)| (*v, e.key.clone()));
-        page.entries
-            .extend(entries.into_iter().map(|(_, entry)| entry));
-        if !complete {
-            let (last_vnode, last_key) = last.expect("an incomplete scan returned entries");
-            page.next_cursor = encode_cursor(last_vnode, Some(&last_key));
+        page.entries.extend(entries);
+        examined += found;
+        if let Some((last_vnode, last_digest)) = resume {
+            page.next_cursor = encode_cursor(last_vnode, Some(last_digest));
             return Response::Scan(page);
         }
         vnode = last_vnode + 1;
-        if page.entries.len() >= limit && vnode < VNODES {
+        if examined >= limit && vnode < VNODES {
             page.next_cursor = encode_cursor(vnode, None);
             return Response::Scan(page);
         }

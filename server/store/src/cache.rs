@@ -3,8 +3,11 @@
 //! S3-FIFO (Yang et al., SOSP 2023) keeps a small FIFO (10 % of the bytes) where new entries
 //! land, a main FIFO for entries read again while in the small one, and a ghost list of recently
 //! evicted keys so that a key coming back soon goes straight to main. It is scan-resistant: a
-//! one-pass scan of cold keys churns only the small queue. Entries are charged their key and
-//! value bytes plus `ENTRY_OVERHEAD_BYTES`, so a few 1 MiB values cannot blow the budget.
+//! one-pass scan of cold keys churns only the small queue. Entries are charged their value bytes
+//! plus `ENTRY_OVERHEAD_BYTES`, so a few 1 MiB values cannot blow the budget.
+//!
+//! Keys are the index's 128-bit digests (`index::digest`), already uniformly distributed, so the
+//! maps hash them by folding their halves instead of running SipHash over the key.
 //! Expired entries are evicted first, whatever their frequency, and never returned.
 //!
 //! Coherence: the store updates or drops a key's entry on every write; a fill after a disk read
@@ -12,15 +15,43 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use std::hash::{BuildHasherDefault, Hasher};
 
-/// Bytes charged per entry beyond its key and value: map slot, queue slot, counters.
-pub const ENTRY_OVERHEAD_BYTES: usize = 96;
+use crate::index::Digest;
+
+/// Bytes charged per entry beyond its value: digest, map slot, queue slot, counters, the value's
+/// allocation header.
+pub const ENTRY_OVERHEAD_BYTES: usize = 112;
 /// Most accesses remembered per entry (S3-FIFO uses 2 bits).
 const MAX_FREQUENCY: u8 = 3;
 
 /// Keys need no vnode beside them: a key belongs to exactly one vnode.
-type Key = Rc<[u8]>;
+type Key = Digest;
+
+/// Hashes a digest (or a ghost's u64) by folding it: the bits are already uniform.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n >> 64) as u64 ^ n as u64;
+    }
+}
+
+type Fold = BuildHasherDefault<FoldHasher>;
 
 #[derive(Debug)]
 struct CacheEntry {
@@ -34,8 +65,8 @@ struct CacheEntry {
 }
 
 impl CacheEntry {
-    fn charge(key: &[u8], value: &[u8]) -> usize {
-        key.len() + value.len() + ENTRY_OVERHEAD_BYTES
+    fn charge(value: &[u8]) -> usize {
+        value.len() + ENTRY_OVERHEAD_BYTES
     }
 
     fn expired(&self, now_ms: u64) -> bool {
@@ -56,24 +87,19 @@ pub struct ValueCache {
     capacity_bytes: usize,
     small_bytes: usize,
     main_bytes: usize,
-    entries: HashMap<Key, CacheEntry>,
+    entries: HashMap<Key, CacheEntry, Fold>,
     small: VecDeque<(Key, u64)>,
     main: VecDeque<(Key, u64)>,
     ghost: VecDeque<u64>,
-    ghost_set: HashSet<u64>,
+    ghost_set: HashSet<u64, Fold>,
     next_generation: u64,
     hits: Cell<u64>,
     misses: Cell<u64>,
 }
 
-fn ghost_hash(key: &[u8]) -> u64 {
-    // FNV-1a: cheap, and a rare collision only sends an entry to main a little early.
-    let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
-    for &byte in key {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    hash
+/// A ghost remembers 64 bits of the digest: a rare collision only sends an entry to main early.
+fn ghost_hash(key: Key) -> u64 {
+    key as u64
 }
 
 impl ValueCache {
@@ -82,11 +108,11 @@ impl ValueCache {
             capacity_bytes,
             small_bytes: 0,
             main_bytes: 0,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
-            ghost_set: HashSet::new(),
+            ghost_set: HashSet::default(),
             next_generation: 0,
             hits: Cell::new(0),
             misses: Cell::new(0),
@@ -103,8 +129,8 @@ impl ValueCache {
     }
 
     /// The cached value of a key at exactly `version`, counting a hit or a miss.
-    pub fn get(&self, key: &[u8], version: u64, now_ms: u64) -> Option<&[u8]> {
-        match self.entries.get(key) {
+    pub fn get(&self, key: Key, version: u64, now_ms: u64) -> Option<&[u8]> {
+        match self.entries.get(&key) {
             Some(entry) if entry.version == version && !entry.expired(now_ms) => {
                 entry
                     .frequency
@@ -129,19 +155,19 @@ impl ValueCache {
         self.capacity_bytes
     }
 
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.entries.contains_key(key)
+    pub fn contains(&self, key: Key) -> bool {
+        self.entries.contains_key(&key)
     }
 
     /// Drops a key's entry (a delete, or a write whose value is not cached).
-    pub fn remove(&mut self, key: &[u8]) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.uncharge(key, &entry);
+    pub fn remove(&mut self, key: Key) {
+        if let Some(entry) = self.entries.remove(&key) {
+            self.uncharge(&entry);
         }
     }
 
-    fn uncharge(&mut self, key: &[u8], entry: &CacheEntry) {
-        let charge = CacheEntry::charge(key, &entry.value);
+    fn uncharge(&mut self, entry: &CacheEntry) {
+        let charge = CacheEntry::charge(&entry.value);
         if entry.in_main {
             self.main_bytes -= charge;
         } else {
@@ -151,15 +177,14 @@ impl ValueCache {
 
     /// Caches `value` as the key's value at `version`, evicting as needed. Values larger than a
     /// tenth of the cache are not cached (they would flush the small queue at once).
-    pub fn insert(&mut self, key: &[u8], value: &[u8], version: u64, expiry_ms: u64, now_ms: u64) {
+    pub fn insert(&mut self, key: Key, value: &[u8], version: u64, expiry_ms: u64, now_ms: u64) {
         self.remove(key);
-        let charge = CacheEntry::charge(key, value);
+        let charge = CacheEntry::charge(value);
         if charge > self.capacity_bytes / 10 {
             return;
         }
         let hash = ghost_hash(key);
         let to_main = self.ghost_set.remove(&hash);
-        let shared: Key = Rc::from(key);
         self.next_generation += 1;
         let generation = self.next_generation;
         let entry = CacheEntry {
@@ -172,12 +197,12 @@ impl ValueCache {
         };
         if to_main {
             self.main_bytes += charge;
-            self.main.push_back((shared.clone(), generation));
+            self.main.push_back((key, generation));
         } else {
             self.small_bytes += charge;
-            self.small.push_back((shared.clone(), generation));
+            self.small.push_back((key, generation));
         }
-        self.entries.insert(shared, entry);
+        self.entries.insert(key, entry);
         self.evict(now_ms);
     }
 
@@ -192,9 +217,9 @@ impl ValueCache {
     }
 
     /// The queued entry, if it is still the live entry of its key.
-    fn current(&self, key: &Key, generation: u64) -> bool {
+    fn current(&self, key: Key, generation: u64) -> bool {
         self.entries
-            .get(key)
+            .get(&key)
             .is_some_and(|e| e.generation == generation)
     }
 
@@ -202,11 +227,11 @@ impl ValueCache {
         let Some((key, generation)) = self.small.pop_front() else {
             return;
         };
-        if !self.current(&key, generation) {
+        if !self.current(key, generation) {
             return;
         }
         let entry = self.entries.get_mut(&key).expect("current entry");
-        let charge = CacheEntry::charge(&key, &entry.value);
+        let charge = CacheEntry::charge(&entry.value);
         if entry.frequency.get() > 0 && !entry.expired(now_ms) {
             // Read again while small: promote to main.
             entry.frequency.set(0);
@@ -217,7 +242,7 @@ impl ValueCache {
         } else {
             self.entries.remove(&key);
             self.small_bytes -= charge;
-            self.remember_ghost(ghost_hash(&key));
+            self.remember_ghost(ghost_hash(key));
         }
     }
 
@@ -225,7 +250,7 @@ impl ValueCache {
         let Some((key, generation)) = self.main.pop_front() else {
             return;
         };
-        if !self.current(&key, generation) {
+        if !self.current(key, generation) {
             return;
         }
         let entry = self.entries.get_mut(&key).expect("current entry");
@@ -233,7 +258,7 @@ impl ValueCache {
             entry.frequency.set(entry.frequency.get() - 1);
             self.main.push_back((key, generation));
         } else {
-            let charge = CacheEntry::charge(&key, &entry.value);
+            let charge = CacheEntry::charge(&entry.value);
             self.entries.remove(&key);
             self.main_bytes -= charge;
         }
@@ -256,9 +281,10 @@ impl ValueCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::digest;
 
     fn charge(value_len: usize) -> usize {
-        4 + value_len + ENTRY_OVERHEAD_BYTES
+        value_len + ENTRY_OVERHEAD_BYTES
     }
 
     #[test]
@@ -266,13 +292,13 @@ mod tests {
         let mut cache = ValueCache::new(100 * charge(1000));
         for i in 0..10_000u32 {
             let key = format!("k{:03}", i % 997);
-            cache.insert(key.as_bytes(), &vec![1; 1000], u64::from(i), 0, 0);
+            cache.insert(digest(key.as_bytes()), &vec![1; 1000], u64::from(i), 0, 0);
             assert!(cache.stats().bytes <= 100 * charge(1000) as u64);
         }
         let big = vec![0u8; 1 << 20];
-        cache.insert(b"huge", &big, 1, 0, 0);
+        cache.insert(digest(b"huge"), &big, 1, 0, 0);
         assert!(
-            cache.get(b"huge", 1, 0).is_none(),
+            cache.get(digest(b"huge"), 1, 0).is_none(),
             "values over a tenth are not cached"
         );
     }
@@ -280,12 +306,12 @@ mod tests {
     #[test]
     fn only_the_exact_version_and_live_entries_hit() {
         let mut cache = ValueCache::new(1 << 20);
-        cache.insert(b"key", b"v1", 10, 500, 0);
-        assert_eq!(cache.get(b"key", 10, 100), Some(&b"v1"[..]));
-        assert_eq!(cache.get(b"key", 11, 100), None, "another version");
-        assert_eq!(cache.get(b"key", 10, 500), None, "expired");
-        cache.remove(b"key");
-        assert_eq!(cache.get(b"key", 10, 100), None);
+        cache.insert(digest(b"key"), b"v1", 10, 500, 0);
+        assert_eq!(cache.get(digest(b"key"), 10, 100), Some(&b"v1"[..]));
+        assert_eq!(cache.get(digest(b"key"), 11, 100), None, "another version");
+        assert_eq!(cache.get(digest(b"key"), 10, 500), None, "expired");
+        cache.remove(digest(b"key"));
+        assert_eq!(cache.get(digest(b"key"), 10, 100), None);
         assert_eq!(cache.stats().bytes, 0);
     }
 
@@ -296,20 +322,20 @@ mod tests {
         let hot: Vec<String> = (0..50).map(|i| format!("h{i:03}")).collect();
         for round in 0..3 {
             for key in &hot {
-                if cache.get(key.as_bytes(), 1, 0).is_none() {
-                    cache.insert(key.as_bytes(), &value, 1, 0, 0);
+                if cache.get(digest(key.as_bytes()), 1, 0).is_none() {
+                    cache.insert(digest(key.as_bytes()), &value, 1, 0, 0);
                 }
-                let _ = cache.get(key.as_bytes(), 1, 0);
+                let _ = cache.get(digest(key.as_bytes()), 1, 0);
             }
             let _ = round;
         }
         for i in 0..5_000 {
             let key = format!("c{i:03}");
-            cache.insert(key.as_bytes(), &value, 1, 0, 0);
+            cache.insert(digest(key.as_bytes()), &value, 1, 0, 0);
         }
         let survivors = hot
             .iter()
-            .filter(|k| cache.get(k.as_bytes(), 1, 0).is_some())
+            .filter(|k| cache.get(digest(k.as_bytes()), 1, 0).is_some())
             .count();
         assert!(
             survivors >= 45,

@@ -18,14 +18,14 @@
 //!   deleted. That holds whether the index still had the key or the TTL sweep had dropped it.
 //! - The segment is deleted only after `durable_seq` covers every copy.
 //!
-//! The TTL sweep (`sweep_expired`) walks the index from a cursor, a bounded number of entries per
-//! call, and drops expired keys from memory (their bytes become garbage for compaction).
+//! The TTL sweep (`sweep_expired`) walks the keys that have an expiry (`Store::expiries`, kept
+//! beside the index) from a cursor, a bounded number per call, and drops expired keys from
+//! memory (their bytes become garbage for compaction). Keys without an expiry cost it nothing.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
-use tessera_schema::placement::VNODES;
-
-use crate::index::Entry;
+use crate::index::{digest, Digest, Entry};
 use crate::ondisk::{parse_record, Parsed, RecordHeader};
 use crate::store::{CorruptRecord, Store};
 
@@ -44,8 +44,8 @@ pub struct CompactionState {
     pub runs: u64,
     pub bytes_reclaimed: u64,
     pub expired_keys: u64,
-    sweep_vnode: u16,
-    sweep_after: Option<Box<[u8]>>,
+    /// Where the TTL sweep goes on from.
+    sweep_after: Option<Digest>,
 }
 
 impl Store {
@@ -145,11 +145,12 @@ impl Store {
         value: &[u8],
         now_ms: u64,
     ) {
+        let digest = digest(key);
         let older_segments_exist = self.oldest_segment() < victim;
-        let current = self.indexes[usize::from(header.vnode)].get(key).copied();
+        let current = self.entry(header.vnode, digest);
         if header.tombstone {
             if current.is_none() && older_segments_exist {
-                self.append(header, key, &[]);
+                self.append(header, key, digest, &[]);
             }
             return;
         }
@@ -164,7 +165,7 @@ impl Store {
                     expiry_ms: 0,
                     ..*header
                 };
-                self.append(&tombstone, key, &[]);
+                self.append(&tombstone, key, digest, &[]);
             }
             return;
         };
@@ -172,33 +173,35 @@ impl Store {
             return; // superseded: the newest record of this key lives elsewhere
         }
         if !entry.is_live(now_ms) {
-            self.expire(header.vnode, key, entry, older_segments_exist);
+            let tombstone_key = older_segments_exist.then_some(key);
+            self.expire(header.vnode, digest, entry, tombstone_key);
             return;
         }
-        let (segment, new_offset) = self.append(header, key, value);
+        let (segment, new_offset) = self.append(header, key, digest, value);
         let moved = Entry {
             segment,
             offset: new_offset as u32,
             ..entry
         };
-        self.apply_to_index(header.vnode, key, header, moved);
+        self.apply_to_index(header.vnode, digest, false, moved);
     }
 
-    /// Drops an expired key from the index, leaving a tombstone when an older version may exist.
-    fn expire(&mut self, vnode: u16, key: &[u8], entry: Entry, write_tombstone: bool) {
-        let tombstone = RecordHeader {
-            tombstone: true,
-            key_len: key.len() as u16,
-            value_len: 0,
-            vnode,
-            version: entry.version,
-            expiry_ms: 0,
-        };
-        if write_tombstone {
-            self.append(&tombstone, key, &[]);
+    /// Drops an expired key from the index; with `tombstone_key`, first logs a tombstone of its
+    /// version so that an older version cannot come back.
+    fn expire(&mut self, vnode: u16, digest: Digest, entry: Entry, tombstone_key: Option<&[u8]>) {
+        if let Some(key) = tombstone_key {
+            let tombstone = RecordHeader {
+                tombstone: true,
+                key_len: key.len() as u16,
+                value_len: 0,
+                vnode,
+                version: entry.version,
+                expiry_ms: 0,
+            };
+            self.append(&tombstone, key, digest, &[]);
         }
-        self.apply_to_index(vnode, key, &tombstone, entry);
-        self.cache.remove(key);
+        self.apply_to_index(vnode, digest, true, entry);
+        self.cache.remove(digest);
         self.compaction.expired_keys += 1;
     }
 
@@ -221,45 +224,37 @@ impl Store {
         Some(segment)
     }
 
-    /// Drops up to `max_entries` examined entries' worth of expired keys from the index, walking
-    /// on from where the last call stopped. Returns how many keys it dropped.
+    /// Examines up to `max_entries` keys that have an expiry, going on from where the last call
+    /// stopped, and drops the expired ones from the index. Returns how many it dropped.
     pub fn sweep_expired(&mut self, now_ms: u64, max_entries: usize) -> u64 {
+        let start = match self.compaction.sweep_after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
         let mut examined = 0;
+        let mut last = None;
         let mut expired = Vec::new();
-        while examined < max_entries {
-            let vnode = self.compaction.sweep_vnode;
-            let index = &self.indexes[usize::from(vnode)];
-            let after = self.compaction.sweep_after.take();
-            let range = match &after {
-                Some(after) => index.range::<[u8], _>((
-                    std::ops::Bound::Excluded(&after[..]),
-                    std::ops::Bound::Unbounded,
-                )),
-                None => index.range::<[u8], _>(..),
-            };
-            let mut last = None;
-            for (key, entry) in range.take(max_entries - examined) {
-                examined += 1;
-                if !entry.is_live(now_ms) {
-                    expired.push((vnode, key.to_vec(), *entry));
-                }
-                last = Some(key.clone());
-            }
-            match last {
-                Some(key) if examined >= max_entries => self.compaction.sweep_after = Some(key),
-                _ => {
-                    self.compaction.sweep_vnode = (vnode + 1) % VNODES;
-                    if self.compaction.sweep_vnode == 0 {
-                        break; // one full pass per call at most
-                    }
-                }
+        for (&digest, &(expiry_ms, vnode)) in self
+            .expiries
+            .range((start, Bound::Unbounded))
+            .take(max_entries)
+        {
+            examined += 1;
+            last = Some(digest);
+            if now_ms >= expiry_ms {
+                expired.push((digest, vnode));
             }
         }
+        // At the end of the keys the next call starts over: one pass per call at most.
+        self.compaction.sweep_after = if examined == max_entries { last } else { None };
         let dropped = expired.len() as u64;
-        for (vnode, key, entry) in expired {
+        for (digest, vnode) in expired {
+            let entry = self
+                .entry(vnode, digest)
+                .expect("keys with an expiry are indexed");
             // Memory only: the expired record stays on disk (and is dropped by compaction), so
             // no older version can come back.
-            self.expire(vnode, &key, entry, false);
+            self.expire(vnode, digest, entry, None);
         }
         dropped
     }

@@ -6,8 +6,8 @@
 //!   | rkyv archive of HintFile | crc32c of the archive (u32 LE) | magic "THN1" |
 //! ```
 //!
-//! A hint lists every record of its segment in log order (key, vnode, offset, length, version,
-//! expiry, tombstone), so replaying it is exactly replaying the segment without the values. It
+//! A hint lists every record of its segment in log order (key digest, vnode, offset, length,
+//! version, expiry, tombstone), so replaying it is exactly replaying the segment without the values. It
 //! is written only after its segment is sealed and synced, and is advisory: a missing, short or
 //! damaged hint (crc, magic, rkyv validation) makes recovery scan the segment instead. rkyv's
 //! validation catches structural damage, not payload damage, hence the crc over the archive.
@@ -17,11 +17,15 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-pub const HINT_MAGIC: &[u8; 4] = b"THN1";
+/// "THN1" held keys; "THN2" holds their digests (the index keeps no keys). A THN1 hint is
+/// ignored like a damaged one and its segment scanned, which writes a THN2 hint.
+pub const HINT_MAGIC: &[u8; 4] = b"THN2";
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct HintEntry {
-    pub key: Vec<u8>,
+    /// `index::digest` of the key, high and low halves.
+    pub digest_hi: u64,
+    pub digest_lo: u64,
     pub vnode: u16,
     pub offset: u32,
     pub record_len: u32,
@@ -36,6 +40,12 @@ pub struct HintFile {
     /// Bytes of log in the segment.
     pub end_offset: u64,
     pub entries: Vec<HintEntry>,
+}
+
+impl HintEntry {
+    pub fn digest(&self) -> crate::index::Digest {
+        u128::from(self.digest_hi) << 64 | u128::from(self.digest_lo)
+    }
 }
 
 pub fn hint_file_name(segment: u32) -> String {
@@ -78,7 +88,8 @@ mod tests {
             segment: 3,
             end_offset: 4096,
             entries: vec![HintEntry {
-                key: b"k".to_vec(),
+                digest_hi: 1,
+                digest_lo: 2,
                 vnode: 9,
                 offset: 0,
                 record_len: 40,

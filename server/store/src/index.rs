@@ -1,12 +1,32 @@
-//! The in-memory index of one vnode: key -> where its newest record lives.
+//! The in-memory index of one vnode: a key's digest -> where its newest record lives.
 //!
-//! A `BTreeMap` rather than a hash map: SCAN pages walk keys in order from a cursor, and prefix
-//! scans become range reads, at O(log n) per lookup. Memory per key is the key itself plus
-//! `Entry` (32 bytes) plus the B-tree's node overhead (about 1.5x for 50-byte keys, measured in
-//! the store benchmark, issue 4). Each vnode has its own map so a vnode can be streamed or
-//! dropped without touching the others.
+//! Keys are not kept in memory. The index holds a 128-bit digest of each key (xxh3-128), so an
+//! entry costs 36 bytes whatever the key's length, and a read checks the key it finds on disk
+//! against the one it asked for (`store::finish_read`). Two different keys with one digest
+//! would share an entry; at 128 bits the chance is about n^2 / 2^129 (10^-25 for 10 M keys of a
+//! shard), the same trade Aerospike makes with its 160-bit digests. The price of not keeping
+//! keys is paid by SCAN, which reads each listed key back from the log (`Store::scan`).
+//!
+//! The table is an ordered linear-probing hash table: a digest's home slot is its top 64 bits
+//! scaled to the table (`home`), which is monotone in the digest, and entries are kept sorted by
+//! digest along the array with no empty slot between an entry and its home (insertion shifts a
+//! run right, removal shifts it back left). That gives:
+//! - point lookups that stop at the first empty slot or larger digest (a few slots on average at
+//!   the maximum load of 85 %);
+//! - iteration in digest order from any digest, which is what a SCAN cursor or the TTL sweep
+//!   needs, stable across inserts, removals and resizes;
+//! - no allocation per key: one array per vnode, grown by 1.25x (any size works, the home
+//!   mapping is a multiply, not a mask), so memory stays within 68-85 % load after growth.
+//!   The array has a little slack past the last home slot instead of wrapping around.
+//!
+//! Measured by `examples/store_bench.rs` at 10 M keys (BENCHMARKS.md).
 
-use std::collections::BTreeMap;
+/// A key's identity in the index.
+pub type Digest = u128;
+
+pub fn digest(key: &[u8]) -> Digest {
+    xxhash_rust::xxh3::xxh3_128(key)
+}
 
 /// Where a key's newest record lives, and what the index must know without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +35,8 @@ pub struct Entry {
     pub offset: u32,
     pub record_len: u32,
     pub version: u64,
-    /// Unix milliseconds; 0 = never expires.
+    /// Unix milliseconds; 0 = never expires. The table keeps only whether it is 0; the store
+    /// keeps the expiries of keys that have one beside the index.
     pub expiry_ms: u64,
 }
 
@@ -25,4 +46,338 @@ impl Entry {
     }
 }
 
-pub type VnodeIndex = BTreeMap<Box<[u8]>, Entry>;
+/// Bit of `Slot::len_flags` set when the key has an expiry.
+const HAS_EXPIRY: u32 = 1 << 31;
+/// Most entries per home slot before the table grows.
+const MAX_LOAD: f64 = 0.85;
+/// Below this load (and above the minimum size) the table shrinks.
+const MIN_LOAD: f64 = 0.25;
+const MIN_HOME_SLOTS: usize = 16;
+
+/// One slot: 36 bytes, 4-aligned. `len_flags == 0` marks an empty slot (no record has length 0).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, packed(4))]
+struct Slot {
+    digest: Digest,
+    version: u64,
+    segment: u32,
+    offset: u32,
+    /// Record length in the low 31 bits, `HAS_EXPIRY` on top.
+    len_flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 36);
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.len_flags == 0
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            segment: self.segment,
+            offset: self.offset,
+            record_len: self.len_flags & !HAS_EXPIRY,
+            version: self.version,
+            expiry_ms: u64::from(self.len_flags & HAS_EXPIRY != 0),
+        }
+    }
+
+    fn new(digest: Digest, entry: &Entry) -> Slot {
+        assert!(entry.record_len != 0 && entry.record_len & HAS_EXPIRY == 0);
+        let flag = if entry.expiry_ms != 0 { HAS_EXPIRY } else { 0 };
+        Slot {
+            digest,
+            version: entry.version,
+            segment: entry.segment,
+            offset: entry.offset,
+            len_flags: entry.record_len | flag,
+        }
+    }
+}
+
+/// The index of one vnode. Entries it returns carry `expiry_ms` 1 for "has an expiry" and 0
+/// for none; the store substitutes the real expiry.
+#[derive(Clone, Debug)]
+pub struct VnodeIndex {
+    slots: Vec<Slot>,
+    home_slots: usize,
+    len: usize,
+}
+
+impl Default for VnodeIndex {
+    fn default() -> Self {
+        VnodeIndex::with_home_slots(MIN_HOME_SLOTS)
+    }
+}
+
+fn slack(home_slots: usize) -> usize {
+    home_slots / 64 + 16
+}
+
+impl VnodeIndex {
+    pub fn new() -> VnodeIndex {
+        VnodeIndex::default()
+    }
+
+    fn with_home_slots(home_slots: usize) -> VnodeIndex {
+        VnodeIndex {
+            slots: vec![Slot::default(); home_slots + slack(home_slots)],
+            home_slots,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory the table holds.
+    pub fn allocated_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    fn home(&self, digest: Digest) -> usize {
+        let top = (digest >> 64) as u64;
+        ((u128::from(top) * self.home_slots as u128) >> 64) as usize
+    }
+
+    /// `Ok(position)` of the digest, or `Err(position)` where it belongs.
+    fn find(&self, digest: Digest) -> Result<usize, usize> {
+        let mut at = self.home(digest);
+        while let Some(slot) = self.slots.get(at) {
+            if slot.is_empty() {
+                return Err(at);
+            }
+            let found = slot.digest;
+            if found >= digest {
+                return if found == digest { Ok(at) } else { Err(at) };
+            }
+            at += 1;
+        }
+        Err(at)
+    }
+
+    pub fn get(&self, digest: Digest) -> Option<Entry> {
+        self.find(digest).ok().map(|at| self.slots[at].entry())
+    }
+
+    /// Sets the digest's entry; returns the one it replaced.
+    pub fn insert(&mut self, digest: Digest, entry: &Entry) -> Option<Entry> {
+        let slot = Slot::new(digest, entry);
+        match self.find(digest) {
+            Ok(at) => Some(std::mem::replace(&mut self.slots[at], slot).entry()),
+            Err(at) => {
+                if (self.len + 1) as f64 > MAX_LOAD * self.home_slots as f64
+                    || !self.insert_at(at, slot)
+                {
+                    self.resize(self.grown_home_slots());
+                    let at = self.find(digest).expect_err("not present");
+                    assert!(self.insert_at(at, slot), "room after growing");
+                }
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Bytes the table would add to insert one more digest (0 unless it must grow).
+    pub fn insert_growth_bytes(&self) -> usize {
+        if (self.len + 1) as f64 <= MAX_LOAD * self.home_slots as f64 {
+            return 0;
+        }
+        let grown = self.grown_home_slots();
+        (grown + slack(grown)) * std::mem::size_of::<Slot>() - self.allocated_bytes()
+    }
+
+    fn grown_home_slots(&self) -> usize {
+        (self.home_slots + self.home_slots / 4).max(MIN_HOME_SLOTS)
+    }
+
+    /// Shifts the run at `at` right by one and puts `slot` at `at`; false when the run reaches
+    /// the end of the array.
+    fn insert_at(&mut self, at: usize, slot: Slot) -> bool {
+        let Some(gap) = self.slots[at..].iter().position(Slot::is_empty) else {
+            return false;
+        };
+        self.slots.copy_within(at..at + gap, at + 1);
+        self.slots[at] = slot;
+        true
+    }
+
+    pub fn remove(&mut self, digest: Digest) -> Option<Entry> {
+        let at = self.find(digest).ok()?;
+        let removed = self.slots[at].entry();
+        // Shift back the entries after it that sit past their home, closing the gap.
+        let mut hole = at;
+        while let Some(next) = self.slots.get(hole + 1) {
+            if next.is_empty() || self.home(next.digest) > hole {
+                break;
+            }
+            self.slots[hole] = *next;
+            hole += 1;
+        }
+        self.slots[hole] = Slot::default();
+        self.len -= 1;
+        if (self.len as f64) < MIN_LOAD * self.home_slots as f64 && self.home_slots > MIN_HOME_SLOTS
+        {
+            let target = ((self.len as f64 / 0.6) as usize).max(MIN_HOME_SLOTS);
+            self.resize(target);
+        }
+        Some(removed)
+    }
+
+    /// Rebuilds the table with `home_slots` home slots, keeping the order.
+    fn resize(&mut self, home_slots: usize) {
+        let mut home_slots = home_slots;
+        loop {
+            let mut next = VnodeIndex::with_home_slots(home_slots);
+            if next.fill_from(&self.slots) {
+                next.len = self.len;
+                *self = next;
+                return;
+            }
+            home_slots = next.grown_home_slots();
+        }
+    }
+
+    /// Places `slots`' entries (in digest order) into this empty table; false if they run off
+    /// the end.
+    fn fill_from(&mut self, slots: &[Slot]) -> bool {
+        let mut next_free = 0;
+        for slot in slots.iter().filter(|s| !s.is_empty()) {
+            let at = self.home(slot.digest).max(next_free);
+            let Some(target) = self.slots.get_mut(at) else {
+                return false;
+            };
+            *target = *slot;
+            next_free = at + 1;
+        }
+        true
+    }
+
+    /// Entries in digest order, starting after `after` (from the first when `None`).
+    pub fn iter_after(&self, after: Option<Digest>) -> impl Iterator<Item = (Digest, Entry)> + '_ {
+        let start = match after {
+            None => 0,
+            Some(digest) => match self.find(digest) {
+                Ok(at) => at + 1,
+                Err(at) => at,
+            },
+        };
+        self.slots[start.min(self.slots.len())..]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| (s.digest, s.entry()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn entry(n: u32) -> Entry {
+        Entry {
+            segment: n,
+            offset: n * 2,
+            record_len: 33 + n % 1000,
+            version: u64::from(n) << 20,
+            expiry_ms: u64::from(n.is_multiple_of(3)),
+        }
+    }
+
+    /// Random inserts, overwrites and removals against a BTreeMap, with small digest spaces so
+    /// that runs collide and shift, and a check of order and lookups after every step.
+    #[test]
+    fn behaves_like_an_ordered_map() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for round in 0..20 {
+            let mut index = VnodeIndex::new();
+            let mut model = BTreeMap::new();
+            // Narrow digest spaces cluster keys at a few homes.
+            let space: u128 = if round % 2 == 0 { 64 } else { 1 << 20 };
+            for step in 0..3000u32 {
+                let digest = (rng.gen::<u128>() % space) << (128 - 22) | (step as u128 % 3);
+                if rng.gen_bool(0.35) {
+                    assert_eq!(index.remove(digest), model.remove(&digest));
+                } else {
+                    let e = entry(step);
+                    assert_eq!(index.insert(digest, &e), model.insert(digest, e));
+                }
+                assert_eq!(index.len(), model.len());
+                if step % 97 == 0 {
+                    let all: Vec<_> = index.iter_after(None).collect();
+                    let expected: Vec<_> = model.iter().map(|(d, e)| (*d, *e)).collect();
+                    assert_eq!(all, expected, "round {round} step {step}");
+                    for (d, e) in &model {
+                        assert_eq!(index.get(*d), Some(*e));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iterates_from_any_digest_in_order() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let mut index = VnodeIndex::new();
+        let mut model = BTreeMap::new();
+        for n in 0..5000 {
+            let digest = rng.gen::<u128>();
+            index.insert(digest, &entry(n));
+            model.insert(digest, entry(n));
+        }
+        for _ in 0..200 {
+            let from = rng.gen::<u128>();
+            let got: Vec<_> = index
+                .iter_after(Some(from))
+                .map(|(d, _)| d)
+                .take(20)
+                .collect();
+            let want: Vec<_> = model
+                .range((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
+                .map(|(d, _)| *d)
+                .take(20)
+                .collect();
+            assert_eq!(got, want);
+        }
+        // From an existing digest: strictly after it.
+        let (&first, _) = model.iter().next().expect("entries");
+        assert_eq!(
+            index.iter_after(Some(first)).next().map(|(d, _)| d),
+            model.keys().nth(1).copied()
+        );
+    }
+
+    #[test]
+    fn grows_and_shrinks_within_its_load_bounds() {
+        let mut index = VnodeIndex::new();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let digests: Vec<u128> = (0..100_000).map(|_| rng.gen()).collect();
+        for (n, d) in digests.iter().enumerate() {
+            index.insert(*d, &entry(n as u32));
+        }
+        let per_key = index.allocated_bytes() as f64 / index.len() as f64;
+        assert!(per_key < 36.0 / 0.6, "{per_key} bytes per key");
+        for d in &digests[1000..] {
+            index.remove(*d);
+        }
+        assert_eq!(index.len(), 1000);
+        let per_key = index.allocated_bytes() as f64 / index.len() as f64;
+        assert!(
+            per_key < 36.0 / 0.2,
+            "{per_key} bytes per key after removals"
+        );
+        for (n, d) in digests[..1000].iter().enumerate() {
+            assert_eq!(index.get(*d), Some(entry(n as u32)));
+        }
+    }
+}

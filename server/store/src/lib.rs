@@ -24,6 +24,10 @@ pub mod store;
 pub mod testing;
 
 pub use config::{FsyncPolicy, StoreConfig};
+pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};
 pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
-pub use store::{finish_read, DiskRead, Lookup, Store, StoreStats, Write, WriteAck, WriteError};
+pub use store::{
+    finish_key_read, finish_read, DiskRead, Lookup, ScanItem, ScanKey, Store, StoreStats, Write,
+    WriteAck, WriteError,
+};

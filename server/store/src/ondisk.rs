@@ -119,14 +119,32 @@ pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
             Parsed::Corrupt("short header")
         };
     };
+    let header = match parse_header(head) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Parsed::End,
+        Err(reason) => return Parsed::Corrupt(reason),
+    };
+    let key_len = usize::from(header.key_len);
+    let Some(record) = bytes.get(..header.record_len()) else {
+        return Parsed::Corrupt("record runs past the end of the segment");
+    };
+    if crc32c::crc32c(&record[4..]) != le_u32(record, 0) {
+        return Parsed::Corrupt("checksum mismatch");
+    }
+    let (key, value) = record[RECORD_HEADER_BYTES..].split_at(key_len);
+    Parsed::Record { header, key, value }
+}
+
+/// Checks and decodes a record header: `None` for an all-zero header (the end of the log).
+fn parse_header(head: &[u8; RECORD_HEADER_BYTES]) -> Result<Option<RecordHeader>, &'static str> {
     if head.iter().all(|&b| b == 0) {
-        return Parsed::End;
+        return Ok(None);
     }
     if head[4] != RECORD_FORMAT_V1 {
-        return Parsed::Corrupt("unknown record format version");
+        return Err("unknown record format version");
     }
     if head[5] & !FLAG_TOMBSTONE != 0 || le_u16(head, 14) != 0 {
-        return Parsed::Corrupt("unknown flags");
+        return Err("unknown flags");
     }
     let header = RecordHeader {
         tombstone: head[5] & FLAG_TOMBSTONE != 0,
@@ -138,19 +156,26 @@ pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
     };
     let key_len = usize::from(header.key_len);
     if key_len == 0 || key_len > MAX_KEY_BYTES || header.value_len as usize > MAX_VALUE_BYTES {
-        return Parsed::Corrupt("length out of range");
+        return Err("length out of range");
     }
     if header.tombstone && header.value_len != 0 {
-        return Parsed::Corrupt("tombstone with a value");
+        return Err("tombstone with a value");
     }
-    let Some(record) = bytes.get(..header.record_len()) else {
-        return Parsed::Corrupt("record runs past the end of the segment");
-    };
-    if crc32c::crc32c(&record[4..]) != le_u32(record, 0) {
-        return Parsed::Corrupt("checksum mismatch");
-    }
-    let (key, value) = record[RECORD_HEADER_BYTES..].split_at(key_len);
-    Parsed::Record { header, key, value }
+    Ok(Some(header))
+}
+
+/// The header and key of the record at the start of `bytes`, which may stop after the key. The
+/// checksum covers the value too, so it is not checked: callers check the key against what
+/// they expect (its digest) instead.
+pub fn parse_key(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), &'static str> {
+    let head = bytes
+        .first_chunk::<RECORD_HEADER_BYTES>()
+        .ok_or("short header")?;
+    let header = parse_header(head)?.ok_or("zeros where a record should be")?;
+    let key = bytes
+        .get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + usize::from(header.key_len))
+        .ok_or("key runs past the bytes read")?;
+    Ok((header, key))
 }
 
 pub fn align_down(offset: u64) -> u64 {

@@ -14,9 +14,9 @@
 
 use crate::config::StoreConfig;
 use crate::hint::HintFile;
-use crate::index::Entry;
+use crate::index::{digest, Entry};
 use crate::log::Chunk;
-use crate::ondisk::{self, align_down, Parsed, RecordHeader, RECORD_HEADER_BYTES};
+use crate::ondisk::{self, align_down, Parsed};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -94,9 +94,11 @@ impl Recovery {
                     // Compaction copies live records forward, so a key's copies are not always
                     // in version order along the log: apply_to_index never lets an older copy
                     // replace a newer one.
-                    self.store.apply_to_index(header.vnode, key, &header, entry);
+                    let digest = digest(key);
+                    self.store
+                        .apply_to_index(header.vnode, digest, header.tombstone, entry);
                     self.store.last_version = self.store.last_version.max(header.version);
-                    hint.push(crate::store::hint_entry(&header, key, offset as u64));
+                    hint.push(crate::store::hint_entry(&header, digest, offset as u64));
                     report.records += 1;
                     offset += header.record_len();
                 }
@@ -151,16 +153,6 @@ impl Recovery {
         self.last_segment = Some(hint.segment);
         let mut report = SegmentReport::default();
         for entry in &hint.entries {
-            let header = RecordHeader {
-                tombstone: entry.tombstone,
-                key_len: entry.key.len() as u16,
-                value_len: (entry.record_len as usize)
-                    .saturating_sub(RECORD_HEADER_BYTES + entry.key.len())
-                    as u32,
-                vnode: entry.vnode,
-                version: entry.version,
-                expiry_ms: entry.expiry_ms,
-            };
             let index_entry = Entry {
                 segment: hint.segment,
                 offset: entry.offset,
@@ -169,7 +161,7 @@ impl Recovery {
                 expiry_ms: entry.expiry_ms,
             };
             self.store
-                .apply_to_index(entry.vnode, &entry.key, &header, index_entry);
+                .apply_to_index(entry.vnode, entry.digest(), entry.tombstone, index_entry);
             self.store.last_version = self.store.last_version.max(entry.version);
             report.records += 1;
         }

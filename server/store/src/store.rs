@@ -14,9 +14,10 @@ use tessera_schema::placement::VNODES;
 use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
 use crate::hint::{encode_hint, HintEntry, HintFile};
-use crate::index::{Entry, VnodeIndex};
+use crate::index::{digest, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
+use tessera_schema::limits::MAX_KEY_BYTES;
 
 /// A PUT (`value: Some`) or DELETE (`value: None`).
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +111,39 @@ pub fn finish_read(read: &DiskRead, key: &[u8], bytes: &[u8]) -> Result<Vec<u8>,
     }
 }
 
+/// One key listed by [`Store::scan`]: the key itself when its record is in memory, or where
+/// to read it (the record's header and key only) and check it with [`finish_key_read`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanItem {
+    pub digest: Digest,
+    pub version: u64,
+    pub key: ScanKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanKey {
+    InMemory(Vec<u8>),
+    OnDisk(DiskRead),
+}
+
+/// Checks the start of a record read for a [`ScanKey::OnDisk`] and returns its key.
+pub fn finish_key_read(
+    read: &DiskRead,
+    expected: Digest,
+    bytes: &[u8],
+) -> Result<Vec<u8>, CorruptRecord> {
+    let corrupt = |reason: &str| CorruptRecord {
+        segment: read.segment,
+        offset: read.offset,
+        reason: reason.to_string(),
+    };
+    let (header, key) = ondisk::parse_key(bytes).map_err(corrupt)?;
+    if header.version != read.version || header.tombstone || digest(key) != expected {
+        return Err(corrupt("record does not match the index"));
+    }
+    Ok(key.to_vec())
+}
+
 /// Counters kept by the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -122,7 +156,7 @@ pub struct StoreStats {
     pub cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// Estimated memory of the index: keys plus `INDEX_ENTRY_OVERHEAD_BYTES` per key.
+    /// Memory of the index: its tables' allocations plus the expiries kept beside them.
     pub index_bytes: u64,
     pub compactions: u64,
     pub bytes_reclaimed: u64,
@@ -134,10 +168,9 @@ pub struct StoreStats {
 /// How long a full disk waits before the next flush attempt.
 pub const DISK_FULL_RETRY_MS: u64 = 1000;
 
-/// Index memory per key beyond the key's bytes: the 32-byte `Entry`, the boxed key's pointer and
-/// allocation, the B-tree's share of node space and the per-segment accounting. Calibrated by
-/// `examples/store_bench.rs`: 160 bytes per 50-byte key resident at 10 M keys.
-pub const INDEX_ENTRY_OVERHEAD_BYTES: u64 = 110;
+/// Memory per key with an expiry, in the `expiries` B-tree beside the index: a 16-byte digest
+/// and 16 bytes of expiry and vnode, plus the B-tree's node space.
+pub const EXPIRY_ENTRY_BYTES: u64 = 48;
 
 #[derive(Debug)]
 pub struct Store {
@@ -164,17 +197,21 @@ pub struct Store {
     /// Bytes of live records per segment (active one included).
     pub(crate) segment_live: std::collections::HashMap<u32, u64>,
     pub compaction: crate::compaction::CompactionState,
-    /// Sum of the lengths of the keys in the index.
-    pub(crate) index_key_bytes: u64,
+    /// Bytes allocated by the vnodes' index tables.
+    pub(crate) table_bytes: u64,
+    /// Expiry (unix ms) and vnode of every key in the index that has one, by digest: the index
+    /// keeps only a flag, and the TTL sweep walks this instead of every key.
+    pub(crate) expiries: std::collections::BTreeMap<Digest, (u64, u16)>,
     /// Hint entries of the active segment, in log order.
     pub(crate) active_hint: Vec<HintEntry>,
     /// Hints of sealed segments not yet handed to the shell.
     pub(crate) sealed_hints: Vec<HintFile>,
 }
 
-pub(crate) fn hint_entry(header: &RecordHeader, key: &[u8], offset: u64) -> HintEntry {
+pub(crate) fn hint_entry(header: &RecordHeader, digest: Digest, offset: u64) -> HintEntry {
     HintEntry {
-        key: key.to_vec(),
+        digest_hi: (digest >> 64) as u64,
+        digest_lo: digest as u64,
         vnode: header.vnode,
         offset: offset as u32,
         record_len: header.record_len() as u32,
@@ -197,10 +234,12 @@ impl Store {
             None => config.cache_bytes,
         };
         let cache = ValueCache::new(cache_bytes);
+        let indexes: Vec<VnodeIndex> = (0..VNODES).map(|_| VnodeIndex::new()).collect();
+        let table_bytes = indexes.iter().map(|i| i.allocated_bytes() as u64).sum();
         Store {
             cache,
             config,
-            indexes: (0..VNODES).map(|_| VnodeIndex::new()).collect(),
+            indexes,
             tail: LogTail {
                 chunks: [active].into(),
             },
@@ -217,7 +256,8 @@ impl Store {
             sealed_segments: Default::default(),
             segment_live: Default::default(),
             compaction: Default::default(),
-            index_key_bytes: 0,
+            table_bytes,
+            expiries: Default::default(),
             active_hint: Vec::new(),
             sealed_hints: Vec::new(),
         }
@@ -266,16 +306,28 @@ impl Store {
         stats.cache_bytes = cache.bytes;
         stats.cache_hits = cache.hits;
         stats.cache_misses = cache.misses;
-        stats.index_bytes = self.index_key_bytes + stats.keys * INDEX_ENTRY_OVERHEAD_BYTES;
+        stats.index_bytes = self.index_bytes();
         stats.compactions = self.compaction.runs;
         stats.bytes_reclaimed = self.compaction.bytes_reclaimed;
         stats.expired_keys = self.compaction.expired_keys;
         stats
     }
 
-    fn live_entry(&self, vnode: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        self.indexes[usize::from(vnode)]
-            .get(key)
+    pub(crate) fn index_bytes(&self) -> u64 {
+        self.table_bytes + self.expiries.len() as u64 * EXPIRY_ENTRY_BYTES
+    }
+
+    /// The digest's entry, with its expiry filled in.
+    pub(crate) fn entry(&self, vnode: u16, digest: Digest) -> Option<Entry> {
+        let mut entry = self.indexes[usize::from(vnode)].get(digest)?;
+        if entry.expiry_ms != 0 {
+            entry.expiry_ms = self.expiries[&digest].0;
+        }
+        Some(entry)
+    }
+
+    fn live_entry(&self, vnode: u16, digest: Digest, now_ms: u64) -> Option<Entry> {
+        self.entry(vnode, digest)
             .filter(|entry| entry.is_live(now_ms))
     }
 
@@ -290,8 +342,9 @@ impl Store {
         if self.tail.unwritten_bytes() > self.config.max_unflushed_bytes as u64 {
             return Err(WriteError::Overloaded);
         }
+        let digest = digest(write.key);
         let current = self
-            .live_entry(write.vnode, write.key, now_ms)
+            .live_entry(write.vnode, digest, now_ms)
             .map_or(0, |e| e.version);
         if write.if_version.is_some_and(|expected| expected != current) {
             return Err(WriteError::VersionMismatch { current });
@@ -300,7 +353,7 @@ impl Store {
             return Err(WriteError::NotFound);
         }
         if current == 0 && write.value.is_some() {
-            self.admit_new_key(write.key.len(), now_ms)?;
+            self.admit_new_key(write.vnode, write.ttl_ms != 0, now_ms)?;
         }
         let version = self
             .last_version
@@ -319,7 +372,7 @@ impl Store {
             version,
             expiry_ms,
         };
-        let (segment, offset) = self.append(&header, write.key, write.value.unwrap_or(&[]));
+        let (segment, offset) = self.append(&header, write.key, digest, write.value.unwrap_or(&[]));
         let entry = Entry {
             segment,
             offset: offset as u32,
@@ -327,13 +380,13 @@ impl Store {
             version,
             expiry_ms,
         };
-        self.apply_to_index(write.vnode, write.key, &header, entry);
+        self.apply_to_index(write.vnode, digest, header.tombstone, entry);
         match write.value {
             // Keep a cached key hot with its new value; uncached keys are cached when read.
-            Some(value) if self.cache.contains(write.key) => self
-                .cache
-                .insert(write.key, value, version, expiry_ms, now_ms),
-            _ => self.cache.remove(write.key),
+            Some(value) if self.cache.contains(digest) => {
+                self.cache.insert(digest, value, version, expiry_ms, now_ms)
+            }
+            _ => self.cache.remove(digest),
         }
         self.seq += 1;
         let wait_for_sync = write.sync || self.config.fsync == FsyncPolicy::Always;
@@ -347,13 +400,17 @@ impl Store {
         })
     }
 
-    /// Checks the memory limit for one more key, shrinking the cache to make room.
-    fn admit_new_key(&mut self, key_len: usize, now_ms: u64) -> Result<(), WriteError> {
+    /// Checks the memory limit for one more key in `vnode`, shrinking the cache to make room.
+    /// The cost is exact: nothing while the vnode's table has room, the table's growth when it
+    /// must grow, and an expiry entry for a key with a TTL. So a refused key may still fit in
+    /// another vnode, and deleting a key makes room in its own vnode.
+    fn admit_new_key(&mut self, vnode: u16, has_ttl: bool, now_ms: u64) -> Result<(), WriteError> {
         let Some(limit_bytes) = self.config.memory_limit_bytes else {
             return Ok(());
         };
-        let index_bytes = self.index_key_bytes + self.stats.keys * INDEX_ENTRY_OVERHEAD_BYTES;
-        let needed = index_bytes + key_len as u64 + INDEX_ENTRY_OVERHEAD_BYTES;
+        let index_bytes = self.index_bytes();
+        let growth = self.indexes[usize::from(vnode)].insert_growth_bytes() as u64;
+        let needed = index_bytes + growth + if has_ttl { EXPIRY_ENTRY_BYTES } else { 0 };
         if needed > limit_bytes {
             return Err(WriteError::MemoryLimit {
                 index_bytes,
@@ -367,7 +424,13 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> (u32, u64) {
+    pub(crate) fn append(
+        &mut self,
+        header: &RecordHeader,
+        key: &[u8],
+        digest: Digest,
+        value: &[u8],
+    ) -> (u32, u64) {
         let len = header.record_len() as u64;
         if self.tail.active().end() + len > self.config.segment_size_bytes {
             let old = self.tail.active_ref();
@@ -387,40 +450,48 @@ impl Store {
         let offset = active.end();
         encode_record(&mut active.bytes, header, key, value);
         let segment = active.segment;
-        self.active_hint.push(hint_entry(header, key, offset));
+        self.active_hint.push(hint_entry(header, digest, offset));
         (segment, offset)
     }
 
+    /// Points the digest at `entry` (or drops it, for a tombstone) and keeps the counters.
     pub(crate) fn apply_to_index(
         &mut self,
         vnode: u16,
-        key: &[u8],
-        header: &RecordHeader,
+        digest: Digest,
+        tombstone: bool,
         entry: Entry,
     ) {
         let index = &mut self.indexes[usize::from(vnode)];
         // An older record never replaces a newer one. In service versions only grow, so this
         // matters at recovery, where compaction's copies can put a key's records out of order.
-        let old = match index.get_mut(key) {
-            Some(slot) if slot.version > header.version => return,
-            Some(_) if header.tombstone => index.remove(key),
-            Some(slot) => Some(std::mem::replace(slot, entry)),
-            None if header.tombstone => None,
-            None => {
-                index.insert(key.into(), entry);
-                None
-            }
+        if index
+            .get(digest)
+            .is_some_and(|current| current.version > entry.version)
+        {
+            return;
+        }
+        let bytes_before = index.allocated_bytes() as u64;
+        let old = if tombstone {
+            index.remove(digest)
+        } else {
+            index.insert(digest, &entry)
         };
+        self.table_bytes = self.table_bytes + index.allocated_bytes() as u64 - bytes_before;
         if let Some(old) = old {
             self.stats.live_bytes -= u64::from(old.record_len);
             self.stats.keys -= 1;
-            self.index_key_bytes -= key.len() as u64;
+            if old.expiry_ms != 0 {
+                self.expiries.remove(&digest);
+            }
             self.charge_segment(old.segment, -i64::from(old.record_len));
         }
-        if !header.tombstone {
+        if !tombstone {
             self.stats.live_bytes += u64::from(entry.record_len);
             self.stats.keys += 1;
-            self.index_key_bytes += key.len() as u64;
+            if entry.expiry_ms != 0 {
+                self.expiries.insert(digest, (entry.expiry_ms, vnode));
+            }
             self.charge_segment(entry.segment, i64::from(entry.record_len));
         }
     }
@@ -434,7 +505,8 @@ impl Store {
 
     /// Finds a key's value.
     pub fn get(&self, vnode: u16, key: &[u8], now_ms: u64) -> Lookup<'_> {
-        let Some(entry) = self.live_entry(vnode, key, now_ms) else {
+        let digest = digest(key);
+        let Some(entry) = self.live_entry(vnode, digest, now_ms) else {
             return Lookup::NotFound;
         };
         let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
@@ -445,7 +517,7 @@ impl Store {
                 version: entry.version,
             };
         }
-        match self.cache.get(key, entry.version, now_ms) {
+        match self.cache.get(digest, entry.version, now_ms) {
             Some(value) => Lookup::InMemory {
                 value,
                 version: entry.version,
@@ -468,38 +540,51 @@ impl Store {
         value: &[u8],
         now_ms: u64,
     ) {
-        let Some(entry) = self.live_entry(vnode, key, now_ms) else {
+        let digest = digest(key);
+        let Some(entry) = self.live_entry(vnode, digest, now_ms) else {
             return;
         };
         if entry.version == read.version {
-            let expiry_ms = entry.expiry_ms;
             self.cache
-                .insert(key, value, read.version, expiry_ms, now_ms);
+                .insert(digest, value, read.version, entry.expiry_ms, now_ms);
         }
     }
 
-    /// Up to `limit` live keys of `vnode` that start with `prefix`, in key order, after `after`.
+    /// Up to `limit` live keys of `vnode` in digest order, after the digest `after`. Keys whose
+    /// records are on disk come as reads of their record's start: the index keeps no keys.
     pub fn scan(
         &self,
         vnode: u16,
-        after: Option<&[u8]>,
-        prefix: &[u8],
+        after: Option<Digest>,
         limit: usize,
         now_ms: u64,
-    ) -> Vec<(Vec<u8>, u64)> {
-        use std::ops::Bound;
-        let index = &self.indexes[usize::from(vnode)];
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
-        index
-            .range::<[u8], _>((start, Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(_, entry)| entry.is_live(now_ms))
+    ) -> Vec<ScanItem> {
+        self.indexes[usize::from(vnode)]
+            .iter_after(after)
+            .filter_map(|(digest, _)| self.live_entry(vnode, digest, now_ms).map(|e| (digest, e)))
             .take(limit)
-            .map(|(key, entry)| (key.to_vec(), entry.version))
+            .map(|(digest, entry)| ScanItem {
+                digest,
+                version: entry.version,
+                key: self.scan_key(&entry),
+            })
             .collect()
+    }
+
+    fn scan_key(&self, entry: &Entry) -> ScanKey {
+        let offset = u64::from(entry.offset);
+        let record_len = entry.record_len as usize;
+        if let Some(record) = self.tail.record_bytes(entry.segment, offset, record_len) {
+            if let Ok((_, key)) = ondisk::parse_key(record) {
+                return ScanKey::InMemory(key.to_vec());
+            }
+        }
+        ScanKey::OnDisk(DiskRead {
+            segment: entry.segment,
+            offset,
+            len: record_len.min(RECORD_HEADER_BYTES + MAX_KEY_BYTES),
+            version: entry.version,
+        })
     }
 
     /// The next flush to perform, if one is due at `now_ms`. One flush runs at a time.

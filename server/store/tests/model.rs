@@ -191,10 +191,28 @@ impl Harness {
     fn contents(&mut self) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
         let mut out = BTreeMap::new();
         for vnode in 0..VNODES {
-            for (key, version) in self.store.scan(vnode, None, b"", usize::MAX, self.now_ms) {
-                let (value, read_version) = self.read(&key).expect("scanned key reads back");
-                assert_eq!(version, read_version);
-                out.insert(key, (value, version));
+            // Pages of random size, each going on from the last digest of the one before.
+            let mut after = None;
+            loop {
+                let limit = 1 + self.rng.below(40) as usize;
+                let page = self.store.scan(vnode, after, limit, self.now_ms);
+                for item in &page {
+                    let key = match &item.key {
+                        ScanKey::InMemory(key) => key.clone(),
+                        ScanKey::OnDisk(read) => {
+                            let bytes = self.disk.read(read);
+                            finish_key_read(read, item.digest, &bytes).expect("intact key")
+                        }
+                    };
+                    assert_eq!(vnode_of(&key), vnode);
+                    let (value, version) = self.read(&key).expect("scanned key reads back");
+                    assert_eq!(item.version, version);
+                    assert!(out.insert(key, (value, version)).is_none(), "listed twice");
+                }
+                match page.last() {
+                    Some(last) if page.len() == limit => after = Some(last.digest),
+                    _ => break,
+                }
             }
         }
         out
