@@ -13,10 +13,14 @@
 //! segment is cut at the damage and the loss is reported.
 
 use crate::config::StoreConfig;
-use crate::hint::HintFile;
-use crate::index::{digest, Entry};
+use crate::hint::{HintEntry, HintFile};
+use crate::index::{digest, Digest, Entry};
 use crate::log::Chunk;
-use crate::ondisk::{self, align_down, Parsed};
+use crate::ondisk::{self, align_down, Parsed, RecordHeader};
+
+/// Records parsed ahead of being applied to the index, their slots prefetched meanwhile: the
+/// index is far larger than the CPU cache, and one miss at a time left replay memory-bound.
+const PREFETCH_RECORDS: usize = 64;
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,8 +58,10 @@ pub struct Recovery {
 
 impl Recovery {
     pub fn new(config: StoreConfig, repair: bool) -> Recovery {
+        let mut store = Store::new(config);
+        store.set_bulk_load(true);
         Recovery {
-            store: Store::new(config),
+            store,
             repair,
             last_segment: None,
             actions: Vec::new(),
@@ -77,6 +83,7 @@ impl Recovery {
         let mut report = SegmentReport::default();
         let mut offset = 0usize;
         let mut hint = Vec::new();
+        let mut batch = Vec::with_capacity(PREFETCH_RECORDS);
         let damage = loop {
             match ondisk::parse_record(&bytes[offset..]) {
                 Parsed::Record {
@@ -84,21 +91,12 @@ impl Recovery {
                     key,
                     value: _,
                 } => {
-                    let entry = Entry {
-                        segment,
-                        offset: offset as u32,
-                        record_len: header.record_len() as u32,
-                        version: header.version,
-                        expiry_ms: header.expiry_ms,
-                    };
-                    // Compaction copies live records forward, so a key's copies are not always
-                    // in version order along the log: apply_to_index never lets an older copy
-                    // replace a newer one.
                     let digest = digest(key);
-                    self.store
-                        .apply_to_index(header.vnode, digest, header.tombstone, entry);
-                    self.store.last_version = self.store.last_version.max(header.version);
-                    hint.push(crate::store::hint_entry(&header, digest, offset as u64));
+                    self.store.indexes[usize::from(header.vnode)].prefetch(digest);
+                    batch.push((header, digest, offset));
+                    if batch.len() == PREFETCH_RECORDS {
+                        self.apply_batch(segment, &mut batch, &mut hint);
+                    }
                     report.records += 1;
                     offset += header.record_len();
                 }
@@ -109,6 +107,7 @@ impl Recovery {
                 Parsed::Corrupt(reason) => break Some(reason),
             }
         };
+        self.apply_batch(segment, &mut batch, &mut hint);
         report.end_offset = offset as u64;
         if let Some(reason) = damage {
             if !is_newest && !self.repair {
@@ -143,6 +142,32 @@ impl Recovery {
         Ok(report)
     }
 
+    /// Applies parsed records of `segment` to the index, in log order, and lists them in the
+    /// segment's hint.
+    fn apply_batch(
+        &mut self,
+        segment: u32,
+        batch: &mut Vec<(RecordHeader, Digest, usize)>,
+        hint: &mut Vec<HintEntry>,
+    ) {
+        for (header, digest, offset) in batch.drain(..) {
+            let entry = Entry {
+                segment,
+                offset: offset as u32,
+                record_len: header.record_len() as u32,
+                version: header.version,
+                expiry_ms: header.expiry_ms,
+            };
+            // Compaction copies live records forward, so a key's copies are not always in
+            // version order along the log: apply_to_index never lets an older copy replace a
+            // newer one.
+            self.store
+                .apply_to_index(header.vnode, digest, header.tombstone, entry);
+            self.store.last_version = self.store.last_version.max(header.version);
+            hint.push(crate::store::hint_entry(&header, digest, offset as u64));
+        }
+    }
+
     /// Replays a sealed segment from its hint instead of its bytes. The hint must come from
     /// `hint::decode_hint` (checksum and structure verified) and name this segment.
     pub fn add_segment_hint(&mut self, hint: HintFile) -> SegmentReport {
@@ -152,7 +177,10 @@ impl Recovery {
         );
         self.last_segment = Some(hint.segment);
         let mut report = SegmentReport::default();
-        for entry in &hint.entries {
+        for (at, entry) in hint.entries.iter().enumerate() {
+            if let Some(ahead) = hint.entries.get(at + PREFETCH_RECORDS) {
+                self.store.indexes[usize::from(ahead.vnode)].prefetch(ahead.digest());
+            }
             let index_entry = Entry {
                 segment: hint.segment,
                 offset: entry.offset,
@@ -176,6 +204,7 @@ impl Recovery {
     /// The recovered store, and the repairs to make before it serves.
     pub fn finish(self, now_ms: u64) -> (Store, Vec<RecoveryAction>) {
         let mut store = self.store;
+        store.set_bulk_load(false);
         store.last_sync_ms = now_ms;
         (store, self.actions)
     }

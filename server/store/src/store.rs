@@ -313,6 +313,18 @@ impl Store {
         stats
     }
 
+    /// See `VnodeIndex::set_bulk_load`.
+    pub(crate) fn set_bulk_load(&mut self, bulk_load: bool) {
+        for index in &mut self.indexes {
+            index.set_bulk_load(bulk_load);
+        }
+        self.table_bytes = self
+            .indexes
+            .iter()
+            .map(|i| i.allocated_bytes() as u64)
+            .sum();
+    }
+
     pub(crate) fn index_bytes(&self) -> u64 {
         self.table_bytes + self.expiries.len() as u64 * EXPIRY_ENTRY_BYTES
     }
