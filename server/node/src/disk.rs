@@ -66,7 +66,9 @@ impl Segments {
             segment_size_bytes: config.segment_size_bytes,
             files: RefCell::new(BTreeMap::new()),
         };
+        let expected_log_bytes = ids.len() as u64 * config.segment_size_bytes;
         let mut recovery = Recovery::new(config, repair);
+        recovery.expect_log_bytes(expected_log_bytes);
         let mut from_hints = 0;
         for (i, &id) in ids.iter().enumerate() {
             let file = segments.open(id, false).await?;

@@ -69,6 +69,7 @@ fn recovery(keys: u64) {
     let before = resident_bytes();
     let started = Instant::now();
     let mut recovery = Recovery::new(config, false);
+    recovery.expect_log_bytes(log_bytes as u64);
     for (i, bytes) in segments.iter().enumerate() {
         recovery
             .add_segment(i as u32 + 1, bytes, i + 1 == segments.len())
@@ -104,6 +105,7 @@ fn recovery(keys: u64) {
         ..StoreConfig::default()
     };
     let mut recovery = Recovery::new(config, false);
+    recovery.expect_log_bytes(log_bytes as u64);
     for bytes in &hints {
         recovery.add_segment_hint(tessera_store::hint::decode_hint(bytes).unwrap());
     }

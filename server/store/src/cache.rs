@@ -13,11 +13,10 @@
 //! Coherence: the store updates or drops a key's entry on every write; a fill after a disk read
 //! is accepted only if the index still names the version that was read.
 
+use crate::fasthash::Fold;
+use crate::index::Digest;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-
-use crate::index::Digest;
 
 /// Bytes charged per entry beyond its value: digest, map slot, queue slot, counters, the value's
 /// allocation header.
@@ -27,31 +26,6 @@ const MAX_FREQUENCY: u8 = 3;
 
 /// Keys need no vnode beside them: a key belongs to exactly one vnode.
 type Key = Digest;
-
-/// Hashes a digest (or a ghost's u64) by folding it: the bits are already uniform.
-#[derive(Default)]
-struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 ^= (n >> 64) as u64 ^ n as u64;
-    }
-}
-
-type Fold = BuildHasherDefault<FoldHasher>;
 
 #[derive(Debug)]
 struct CacheEntry {

@@ -53,8 +53,13 @@ const MAX_LOAD: f64 = 0.85;
 /// Below this load (and above the minimum size) the table shrinks.
 const MIN_LOAD: f64 = 0.25;
 const MIN_HOME_SLOTS: usize = 16;
-/// The load a table is trimmed to after a bulk load: room for 6 % more keys before it grows.
+/// The load a table is trimmed to after a bulk load when growing by 2x left it under
+/// `MIN_FIT_LOAD`: room for 6 % more keys before it grows.
 const FIT_LOAD: f64 = 0.8;
+/// 1.25x growth keeps tables above this load; a bulk load that ends above it is not trimmed.
+const MIN_FIT_LOAD: f64 = 0.68;
+/// The load `reserve` sizes for: under `MAX_LOAD`, above `MIN_FIT_LOAD`.
+const RESERVE_LOAD: f64 = 0.75;
 
 /// One slot: 36 bytes, 4-aligned. `len_flags == 0` marks an empty slot (no record has length 0).
 #[derive(Clone, Copy, Debug, Default)]
@@ -96,6 +101,15 @@ impl Slot {
             len_flags: entry.record_len | flag,
         }
     }
+}
+
+/// What `VnodeIndex::apply` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry is newer than the record: nothing changed.
+    Stale,
+    /// The record was applied; this is the entry it replaced or removed.
+    Replaced(Option<Entry>),
 }
 
 /// The index of one vnode. Entries it returns carry `expiry_ms` 1 for "has an expiry" and 0
@@ -186,16 +200,45 @@ impl VnodeIndex {
         match self.find(digest) {
             Ok(at) => Some(std::mem::replace(&mut self.slots[at], slot).entry()),
             Err(at) => {
-                if (self.len + 1) as f64 > MAX_LOAD * self.home_slots as f64
-                    || !self.insert_at(at, slot)
-                {
-                    self.resize(self.grown_home_slots());
-                    let at = self.find(digest).expect_err("not present");
-                    assert!(self.insert_at(at, slot), "room after growing");
-                }
-                self.len += 1;
+                self.insert_new(at, slot);
                 None
             }
+        }
+    }
+
+    /// Applies a record to the digest's entry with one probe: a record (or a tombstone, when
+    /// `tombstone`) older than the entry changes nothing.
+    pub fn apply(&mut self, digest: Digest, tombstone: bool, entry: &Entry) -> Applied {
+        match self.find(digest) {
+            Ok(at) if { self.slots[at].version } > entry.version => Applied::Stale,
+            Ok(at) if tombstone => Applied::Replaced(Some(self.remove_at(at))),
+            Ok(at) => {
+                let slot = Slot::new(digest, entry);
+                Applied::Replaced(Some(std::mem::replace(&mut self.slots[at], slot).entry()))
+            }
+            Err(_) if tombstone => Applied::Replaced(None),
+            Err(at) => {
+                self.insert_new(at, Slot::new(digest, entry));
+                Applied::Replaced(None)
+            }
+        }
+    }
+
+    /// Inserts a digest that `find` placed at `at`.
+    fn insert_new(&mut self, at: usize, slot: Slot) {
+        if (self.len + 1) as f64 > MAX_LOAD * self.home_slots as f64 || !self.insert_at(at, slot) {
+            self.resize(self.grown_home_slots());
+            let at = self.find(slot.digest).expect_err("not present");
+            assert!(self.insert_at(at, slot), "room after growing");
+        }
+        self.len += 1;
+    }
+
+    /// Makes room for about `keys` entries without growing (a bulk load's estimate).
+    pub fn reserve(&mut self, keys: usize) {
+        let home_slots = (keys as f64 / RESERVE_LOAD) as usize;
+        if home_slots > self.home_slots {
+            self.resize(home_slots);
         }
     }
 
@@ -221,9 +264,9 @@ impl VnodeIndex {
     /// `FIT_LOAD` back to that load.
     pub fn set_bulk_load(&mut self, bulk_load: bool) {
         self.bulk_load = bulk_load;
-        let fitted = (self.len as f64 / FIT_LOAD) as usize;
-        if !bulk_load && fitted < self.home_slots && self.home_slots > MIN_HOME_SLOTS {
-            self.resize(fitted.max(MIN_HOME_SLOTS));
+        let load = self.len as f64 / self.home_slots as f64;
+        if !bulk_load && load < MIN_FIT_LOAD && self.home_slots > MIN_HOME_SLOTS {
+            self.resize(((self.len as f64 / FIT_LOAD) as usize).max(MIN_HOME_SLOTS));
         }
     }
 
@@ -240,6 +283,10 @@ impl VnodeIndex {
 
     pub fn remove(&mut self, digest: Digest) -> Option<Entry> {
         let at = self.find(digest).ok()?;
+        Some(self.remove_at(at))
+    }
+
+    fn remove_at(&mut self, at: usize) -> Entry {
         let removed = self.slots[at].entry();
         // Shift back the entries after it that sit past their home, closing the gap.
         let mut hole = at;
@@ -257,7 +304,7 @@ impl VnodeIndex {
             let target = ((self.len as f64 / 0.6) as usize).max(MIN_HOME_SLOTS);
             self.resize(target);
         }
-        Some(removed)
+        removed
     }
 
     /// Rebuilds the table with `home_slots` home slots, keeping the order.
@@ -411,7 +458,10 @@ mod tests {
         }
         index.set_bulk_load(false);
         let per_key = index.allocated_bytes() as f64 / index.len() as f64;
-        assert!(per_key <= 36.0 / FIT_LOAD * 1.03, "{per_key} bytes per key");
+        assert!(
+            per_key <= 36.0 / MIN_FIT_LOAD * 1.03,
+            "{per_key} bytes per key"
+        );
         for (n, d) in digests.iter().enumerate() {
             assert_eq!(index.get(*d), Some(entry(n as u32)));
         }

@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod compaction;
 pub mod config;
+pub(crate) mod fasthash;
 pub mod hint;
 pub mod index;
 pub mod log;

@@ -14,7 +14,7 @@ use tessera_schema::placement::VNODES;
 use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
 use crate::hint::{encode_hint, HintEntry, HintFile};
-use crate::index::{digest, Digest, Entry, VnodeIndex};
+use crate::index::{digest, Applied, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
 use tessera_schema::limits::MAX_KEY_BYTES;
@@ -195,7 +195,7 @@ pub struct Store {
     /// Size of every sealed segment (bytes of log it holds).
     pub(crate) sealed_segments: std::collections::BTreeMap<u32, u64>,
     /// Bytes of live records per segment (active one included).
-    pub(crate) segment_live: std::collections::HashMap<u32, u64>,
+    pub(crate) segment_live: std::collections::HashMap<u32, u64, crate::fasthash::Fold>,
     pub compaction: crate::compaction::CompactionState,
     /// Bytes allocated by the vnodes' index tables.
     pub(crate) table_bytes: u64,
@@ -317,6 +317,18 @@ impl Store {
     pub(crate) fn set_bulk_load(&mut self, bulk_load: bool) {
         for index in &mut self.indexes {
             index.set_bulk_load(bulk_load);
+        }
+        self.table_bytes = self
+            .indexes
+            .iter()
+            .map(|i| i.allocated_bytes() as u64)
+            .sum();
+    }
+
+    /// Sizes every vnode's table for `scale` times the keys it holds (a bulk load's estimate).
+    pub(crate) fn reserve_tables(&mut self, scale: f64) {
+        for index in &mut self.indexes {
+            index.reserve((index.len() as f64 * scale) as usize);
         }
         self.table_bytes = self
             .indexes
@@ -475,19 +487,11 @@ impl Store {
         entry: Entry,
     ) {
         let index = &mut self.indexes[usize::from(vnode)];
+        let bytes_before = index.allocated_bytes() as u64;
         // An older record never replaces a newer one. In service versions only grow, so this
         // matters at recovery, where compaction's copies can put a key's records out of order.
-        if index
-            .get(digest)
-            .is_some_and(|current| current.version > entry.version)
-        {
+        let Applied::Replaced(old) = index.apply(digest, tombstone, &entry) else {
             return;
-        }
-        let bytes_before = index.allocated_bytes() as u64;
-        let old = if tombstone {
-            index.remove(digest)
-        } else {
-            index.insert(digest, &entry)
         };
         self.table_bytes = self.table_bytes + index.allocated_bytes() as u64 - bytes_before;
         if let Some(old) = old {

@@ -227,6 +227,7 @@ impl MemDisk {
             file.unsynced.clear();
         }
         let mut recovery = Recovery::new(config, repair);
+        recovery.expect_log_bytes(self.files.values().map(|f| f.durable.len() as u64).sum());
         let newest = self.files.keys().next_back().copied();
         let mut reports = Vec::new();
         for (&segment, file) in &self.files {
