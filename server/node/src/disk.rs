@@ -5,14 +5,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::io::{DmaFile, OpenOptions};
 use tessera_store::hint::{decode_hint, hint_file_name, HintFile};
 use tessera_store::ondisk::{parse_segment_file_name, segment_file_name};
 use tessera_store::{DiskRead, FlushPlan, FlushStep, Recovery, RecoveryAction, Store, StoreConfig};
 
-/// Bytes read per request while replaying a segment.
-const RECOVERY_READ_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes read per request when compaction reads a victim.
 const COMPACTION_READ_BYTES: usize = 1024 * 1024;
 
@@ -20,6 +19,12 @@ pub struct Segments {
     dir: PathBuf,
     segment_size_bytes: u64,
     files: RefCell<BTreeMap<u32, Rc<DmaFile>>>,
+}
+
+/// A segment as recovery reads it: its hint, or its whole log.
+enum Loaded {
+    Hint(HintFile),
+    Log(glommio::io::ReadResult),
 }
 
 fn io_error(what: &str, path: &Path, error: impl std::fmt::Display) -> String {
@@ -70,26 +75,76 @@ impl Segments {
         let mut recovery = Recovery::new(config, repair);
         recovery.expect_log_bytes(expected_log_bytes);
         let mut from_hints = 0;
-        for (i, &id) in ids.iter().enumerate() {
-            let file = segments.open(id, false).await?;
-            let is_newest = i + 1 == ids.len();
-            if let Some(hint) = (!is_newest).then(|| segments.read_hint(id)).flatten() {
-                recovery.add_segment_hint(hint);
-                segments.files.borrow_mut().insert(id, Rc::new(file));
-                from_hints += 1;
-                continue;
-            }
-            let bytes = read_whole(&file, &segments.path(id), RECOVERY_READ_BYTES).await?;
-            let report = recovery
-                .add_segment(id, &bytes, i + 1 == ids.len())
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            if let Some(reason) = &report.cut_reason {
-                tracing::warn!(segment = %segments.path(id).display(), offset = report.end_offset,
-                    cut_bytes = report.cut_bytes, "cut the log: {reason}");
-            }
-            segments.files.borrow_mut().insert(id, Rc::new(file));
+        // Segment i+1 is read while segment i is replayed: the replay is CPU work on this
+        // thread and the read is the device's, so a restart takes about the longer of the two
+        // rather than their sum.
+        let mut files = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let file = Rc::new(segments.open(id, false).await?);
+            segments.files.borrow_mut().insert(id, file.clone());
+            files.push(file);
         }
-        tracing::info!(dir = %dir.display(), segments = ids.len(), from_hints, "replayed the log");
+        // Everything a read needs is known before its first poll, so that first poll queues all
+        // of the segment's reads at once.
+        let load = |i: usize| {
+            let (segments, id, file) = (&segments, ids[i], files[i].clone());
+            let hint = (i + 1 < ids.len())
+                .then(|| segments.read_hint(id))
+                .flatten();
+            let path = segments.path(id);
+            Box::pin(futures::future::maybe_done(async move {
+                if let Some(hint) = hint {
+                    return Ok(Loaded::Hint(hint));
+                }
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| io_error("cannot stat", &path, e))?
+                    .len();
+                // One request for the whole segment: the device splits it, and the records
+                // are parsed straight from the read's buffer, without a copy.
+                let bytes = file
+                    .read_at_aligned(0, (size as usize).next_multiple_of(4096))
+                    .await
+                    .map_err(|e| io_error("cannot read", &path, e))?;
+                Ok::<_, String>(Loaded::Log(bytes))
+            }))
+        };
+        let mut next = (!ids.is_empty()).then(|| load(0));
+        let (mut replay_time, mut wait_time) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..ids.len() {
+            let mut current = next.take().expect("loaded in order");
+            let waited = Instant::now();
+            current.as_mut().await;
+            wait_time += waited.elapsed();
+            let loaded = current.as_mut().take_output().expect("done")?;
+            let id = ids[i];
+            if i + 1 < ids.len() {
+                let mut ahead = load(i + 1);
+                // Queue its reads, and let the reactor submit them before the replay.
+                let _ = futures::poll!(ahead.as_mut());
+                glommio::timer::sleep(Duration::from_micros(1)).await;
+                next = Some(ahead);
+            }
+            let replayed = Instant::now();
+            match loaded {
+                Loaded::Hint(hint) => {
+                    recovery.add_segment_hint(hint);
+                    from_hints += 1;
+                }
+                Loaded::Log(bytes) => {
+                    let report = recovery
+                        .add_segment(id, &bytes, i + 1 == ids.len())
+                        .map_err(|e| format!("{}: {e}", dir.display()))?;
+                    if let Some(reason) = &report.cut_reason {
+                        tracing::warn!(segment = %segments.path(id).display(), offset = report.end_offset,
+                            cut_bytes = report.cut_bytes, "cut the log: {reason}");
+                    }
+                }
+            }
+            replay_time += replayed.elapsed();
+        }
+        drop(next);
+        tracing::info!(dir = %dir.display(), segments = ids.len(), from_hints,
+            replay_ms = replay_time.as_millis(), read_wait_ms = wait_time.as_millis(), "replayed the log");
         let (store, actions) = recovery.finish(now_ms);
         for action in actions {
             let RecoveryAction::Truncate { segment, len_bytes } = action;
@@ -240,8 +295,26 @@ impl Segments {
     /// Reads a whole segment (for compaction).
     pub async fn read_segment(&self, segment: u32) -> Result<Vec<u8>, String> {
         let file = self.file(segment)?;
-        // Small reads: each one is copied out on the shard's thread, which must not stall.
-        read_whole(&file, &self.path(segment), COMPACTION_READ_BYTES).await
+        let path = self.path(segment);
+        let size = file
+            .file_size()
+            .await
+            .map_err(|e| io_error("cannot stat", &path, e))?;
+        // Small reads, one at a time: each is copied out on the shard's thread, which must not
+        // stall, and the device stays free for the foreground's reads.
+        let mut bytes = Vec::with_capacity(size as usize);
+        for offset in (0..size).step_by(COMPACTION_READ_BYTES) {
+            let want = (COMPACTION_READ_BYTES as u64).min(size - offset) as usize;
+            let chunk = file
+                .read_at_aligned(offset, want.next_multiple_of(4096))
+                .await
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            bytes.extend_from_slice(&chunk[..chunk.len().min(want)]);
+            if chunk.len() < want {
+                break;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Deletes a compacted segment. Reads still in flight keep their open file handle. The
@@ -308,24 +381,4 @@ fn sync_directory(dir: &Path) -> Result<(), String> {
     std::fs::File::open(dir)
         .and_then(|handle| handle.sync_all())
         .map_err(|e| io_error("cannot sync directory", dir, e))
-}
-
-async fn read_whole(file: &DmaFile, path: &Path, read_bytes: usize) -> Result<Vec<u8>, String> {
-    let size = file
-        .file_size()
-        .await
-        .map_err(|e| io_error("cannot stat", path, e))?;
-    let mut bytes = Vec::with_capacity(size as usize);
-    while (bytes.len() as u64) < size {
-        let want = read_bytes.min((size - bytes.len() as u64) as usize);
-        let chunk = file
-            .read_at_aligned(bytes.len() as u64, want.next_multiple_of(4096))
-            .await
-            .map_err(|e| io_error("cannot read", path, e))?;
-        if chunk.is_empty() {
-            break;
-        }
-        bytes.extend_from_slice(&chunk[..chunk.len().min(want)]);
-    }
-    Ok(bytes)
 }
