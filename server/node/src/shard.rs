@@ -85,6 +85,9 @@ pub struct Shard {
     pub inflight: Cell<u64>,
     /// Set when this shard stops taking new client requests (SIGTERM).
     pub stopping: Cell<bool>,
+    /// Holds the segment being compacted; kept between compactions, because a fresh buffer's
+    /// page faults (about 0.3 ms per MiB copied in) stalled the shard's requests.
+    victim_buffer: RefCell<Vec<u8>>,
 }
 
 /// How a durability failure message starts when the disk is full (exec.rs maps it to DISK_FULL).
@@ -122,6 +125,7 @@ impl Shard {
             flush_kicked: RefCell::new(Some(flush_kicked)),
             inflight: Cell::new(0),
             stopping: Cell::new(false),
+            victim_buffer: RefCell::new(Vec::new()),
         })
     }
 
@@ -285,7 +289,14 @@ impl Shard {
     }
 
     async fn compact(&self, victim: u32) -> Result<(), String> {
-        let bytes = self.segments.read_segment(victim).await?;
+        let mut bytes = self.victim_buffer.take();
+        let result = self.relocate_victim(victim, &mut bytes).await;
+        self.victim_buffer.replace(bytes);
+        result
+    }
+
+    async fn relocate_victim(&self, victim: u32, bytes: &mut Vec<u8>) -> Result<(), String> {
+        self.segments.read_segment(victim, bytes).await?;
         let mut offset = 0;
         loop {
             while self.store.borrow().unflushed_bytes() > COMPACTION_MAX_UNFLUSHED_BYTES {
@@ -294,7 +305,7 @@ impl Shard {
             }
             let step = self.store.borrow_mut().relocate(
                 victim,
-                &bytes,
+                bytes,
                 offset,
                 COMPACTION_STEP_BYTES,
                 now_ms(),

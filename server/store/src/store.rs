@@ -242,6 +242,7 @@ impl Store {
             indexes,
             tail: LogTail {
                 chunks: [active].into(),
+                spare: Vec::new(),
             },
             last_version,
             seq: 0,
