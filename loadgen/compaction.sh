@@ -5,8 +5,8 @@
 # default 2), each time on a fresh data directory, and runs the same open-loop overwrite-heavy
 # load against it: RATE requests/s, half of them 4 KiB overwrites of KEYS keys (at 20 000/s that
 # is 40 MB/s of new log over 20 MB of live data), for DURATION. Each side runs REPEAT times,
-# alternating; OUT_DIR/compaction.md quotes each run's p50/p99/p99.9, the compactions run and
-# the disk in use at the end. The server is pinned to CPU 0 and the generator to CPU 1.
+# alternating; OUT_DIR/compaction.md quotes each run's p50/p99/p99.9, the compactions run, and
+# the bytes of log against the bytes of live data at the end (STATS disk_bytes, live_bytes). The server is pinned to CPU 0 and the generator to CPU 1.
 #
 # Settings (environment): RATE (20000), KEYS (5000), VALUE (4096), DURATION (20s), REPEAT (2),
 # SEGMENT_MIB (16).
@@ -48,15 +48,14 @@ run_side() { # label space_factor run
     --live false --label "$label" --json "$out/compaction-$label.$run.json" >/dev/null
   local stats
   stats=$("$bin/tessera" --addr 127.0.0.1:$port stats --json)
-  local disk compactions
-  disk=$(du -sm "$work/data" | cut -f1)
-  compactions=$(echo "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["compactions"])')
-  python3 - "$out/compaction-$label.$run.json" "$label" "$compactions" "$disk" >>"$out/compaction.md" <<'EOF'
+  python3 - "$out/compaction-$label.$run.json" "$label" "$stats" >>"$out/compaction.md" <<'EOF'
 import json, sys
-path, label, compactions, disk = sys.argv[1:]
-r = json.load(open(path))
-lat = r["latency_us"]["all"] if "all" in r.get("latency_us", {}) else r["latency_us"]
-print(f"| {label} | {compactions} | {disk} MB | {lat['p50']} / {lat['p99']} / {lat['p999']} |")
+path, label, stats = sys.argv[1:]
+total = json.loads(stats)["total"]
+lat = json.load(open(path))["latency_us"]["all"]
+log_mb, live_mb = total["disk_bytes"] / 1e6, total["live_bytes"] / 1e6
+print(f"| {label} | {total['compactions']} | {log_mb:.0f} MB / {live_mb:.0f} MB | "
+      f"{lat['p50']} / {lat['p99']} / {lat['p999']} |")
 EOF
   stop_server
   port=$((port + 10))
@@ -65,7 +64,7 @@ EOF
 {
   echo "Open loop, $RATE requests/s, 50 % $VALUE-byte overwrites over $KEYS keys, $DURATION, one shard, $SEGMENT_MIB MiB segments"
   echo
-  echo "| run | compactions | disk at the end | p50 / p99 / p99.9 us |"
+  echo "| run | compactions | log / live data at the end | p50 / p99 / p99.9 us |"
   echo "|---|---:|---:|---|"
 } >"$out/compaction.md"
 for run in $(seq 1 "$REPEAT"); do

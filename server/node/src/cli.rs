@@ -52,6 +52,11 @@ pub struct Args {
     /// Compaction keeps the log within this factor of the live data (at least 1.2).
     #[arg(long, default_value_t = 2.0)]
     pub space_factor: f64,
+    /// Most MiB per second each shard's compaction reads from victims (its copies are at most
+    /// as much again), so that it cannot take the disk from requests. 0: no limit. Compaction
+    /// that falls behind lets the log grow past --space-factor until it catches up.
+    #[arg(long, default_value_t = 128)]
+    pub compaction_mib_per_s: u64,
     /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
     /// that segment is lost and reported).
     #[arg(long)]

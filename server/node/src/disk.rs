@@ -8,6 +8,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::io::{DmaFile, OpenOptions};
+
+use crate::pace::Pacer;
 use tessera_store::hint::{decode_hint, hint_file_name, HintFile};
 use tessera_store::ondisk::{parse_segment_file_name, segment_file_name};
 use tessera_store::{DiskRead, FlushPlan, FlushStep, Recovery, RecoveryAction, Store, StoreConfig};
@@ -294,7 +296,12 @@ impl Segments {
     }
 
     /// Reads a whole segment into `bytes` (for compaction), replacing what it held.
-    pub async fn read_segment(&self, segment: u32, bytes: &mut Vec<u8>) -> Result<(), String> {
+    pub async fn read_segment(
+        &self,
+        segment: u32,
+        bytes: &mut Vec<u8>,
+        pacer: &mut Pacer,
+    ) -> Result<(), String> {
         let file = self.file(segment)?;
         let path = self.path(segment);
         let size = file
@@ -313,6 +320,10 @@ impl Segments {
             bytes.extend_from_slice(&chunk[..chunk.len().min(want)]);
             if chunk.len() < want {
                 break;
+            }
+            let wait = pacer.charge(want as u64, Instant::now());
+            if !wait.is_zero() {
+                glommio::timer::sleep(wait).await;
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ mod datadir;
 mod disk;
 mod exec;
 mod mesh;
+mod pace;
 mod route;
 mod shard;
 
@@ -93,6 +94,8 @@ fn run(args: Args) -> Result<(), String> {
         shard_port_base: listen.port() + 1,
         stopping: AtomicBool::new(false),
         drained: AtomicUsize::new(0),
+        compaction_bytes_per_s: (args.compaction_mib_per_s > 0)
+            .then(|| args.compaction_mib_per_s * 1024 * 1024),
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -19,6 +19,7 @@ use tessera_store::{Store, StoreConfig};
 
 use crate::disk::Segments;
 use crate::mesh::{MeshMsg, ShardReply};
+use crate::pace::Pacer;
 
 /// Most requests forwarded to one peer shard that may wait in its mesh channel; past it the
 /// request is answered OVERLOADED. Generous, per PLATFORM.md, to keep clear of mesh deadlocks.
@@ -32,6 +33,11 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_ENTRIES_PER_TICK: usize = 1000;
 /// Bytes of a victim segment relocated per step between yields.
 const COMPACTION_STEP_BYTES: usize = 64 * 1024;
+/// The least compaction sleeps between relocation steps, whatever its rate limit: the shard's
+/// requests get the core in between.
+const COMPACTION_STEP_PAUSE: Duration = Duration::from_micros(200);
+/// Bytes compaction may do at once after an idle spell, before its rate limit applies.
+const COMPACTION_BURST_BYTES: u64 = 1024 * 1024;
 /// Compaction pauses while this much of the log tail is unwritten.
 const COMPACTION_MAX_UNFLUSHED_BYTES: u64 = 512 * 1024;
 /// Longest a SIGTERM waits for in-flight requests before syncing and exiting anyway.
@@ -45,6 +51,8 @@ pub struct NodeShared {
     pub stopping: AtomicBool,
     /// Shards that finished draining; each exits once all have.
     pub drained: AtomicUsize,
+    /// Each shard's compaction rate limit (`--compaction-mib-per-s`); `None`: no limit.
+    pub compaction_bytes_per_s: Option<u64>,
 }
 
 impl NodeShared {
@@ -296,13 +304,17 @@ impl Shard {
     }
 
     async fn relocate_victim(&self, victim: u32, bytes: &mut Vec<u8>) -> Result<(), String> {
-        self.segments.read_segment(victim, bytes).await?;
+        let mut pacer = Pacer::new(self.node.compaction_bytes_per_s, COMPACTION_BURST_BYTES);
+        self.segments
+            .read_segment(victim, bytes, &mut pacer)
+            .await?;
         let mut offset = 0;
         loop {
             while self.store.borrow().unflushed_bytes() > COMPACTION_MAX_UNFLUSHED_BYTES {
                 self.kick_flusher();
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
+            let unflushed_before = self.store.borrow().unflushed_bytes();
             let step = self.store.borrow_mut().relocate(
                 victim,
                 bytes,
@@ -310,13 +322,15 @@ impl Shard {
                 COMPACTION_STEP_BYTES,
                 now_ms(),
             );
+            // What the step appended: the copies the flusher is about to write.
+            let copied = self.store.borrow().unflushed_bytes() - unflushed_before;
             self.kick_flusher();
             match step.map_err(|e| e.to_string())? {
                 Some(next) => offset = next,
                 None => return Ok(()),
             }
-            glommio::yield_if_needed().await;
-            glommio::timer::sleep(Duration::from_micros(200)).await;
+            let wait = pacer.charge(copied, Instant::now());
+            glommio::timer::sleep(wait.max(COMPACTION_STEP_PAUSE)).await;
         }
     }
 
