@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use glommio::io::{DmaFile, OpenOptions};
 
 use crate::pace::Pacer;
-use tessera_store::hint::{decode_hint, hint_file_name, HintFile};
+use tessera_store::hint::{decode_hint, encode_hint, hint_file_name, HintFile};
 use tessera_store::ondisk::{parse_segment_file_name, segment_file_name};
 use tessera_store::{DiskRead, FlushPlan, FlushStep, Recovery, RecoveryAction, Store, StoreConfig};
 
@@ -170,12 +170,13 @@ impl Segments {
         }
     }
 
-    /// Writes a hint file: temp file, fsync, rename, on the blocking pool. Hints are advisory,
+    /// Encodes and writes a hint file (temp file, fsync, rename) on the blocking pool. Hints are advisory,
     /// so a failure is logged, not fatal.
-    pub async fn write_hint(&self, segment: u32, bytes: Vec<u8>) {
-        let path = self.dir.join(hint_file_name(segment));
+    pub async fn write_hint(&self, hint: HintFile) {
+        let path = self.dir.join(hint_file_name(hint.segment));
         let result = glommio::executor()
             .spawn_blocking(move || {
+                let bytes = encode_hint(&hint);
                 let temp = path.with_extension("hint.tmp");
                 let write = || -> std::io::Result<()> {
                     let mut file = std::fs::File::create(&temp)?;

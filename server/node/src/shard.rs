@@ -255,8 +255,8 @@ impl Shard {
     async fn write_hints(&self) {
         loop {
             let hint = self.store.borrow_mut().poll_hint();
-            let Some((segment, bytes)) = hint else { return };
-            self.segments.write_hint(segment, bytes).await;
+            let Some(hint) = hint else { return };
+            self.segments.write_hint(hint).await;
         }
     }
 

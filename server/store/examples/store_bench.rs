@@ -79,8 +79,8 @@ fn recovery(keys: u64) {
     let elapsed = started.elapsed().as_secs_f64();
     // The scan produced a hint per sealed segment; a restart that has them replays those.
     let mut hints = Vec::new();
-    while let Some((_, bytes)) = store.poll_hint() {
-        hints.push(bytes);
+    while let Some(hint) = store.poll_hint() {
+        hints.push(tessera_store::hint::encode_hint(&hint));
     }
     let hint_bytes: usize = hints.iter().map(Vec::len).sum();
     // Resident growth, less the encoded hints still held here (the store has handed them over).

@@ -13,7 +13,7 @@ use tessera_schema::placement::VNODES;
 
 use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
-use crate::hint::{encode_hint, HintEntry, HintFile};
+use crate::hint::{HintEntry, HintFile};
 use crate::index::{digest, Applied, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
@@ -268,9 +268,11 @@ impl Store {
         &self.config
     }
 
-    /// The hint of a sealed segment whose bytes are all synced: the shell writes it to
-    /// `hint::hint_file_name(segment)`. Hints are advisory; losing one costs a slower restart.
-    pub fn poll_hint(&mut self) -> Option<(u32, Vec<u8>)> {
+    /// The hint of a sealed segment whose bytes are all synced: the shell encodes it
+    /// (`hint::encode_hint`, off the shard's thread: it takes a few hundred microseconds) and
+    /// writes it to `hint::hint_file_name(segment)`. Hints are advisory; losing one costs a
+    /// slower restart.
+    pub fn poll_hint(&mut self) -> Option<HintFile> {
         loop {
             let ready = self
                 .sealed_hints
@@ -278,7 +280,7 @@ impl Store {
                 .position(|h| !self.tail.chunks.iter().any(|c| c.segment == h.segment))?;
             let hint = self.sealed_hints.remove(ready);
             if self.sealed_segments.contains_key(&hint.segment) {
-                return Some((hint.segment, encode_hint(&hint)));
+                return Some(hint);
             }
             // Compacted away meanwhile: no hint needed.
         }

@@ -125,7 +125,8 @@ impl MemDisk {
         while let Some(plan) = store.poll_flush(now_ms) {
             self.perform(store, &plan, now_ms)?;
         }
-        while let Some((segment, bytes)) = store.poll_hint() {
+        while let Some(hint) = store.poll_hint() {
+            let (segment, bytes) = (hint.segment, crate::hint::encode_hint(&hint));
             self.hints.insert(segment, bytes);
         }
         Ok(())
