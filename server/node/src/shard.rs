@@ -32,10 +32,10 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
 /// Index entries the TTL sweep examines per tick (bounded work, ~10 K entries/s per shard).
 const SWEEP_ENTRIES_PER_TICK: usize = 1000;
 /// Bytes of a victim segment relocated per step between yields.
-const COMPACTION_STEP_BYTES: usize = 64 * 1024;
+const COMPACTION_STEP_BYTES: usize = 16 * 1024;
 /// The least compaction sleeps between relocation steps, whatever its rate limit: the shard's
 /// requests get the core in between.
-const COMPACTION_STEP_PAUSE: Duration = Duration::from_micros(200);
+const COMPACTION_STEP_PAUSE: Duration = Duration::from_micros(50);
 /// Bytes compaction may do at once after an idle spell, before its rate limit applies.
 const COMPACTION_BURST_BYTES: u64 = 1024 * 1024;
 /// Compaction pauses while this much of the log tail is unwritten.
