@@ -13,6 +13,37 @@ pub enum FsyncMode {
     Interval,
 }
 
+/// A byte count: a number with an optional unit. K, M, G, T and KiB, MiB, GiB, TiB are powers
+/// of 1024; KB, MB, GB, TB are powers of 1000 (as storage vendors write them). B is bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (try 1048576, 512MiB or 2GiB)"))?;
+    let scale: u64 =
+        match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            )),
+        };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// A Tessera node: one executor per core, each owning a disjoint set of the node's 256 vnodes.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "tessera-server", version)]
@@ -40,15 +71,17 @@ pub struct Args {
     /// Size of each segment file, in MiB.
     #[arg(long, default_value_t = 64)]
     pub segment_mib: u64,
-    /// Memory for the value cache of hot values, in MiB, for the whole node (split evenly among
-    /// shards). 0 disables it; reads then go to the disk.
-    #[arg(long, default_value_t = 512)]
-    pub cache_mib: u64,
-    /// Memory for index plus value cache, in MiB, for the whole node (split evenly among
-    /// shards). The cache shrinks as the index grows; past the limit new keys are refused with
-    /// MEMORY_LIMIT while reads, overwrites and deletes go on. Default: no limit.
-    #[arg(long)]
-    pub memory_limit_mib: Option<u64>,
+    /// Memory for the value cache of hot values, in bytes, for the whole node (split evenly
+    /// among shards): a number with an optional unit (512MiB, 2GiB, 1500MB). 0 disables it;
+    /// reads then go to the disk.
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
+    pub cache_bytes: u64,
+    /// Memory for index plus value cache, in bytes (units as for --cache-bytes), for the whole
+    /// node (split evenly among shards). The cache shrinks as the index grows; past the limit
+    /// new keys are refused with MEMORY_LIMIT while reads, overwrites and deletes go on.
+    /// Default: no limit.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
     /// Compaction keeps the log within this factor of the live data (at least 1.2).
     #[arg(long, default_value_t = 2.0)]
     pub space_factor: f64,
@@ -68,4 +101,23 @@ pub struct Args {
     /// Pin shard i to CPU i (modulo the online CPUs).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_with_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1500MB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
+    }
 }

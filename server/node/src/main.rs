@@ -69,10 +69,8 @@ fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
             },
         },
         space_factor: args.space_factor,
-        memory_limit_bytes: args
-            .memory_limit_mib
-            .map(|mib| mib * 1024 * 1024 / u64::from(shards)),
-        cache_bytes: (args.cache_mib * 1024 * 1024 / u64::from(shards)) as usize,
+        memory_limit_bytes: args.memory_limit.map(|bytes| bytes / u64::from(shards)),
+        cache_bytes: (args.cache_bytes / u64::from(shards)) as usize,
         ..StoreConfig::default()
     };
     config

@@ -173,7 +173,7 @@ fn random_bytes_do_not_take_the_node_down() {
 #[test]
 fn a_memory_limit_refuses_new_keys_with_a_clear_status_and_the_node_stays_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path(), &["--shards", "1", "--memory-limit-mib", "1"]);
+    let mut node = Node::start(dir.path(), &["--shards", "1", "--memory-limit", "1MiB"]);
     let mut raw = Raw::connect(node.addr);
     let key = |n: u64| format!("key{n:012}").into_bytes();
     let mut stored = Vec::new();
