@@ -24,21 +24,22 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a byte count (try 1048576, 512MiB or 2GiB)"))?;
-    let scale: u64 =
-        match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KiB" => 1 << 10,
-            "M" | "MiB" => 1 << 20,
-            "G" | "GiB" => 1 << 30,
-            "T" | "TiB" => 1 << 40,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => return Err(format!(
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
                 "unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
-            )),
-        };
+            ))
+        }
+    };
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("{text:?} is too large"))

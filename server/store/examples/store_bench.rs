@@ -7,6 +7,11 @@
 //! 2. Index memory: resident memory before and after the replay, per key (keys included).
 //! 3. Puts per second on one core through the whole store with no device (index, log tail,
 //!    group-commit plans, the copy into I/O buffers), and gets per second from the value cache.
+//! 4. Compaction's effect on the latency of operations, on one thread as a shard runs them:
+//!    50 % overwrites of 4 KiB values over 5 000 keys, with compaction off and on. When on, a
+//!    relocation step of 16 KiB runs before every third operation while a victim is being
+//!    copied (at 20 000 operations/s that is the shell's 128 MiB/s rate limit), and counts in
+//!    the latency of the operation it delayed. The device keeps written bytes in memory.
 //!
 //! The sans-IO store has no clock: the benchmark reads one (it is not part of the store).
 
@@ -211,6 +216,135 @@ fn gets(ops: u64) {
     );
 }
 
+/// A device that keeps what is written, so that compaction can read victims back.
+#[derive(Default)]
+struct MemDevice {
+    segments: std::collections::HashMap<u32, Vec<u8>>,
+    /// Writes copied out of the store (as the shell copies into I/O buffers), not yet stored.
+    pending: Vec<(u32, u64, Vec<u8>)>,
+}
+
+impl MemDevice {
+    /// The shard's side of a flush: plans, and copies of the bytes into I/O buffers.
+    fn flush(&mut self, store: &mut Store, now_ms: u64) {
+        while let Some(plan) = store.poll_flush(now_ms) {
+            for step in &plan.steps {
+                if let FlushStep::Write {
+                    segment,
+                    offset,
+                    len,
+                } = *step
+                {
+                    let mut buffer = vec![0; len as usize];
+                    store.copy_flush_bytes(segment, offset, &mut buffer);
+                    self.pending.push((segment, offset, buffer));
+                }
+            }
+            store.handle_flush_done(&plan, now_ms);
+        }
+        while store.poll_hint().is_some() {}
+    }
+
+    /// The device's side, which a real shard does not wait for: storing the bytes, deleting
+    /// compacted segments.
+    fn settle(&mut self, store: &mut Store) {
+        for (segment, offset, bytes) in self.pending.drain(..) {
+            let file = self.segments.entry(segment).or_default();
+            let end = offset as usize + bytes.len();
+            if file.len() < end {
+                file.resize(end, 0);
+            }
+            file[offset as usize..end].copy_from_slice(&bytes);
+        }
+        while let Some(segment) = store.poll_segment_delete() {
+            self.segments.remove(&segment);
+        }
+    }
+}
+
+/// Latencies (ns) of `ops` operations with compaction on or off; and of the relocation steps.
+fn compaction_run(ops: u64, compaction: bool) -> (Vec<u64>, Vec<u64>, u64) {
+    const KEYS: u64 = 5_000;
+    let config = StoreConfig {
+        segment_size_bytes: 16 * 1024 * 1024,
+        space_factor: if compaction { 2.0 } else { 1000.0 },
+        ..StoreConfig::default()
+    };
+    let mut store = Store::new(config);
+    let mut device = MemDevice::default();
+    let value = vec![5u8; 4096];
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let mut rng = tessera_store::testing::Rng::new(7);
+    let mut latencies = Vec::with_capacity(ops as usize);
+    let mut steps = Vec::new();
+    let mut victim: Option<(u32, Vec<u8>, usize)> = None;
+    let mut compactions = 0;
+    for i in 0..ops {
+        let now_ms = 1_000_000 + i / 20; // 20 000 operations per simulated second
+        if i % 3 == 0 && victim.is_none() {
+            // The shell reads the victim in the background; not part of any operation.
+            victim = store
+                .poll_compaction()
+                .map(|v| (v, device.segments[&v].clone(), 0));
+        }
+        let started = Instant::now();
+        if i % 3 == 0 {
+            if let Some((id, bytes, offset)) = victim.take() {
+                let step_started = Instant::now();
+                match store
+                    .relocate(id, &bytes, offset, 16 * 1024, now_ms)
+                    .unwrap()
+                {
+                    Some(next) => victim = Some((id, bytes, next)),
+                    None => compactions += 1,
+                }
+                steps.push(step_started.elapsed().as_nanos() as u64);
+            }
+        }
+        let key = &keys[rng.below(KEYS) as usize];
+        if i % 2 == 0 {
+            store.handle_write(plain_put(key, &value), now_ms).unwrap();
+        } else if let Lookup::OnDisk(read) = store.get(vnode_of(key), key, now_ms) {
+            let bytes = &device.segments[&read.segment][read.offset as usize..][..read.len];
+            let found = finish_read(&read, key, bytes).unwrap();
+            store.handle_read_done(vnode_of(key), key, &read, &found, now_ms);
+        }
+        device.flush(&mut store, now_ms);
+        latencies.push(started.elapsed().as_nanos() as u64);
+        device.settle(&mut store);
+    }
+    (latencies, steps, compactions)
+}
+
+fn percentiles(mut ns: Vec<u64>) -> String {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    format!(
+        "p50 {:.1} / p99 {:.1} / p99.9 {:.1} / max {:.1} us",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    )
+}
+
+fn compaction_latency(ops: u64) {
+    let (off, _, _) = compaction_run(ops, false);
+    let (on, steps, compactions) = compaction_run(ops, true);
+    let p99 = |ns: &[u64]| {
+        let mut sorted = ns.to_vec();
+        sorted.sort_unstable();
+        sorted[(sorted.len() - 1) * 99 / 100]
+    };
+    let ratio = p99(&on) as f64 / p99(&off) as f64;
+    println!("operations, compaction off: {}", percentiles(off));
+    println!(
+        "operations, compaction on ({compactions} compactions): {} (p99 {ratio:.2}x)",
+        percentiles(on)
+    );
+    println!("relocation steps of 16 KiB: {}", percentiles(steps));
+}
+
 fn main() {
     let keys: u64 = std::env::args()
         .nth(1)
@@ -223,5 +357,6 @@ fn main() {
     if !only_recovery {
         puts(1_000_000.min(keys));
         gets(1_000_000.min(keys));
+        compaction_latency(600_000);
     }
 }
