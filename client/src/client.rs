@@ -198,6 +198,11 @@ impl Conn {
     /// caller's timeout can never cancel a write halfway through a frame.
     async fn flush(self: Arc<Self>) {
         loop {
+            // Let the tasks that are ready now queue their requests first. Without this the
+            // runtime ran the freshly spawned flusher before the other lanes woken by the same
+            // read (tokio's LIFO slot), and every request went out in its own write: one
+            // `sendto` per request at pipeline 16, which made the client the bottleneck.
+            tokio::task::yield_now().await;
             let batch = {
                 let mut state = self.state.lock().expect("connection state lock");
                 if state.outgoing.is_empty() {
