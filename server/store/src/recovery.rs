@@ -86,13 +86,15 @@ impl Recovery {
         self.expected_log_bytes = Some(bytes);
     }
 
-    /// Reserves the tables once, scaled from what the first segment held.
-    fn reserve_tables(&mut self, segment_log_bytes: u64) {
+    /// Reserves the tables once, scaled from what the first sealed segment held. The newest
+    /// segment is never the basis: it is partly empty, and scaling a few records to a whole
+    /// file would reserve far more than the keys need.
+    fn reserve_tables(&mut self, segment_log_bytes: u64, sealed: bool) {
         self.replayed_log_bytes += segment_log_bytes;
         let Some(expected) = self.expected_log_bytes else {
             return;
         };
-        if self.reserved || self.replayed_log_bytes == 0 {
+        if self.reserved || !sealed || self.replayed_log_bytes == 0 {
             return;
         }
         self.reserved = true;
@@ -147,7 +149,7 @@ impl Recovery {
         };
         self.apply_batch(segment, &mut batch, &mut hint);
         report.end_offset = offset as u64;
-        self.reserve_tables(offset as u64);
+        self.reserve_tables(offset as u64, !is_newest);
         if let Some(reason) = damage {
             if !is_newest && !self.repair {
                 return Err(CorruptSegment {
@@ -233,7 +235,7 @@ impl Recovery {
             report.records += 1;
         }
         report.end_offset = hint.end_offset;
-        self.reserve_tables(hint.end_offset);
+        self.reserve_tables(hint.end_offset, true);
         self.store.sealed_disk_bytes += hint.end_offset;
         self.store
             .sealed_segments
