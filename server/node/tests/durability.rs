@@ -163,10 +163,12 @@ fn a_torn_tail_is_cut_and_corruption_in_sealed_data_refuses_to_start_unless_repa
     });
     node.terminate();
 
-    // A flipped byte inside the first (sealed) segment, in big0's value.
+    // Flipped bytes inside the first (sealed) segment: in big0's value, and in its key (the
+    // first record: its key starts after the 32-byte header).
     let first = &segments[0];
     let mut bytes = std::fs::read(first).unwrap();
     bytes[5000] ^= 0xFF;
+    bytes[33] ^= 0xFF;
     std::fs::write(first, &bytes).unwrap();
 
     // With the segment's hint, startup does not read the values: the damage is found by the
@@ -178,6 +180,22 @@ fn a_torn_tail_is_cut_and_corruption_in_sealed_data_refuses_to_start_unless_repa
         assert_eq!(error.status(), Some(Status::Internal), "{error}");
         assert!(error.to_string().contains("checksum"), "{error}");
         assert_eq!(client.get(b"last").await.unwrap().unwrap().0, b"value");
+        // SCAN reads keys back from the log: the damaged key is reported, not listed.
+        let mut cursor = Vec::new();
+        let error = loop {
+            let request = tessera_schema::msg::ScanRequest {
+                cursor,
+                prefix: Vec::new(),
+                limit: 100,
+            };
+            match client.scan(request).await {
+                Ok(page) if page.next_cursor.is_empty() => panic!("the damage was not found"),
+                Ok(page) => cursor = page.next_cursor,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.status(), Some(Status::Internal), "{error}");
+        assert!(error.to_string().contains("does not match"), "{error}");
     });
     node.terminate();
 
