@@ -661,3 +661,93 @@ fn hints_give_the_same_data_as_a_full_scan_and_damaged_ones_are_not_trusted() {
     harness.store = store;
     assert_eq!(harness.contents(), want);
 }
+
+#[test]
+fn a_memory_limit_refuses_new_keys_per_vnode_and_survives_a_restart() {
+    // Room for the 256 empty tables (which hold ~3 300 keys before growing) and 100 KB more.
+    let empty_tables = Store::new(StoreConfig::default()).stats().index_bytes;
+    let limit_bytes = empty_tables + 100_000;
+    let config = StoreConfig {
+        memory_limit_bytes: Some(limit_bytes),
+        cache_bytes: 64 * 1024,
+        ..StoreConfig::default()
+    };
+    let mut store = Store::new(config.clone());
+    let mut disk = MemDisk::new();
+    let put = |store: &mut Store, key: &[u8], ttl_ms: u64| {
+        let write = Write {
+            vnode: vnode_of(key),
+            key,
+            value: Some(b"value"),
+            ttl_ms,
+            if_version: None,
+            sync: false,
+        };
+        store.handle_write(write, 1_000_000)
+    };
+    let mut stored = Vec::new();
+    let refused = (0..100_000u32)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|key| {
+            match put(
+                &mut store,
+                key,
+                if stored.len() % 7 == 0 { 60_000 } else { 0 },
+            ) {
+                Ok(_) => {
+                    stored.push(key.clone());
+                    false
+                }
+                Err(WriteError::MemoryLimit { .. }) => true,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        })
+        .expect("the limit is reached");
+    assert!(store.stats().index_bytes <= limit_bytes);
+    assert!(
+        (3_000..10_000).contains(&stored.len()),
+        "{} keys",
+        stored.len()
+    );
+    // Refused again; overwrites, reads and deletes go on.
+    assert!(matches!(
+        put(&mut store, &refused, 0),
+        Err(WriteError::MemoryLimit { .. })
+    ));
+    put(&mut store, &stored[0], 0).expect("an overwrite needs no room");
+    assert!(!matches!(
+        store.get(vnode_of(&stored[1]), &stored[1], 1_000_000),
+        Lookup::NotFound
+    ));
+    let neighbour = stored
+        .iter()
+        .position(|k| vnode_of(k) == vnode_of(&refused))
+        .expect("a stored key in the refused key's vnode");
+    let delete = Write {
+        vnode: vnode_of(&refused),
+        key: &stored[neighbour],
+        value: None,
+        ttl_ms: 0,
+        if_version: None,
+        sync: false,
+    };
+    store.handle_write(delete, 1_000_000).unwrap();
+    stored.swap_remove(neighbour);
+    put(&mut store, &refused, 0).expect("the delete made room in that vnode");
+    stored.push(refused);
+    // A restart under the same limit holds the same keys, within the limit.
+    disk.flush_due(&mut store, u64::MAX / 2048).unwrap();
+    let (mut recovered, _) = disk.recover(config, false, 1_000_000).unwrap();
+    assert_eq!(recovered.stats().keys, stored.len() as u64);
+    assert!(recovered.stats().index_bytes <= limit_bytes);
+    for key in &stored {
+        assert!(
+            !matches!(
+                recovered.get(vnode_of(key), key, 1_000_000),
+                Lookup::NotFound
+            ),
+            "{}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
