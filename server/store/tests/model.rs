@@ -737,7 +737,7 @@ fn a_memory_limit_refuses_new_keys_per_vnode_and_survives_a_restart() {
     stored.push(refused);
     // A restart under the same limit holds the same keys, within the limit.
     disk.flush_due(&mut store, u64::MAX / 2048).unwrap();
-    let (mut recovered, _) = disk.recover(config, false, 1_000_000).unwrap();
+    let (recovered, _) = disk.recover(config, false, 1_000_000).unwrap();
     assert_eq!(recovered.stats().keys, stored.len() as u64);
     assert!(recovered.stats().index_bytes <= limit_bytes);
     for key in &stored {
