@@ -265,7 +265,7 @@ pub struct ShardStats {
     pub cache_hits: u64,
     /// Reads that went to the disk.
     pub cache_misses: u64,
-    /// Estimated memory of the index.
+    /// Memory of the index: its tables' allocations plus the expiries kept beside them.
     pub index_bytes: u64,
     pub compactions: u64,
     pub bytes_reclaimed: u64,

@@ -130,9 +130,9 @@ fn recovery(keys: u64) {
     );
 }
 
-/// Performs a flush plan without a disk: the copy into an I/O buffer is kept (the shell does
-/// it too), the device is not.
-fn null_flush(store: &mut Store, buffer: &mut Vec<u8>, now_ms: u64) {
+/// Performs every flush due, handing each planned write (segment, offset, length) to `write`
+/// to copy out of the store, and reports the plans done. No device is involved.
+fn flush_plans(store: &mut Store, now_ms: u64, mut write: impl FnMut(&Store, u32, u64, u64)) {
     while let Some(plan) = store.poll_flush(now_ms) {
         for step in &plan.steps {
             if let FlushStep::Write {
@@ -141,12 +141,20 @@ fn null_flush(store: &mut Store, buffer: &mut Vec<u8>, now_ms: u64) {
                 len,
             } = *step
             {
-                buffer.resize(len as usize, 0);
-                store.copy_flush_bytes(segment, offset, buffer);
+                write(store, segment, offset, len);
             }
         }
         store.handle_flush_done(&plan, now_ms);
     }
+}
+
+/// Performs a flush plan without a disk: the copy into an I/O buffer is kept (the shell does
+/// it too), the device is not.
+fn null_flush(store: &mut Store, buffer: &mut Vec<u8>, now_ms: u64) {
+    flush_plans(store, now_ms, |store, segment, offset, len| {
+        buffer.resize(len as usize, 0);
+        store.copy_flush_bytes(segment, offset, buffer);
+    });
 }
 
 /// A PUT with no TTL, no compare-and-set and the node's durability.
@@ -227,21 +235,11 @@ struct MemDevice {
 impl MemDevice {
     /// The shard's side of a flush: plans, and copies of the bytes into I/O buffers.
     fn flush(&mut self, store: &mut Store, now_ms: u64) {
-        while let Some(plan) = store.poll_flush(now_ms) {
-            for step in &plan.steps {
-                if let FlushStep::Write {
-                    segment,
-                    offset,
-                    len,
-                } = *step
-                {
-                    let mut buffer = vec![0; len as usize];
-                    store.copy_flush_bytes(segment, offset, &mut buffer);
-                    self.pending.push((segment, offset, buffer));
-                }
-            }
-            store.handle_flush_done(&plan, now_ms);
-        }
+        flush_plans(store, now_ms, |store, segment, offset, len| {
+            let mut buffer = vec![0; len as usize];
+            store.copy_flush_bytes(segment, offset, &mut buffer);
+            self.pending.push((segment, offset, buffer));
+        });
         while store.poll_hint().is_some() {}
     }
 
