@@ -69,6 +69,22 @@ fn every_limit_answers_its_status_and_the_connection_goes_on() {
         limit: 1,
     });
     assert_eq!(status(&raw.call(7, &bad_cursor)), Status::BadRequest);
+    // Digest cursors: a short digest, an over-long cursor, and a well-formed one.
+    let scan_from = |cursor: Vec<u8>| {
+        Request::Scan(ScanRequest {
+            cursor,
+            prefix: vec![],
+            limit: 1,
+        })
+    };
+    let mut short = vec![0, 0, 1];
+    short.extend_from_slice(&[7; 5]);
+    assert_eq!(status(&raw.call(7, &scan_from(short))), Status::BadRequest);
+    let long = vec![0; MAX_CURSOR_BYTES + 1];
+    assert_eq!(status(&raw.call(7, &scan_from(long))), Status::BadRequest);
+    let mut good = vec![3, 0, 1];
+    good.extend_from_slice(&u128::MAX.to_le_bytes());
+    assert!(matches!(raw.call(7, &scan_from(good)), Response::Scan(_)));
     let ttl = Request::Put(PutRequest {
         ttl_ms: MAX_TTL_MS + 1,
         ..match put(b"t".to_vec(), vec![]) {
