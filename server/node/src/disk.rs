@@ -150,8 +150,12 @@ impl Segments {
             replay_ms = replay_time.as_millis(), read_wait_ms = wait_time.as_millis(), "replayed the log");
         let (store, actions) = recovery.finish(now_ms);
         for action in actions {
-            let RecoveryAction::Truncate { segment, len_bytes } = action;
-            segments.truncate(segment, len_bytes).await?;
+            match action {
+                RecoveryAction::Truncate { segment, len_bytes } => {
+                    segments.truncate(segment, len_bytes).await?
+                }
+                RecoveryAction::Sync { segment } => segments.sync(segment).await?,
+            }
         }
         Ok((segments, store))
     }
@@ -213,6 +217,13 @@ impl Segments {
             .get(&segment)
             .cloned()
             .ok_or_else(|| format!("segment {segment} is not open"))
+    }
+
+    async fn sync(&self, segment: u32) -> Result<(), String> {
+        let file = self.file(segment)?;
+        file.fdatasync()
+            .await
+            .map_err(|e| io_error("cannot sync", &self.path(segment), e))
     }
 
     async fn truncate(&self, segment: u32, len_bytes: u64) -> Result<(), String> {

@@ -10,7 +10,7 @@ use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
 use tessera_store::{
-    finish_key_read, finish_read, Digest, DiskRead, Lookup, ScanKey, Write, WriteError,
+    finish_key_read, finish_read, Digest, DiskRead, FsyncPolicy, Lookup, ScanKey, Write, WriteError,
 };
 
 use crate::mesh::{ShardOp, ShardReply};
@@ -50,15 +50,37 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
 
 enum Step {
     Done(OpResult),
+    /// A GET whose record is on disk; its answer leaves once `settle` (if any) is visible.
     Read {
         read: DiskRead,
         key: Vec<u8>,
+        settle: Option<u64>,
     },
-    /// A write whose acknowledgement waits for `durable_seq >= seq`.
-    Durable {
-        version: u64,
+    /// An answer that may leave once sequence number `seq` is visible (`visibility.rs` in the
+    /// store): a write acknowledged once durable, or an answer built from a key whose newest
+    /// write is not yet durable.
+    Settle {
+        result: OpResult,
         seq: u64,
+        is_write_ack: bool,
     },
+}
+
+impl Step {
+    fn done(self) -> Option<OpResult> {
+        match self {
+            Step::Done(result) => Some(result),
+            _ => None,
+        }
+    }
+
+    fn settle_seq(&self) -> Option<u64> {
+        match self {
+            Step::Done(_) => None,
+            Step::Read { settle, .. } => *settle,
+            Step::Settle { seq, .. } => Some(*seq),
+        }
+    }
 }
 
 fn write_error(error: WriteError) -> OpResult {
@@ -77,25 +99,58 @@ fn write_error(error: WriteError) -> OpResult {
     OpResult::error(status, error.to_string())
 }
 
+/// Whether a refusal says something about the key's state (its version, its absence), and so
+/// must not leave before the writes that state reflects are visible.
+fn reveals_key_state(error: &WriteError) -> bool {
+    matches!(
+        error,
+        WriteError::VersionMismatch { .. } | WriteError::NotFound | WriteError::MemoryLimit { .. }
+    )
+}
+
+/// The answer leaves at once, or once `settle` is visible.
+fn answer(result: OpResult, settle: Option<u64>) -> Step {
+    match settle {
+        None => Step::Done(result),
+        Some(seq) => Step::Settle {
+            result,
+            seq,
+            is_write_ack: false,
+        },
+    }
+}
+
+/// Under `--fsync always` every answer waits for the writes it reveals to be durable; under
+/// `--fsync interval` reads see the unsynced tail (README: "What a read may see").
+fn strict_reads(shard: &Shard) -> bool {
+    shard.store.borrow().config().fsync == FsyncPolicy::Always
+}
+
+fn get(shard: &Shard, key: &[u8], now: u64) -> Step {
+    shard.counters.gets.set(shard.counters.gets.get() + 1);
+    let store = shard.store.borrow();
+    let (lookup, barrier) = store.read(vnode_of(key), key, now);
+    let settle = barrier.filter(|_| store.config().fsync == FsyncPolicy::Always);
+    match lookup {
+        Lookup::NotFound => answer(OpResult::error(Status::NotFound, ""), settle),
+        Lookup::InMemory { value, version } => {
+            answer(OpResult::found(value.to_vec(), version), settle)
+        }
+        Lookup::OnDisk(read) => Step::Read {
+            read,
+            key: key.to_vec(),
+            settle,
+        },
+    }
+}
+
 fn apply(shard: &Shard, op: &BatchOp, now: u64) -> Step {
     if let Err(refusal) = check_batch_op(op) {
         return Step::Done(OpResult::error(refusal.status, refusal.message));
     }
     let vnode = vnode_of(op.key());
     let write = match op {
-        BatchOp::Get { key } => {
-            shard.counters.gets.set(shard.counters.gets.get() + 1);
-            return match shard.store.borrow().get(vnode, key, now) {
-                Lookup::NotFound => Step::Done(OpResult::error(Status::NotFound, "")),
-                Lookup::InMemory { value, version } => {
-                    Step::Done(OpResult::found(value.to_vec(), version))
-                }
-                Lookup::OnDisk(read) => Step::Read {
-                    read,
-                    key: key.clone(),
-                },
-            };
-        }
+        BatchOp::Get { key } => return get(shard, key, now),
         BatchOp::Put(put) => {
             shard.counters.puts.set(shard.counters.puts.get() + 1);
             Write {
@@ -121,13 +176,49 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64) -> Step {
     };
     let result = shard.store.borrow_mut().handle_write(write, now);
     match result {
-        Ok(ack) if ack.wait_for_sync => Step::Durable {
-            version: ack.version,
+        Ok(ack) if ack.wait_for_sync => Step::Settle {
+            result: OpResult::ok(ack.version),
             seq: ack.seq,
+            is_write_ack: true,
         },
         Ok(ack) => Step::Done(OpResult::ok(ack.version)),
-        Err(error) => Step::Done(write_error(error)),
+        Err(error) => {
+            // A durable request, or any request under --fsync always, is not told of a state
+            // that a crash could take back.
+            let strict = write.sync || strict_reads(shard);
+            let settle = (strict && reveals_key_state(&error))
+                .then(|| shard.store.borrow().unsettled_seq(write.key))
+                .flatten();
+            answer(write_error(error), settle)
+        }
     }
+}
+
+/// What an answer that waited becomes when its sequence number cannot be made visible.
+fn unsettled_failure(reason: &str, is_write_ack: bool) -> OpResult {
+    if !is_write_ack {
+        return OpResult::error(
+            Status::Unavailable,
+            format!(
+                "the key's newest write could not be made durable, so it is not shown: {reason}"
+            ),
+        );
+    }
+    let status = match reason.starts_with(crate::shard::DISK_FULL_PREFIX) {
+        true => Status::DiskFull,
+        false => Status::Unavailable,
+    };
+    OpResult::error(status, format!("write not acknowledged: {reason}"))
+}
+
+/// Waits until `seq` is visible (asking the flusher for it); `Ok` at once for `None`.
+pub async fn wait_visible(shard: &Shard, seq: Option<u64>) -> Result<(), String> {
+    let Some(seq) = seq else { return Ok(()) };
+    shard.store.borrow_mut().want_visible(seq);
+    shard
+        .wait_durable(seq)
+        .await
+        .unwrap_or_else(|_| Err("flusher stopped".into()))
 }
 
 /// Runs a batch (or a single op) on this shard's store; one result per op, in order.
@@ -135,40 +226,40 @@ pub async fn run_batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
     let now = now_ms();
     let steps: Vec<Step> = ops.iter().map(|op| apply(shard, op, now)).collect();
     shard.kick_flusher();
-    let wait_seq = steps.iter().filter_map(|s| match s {
-        Step::Durable { seq, .. } => Some(*seq),
-        _ => None,
-    });
-    let durable = match wait_seq.max() {
-        Some(seq) => shard
-            .wait_durable(seq)
-            .await
-            .unwrap_or_else(|_| Err("flusher stopped".into())),
-        None => Ok(()),
-    };
-    let finish = steps.into_iter().map(|step| {
-        let durable = durable.clone();
-        async move {
-            match step {
-                Step::Done(result) => result,
-                Step::Durable { version, .. } => match durable {
-                    Ok(()) => OpResult::ok(version),
-                    Err(reason) if reason.starts_with(crate::shard::DISK_FULL_PREFIX) => {
-                        OpResult::error(
-                            Status::DiskFull,
-                            format!("write not acknowledged: {reason}"),
-                        )
-                    }
-                    Err(reason) => OpResult::error(
-                        Status::Unavailable,
-                        format!("write not acknowledged: {reason}"),
-                    ),
-                },
-                Step::Read { read, key } => read_record(shard, &read, &key).await,
-            }
+    // One wait for the whole batch (sequence numbers become visible in order), beside the disk
+    // reads, which start at once: a read takes its segment's file handle on its first poll, so
+    // compaction deleting that segment during the wait cannot fail it.
+    let barrier = steps.iter().filter_map(Step::settle_seq).max();
+    if barrier.is_none() && steps.iter().all(|step| matches!(step, Step::Done(_))) {
+        // The common case (in-memory reads, writes acknowledged on append): nothing to await.
+        return steps.into_iter().filter_map(Step::done).collect();
+    }
+    let reads = steps.iter().map(|step| async move {
+        match step {
+            Step::Read { read, key, .. } => Some(read_record(shard, read, key).await),
+            _ => None,
         }
     });
-    futures::future::join_all(finish).await
+    let (settled, read_results) = futures::join!(
+        wait_visible(shard, barrier),
+        futures::future::join_all(reads)
+    );
+    let failure = settled.err().unwrap_or_default();
+    let visible_seq = shard.store.borrow().visible_seq();
+    steps
+        .into_iter()
+        .zip(read_results)
+        .map(|(step, read_result)| {
+            let visible = step.settle_seq().is_none_or(|seq| seq <= visible_seq);
+            match step {
+                Step::Done(result) => result,
+                Step::Settle { result, .. } if visible => result,
+                Step::Settle { is_write_ack, .. } => unsettled_failure(&failure, is_write_ack),
+                Step::Read { .. } if visible => read_result.expect("a read's result"),
+                Step::Read { .. } => unsettled_failure(&failure, false),
+            }
+        })
+        .collect()
 }
 
 async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
@@ -227,7 +318,16 @@ async fn scan(
         }
     }
     let examined = items.len();
-    let keys = futures::future::join_all(items.into_iter().map(|item| async move {
+    // A listing reveals new and deleted keys alike: under --fsync always it waits for every
+    // unsettled write in the vnodes it walked, while the keys are read back.
+    let last_vnode = resume.map_or(range.last_vnode, |(vnode, _)| vnode);
+    let barrier = strict_reads(shard)
+        .then(|| {
+            let store = shard.store.borrow();
+            store.unsettled_in_vnodes(range.from_vnode..=last_vnode)
+        })
+        .flatten();
+    let reads = futures::future::join_all(items.into_iter().map(|item| async move {
         let key = match &item.key {
             ScanKey::InMemory(key) => key.clone(),
             ScanKey::OnDisk(read) => {
@@ -239,8 +339,11 @@ async fn scan(
             key,
             version: item.version,
         })
-    }))
-    .await;
+    }));
+    let (settled, keys) = futures::join!(wait_visible(shard, barrier), reads);
+    settled.map_err(|reason| {
+        format!("a listed key's newest write could not be made durable: {reason}")
+    })?;
     let mut entries = Vec::new();
     for entry in keys {
         let entry = entry.inspect_err(|e| tracing::error!(shard = shard.index, "scan: {e}"))?;

@@ -11,6 +11,7 @@
 //! - [`log`]: the in-memory log tail and flush plans.
 //! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
 //! - [`testing`]: the fault-injecting in-memory disk.
+//! - [`visibility`]: which writes an answer may reveal (visible once durable through seq S).
 
 pub mod cache;
 pub mod compaction;
@@ -23,6 +24,7 @@ pub mod ondisk;
 pub mod recovery;
 pub mod store;
 pub mod testing;
+pub mod visibility;
 
 pub use config::{FsyncPolicy, StoreConfig};
 pub use index::{digest, Digest};

@@ -37,6 +37,10 @@ pub struct CorruptSegment {
 pub enum RecoveryAction {
     /// Cut the segment to `len_bytes`, preallocate it again (zeros past the cut), and sync it.
     Truncate { segment: u32, len_bytes: u64 },
+    /// fdatasync the newest segment. After a process crash (not a power failure) it may hold
+    /// bytes that were written but never synced, still in the page cache: recovery serves them,
+    /// so they must be durable first, or a power failure later could take back what was read.
+    Sync { segment: u32 },
 }
 
 /// What recovery found in one segment.
@@ -165,6 +169,8 @@ impl Recovery {
                 segment,
                 len_bytes: offset as u64,
             });
+        } else if is_newest {
+            self.actions.push(RecoveryAction::Sync { segment });
         }
         if is_newest {
             self.store.tail.chunks = [resume_chunk(segment, &bytes[..offset])].into();

@@ -5,6 +5,11 @@
 //! Effects: `FlushPlan`s (create, write, sync), and the sequence numbers the shell waits on:
 //! a write with sequence `s` is on disk once `durable_seq() >= s`.
 //!
+//! Visibility (`visibility.rs`): a write is visible once `visible_seq()` passes its sequence
+//! number; on one node that is `durable_seq()`. `read` returns, beside the lookup, the sequence
+//! number a strict reader must wait for (`unsettled_seq` and `unsettled_in_vnodes` give the same
+//! for a refusal and for a SCAN), so that no answer reveals a write a crash can take back.
+//!
 //! Versions: every write gets `max(last_version + 1, now_ms * 1024)`. A key's version therefore
 //! only grows, across deletes and restarts too, even when an unsynced tail was lost in a crash
 //! (as long as the clock does not step back by more than the lost writes' lifetime).
@@ -17,6 +22,7 @@ use crate::hint::{HintEntry, HintFile};
 use crate::index::{digest, Applied, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
+use crate::visibility::Unsettled;
 use tessera_schema::limits::MAX_KEY_BYTES;
 
 /// A PUT (`value: Some`) or DELETE (`value: None`).
@@ -206,6 +212,8 @@ pub struct Store {
     pub(crate) active_hint: Vec<HintEntry>,
     /// Hints of sealed segments not yet handed to the shell.
     pub(crate) sealed_hints: Vec<HintFile>,
+    /// Writes applied to the index but not yet visible (beyond `visible_seq`).
+    pub(crate) unsettled: Unsettled,
 }
 
 pub(crate) fn hint_entry(header: &RecordHeader, digest: Digest, offset: u64) -> HintEntry {
@@ -261,6 +269,7 @@ impl Store {
             expiries: Default::default(),
             active_hint: Vec::new(),
             sealed_hints: Vec::new(),
+            unsettled: Unsettled::default(),
         }
     }
 
@@ -293,6 +302,44 @@ impl Store {
 
     pub fn durable_seq(&self) -> u64 {
         self.durable_seq
+    }
+
+    /// Writes up to this sequence number are visible: an answer may reveal them. On one node,
+    /// visible means durable.
+    pub fn visible_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// A reader waits for `seq` to become visible: make sure a sync is on its way, whatever
+    /// the fsync policy.
+    pub fn want_visible(&mut self, seq: u64) {
+        self.sync_wanted_seq = self.sync_wanted_seq.max(seq.min(self.seq));
+    }
+
+    /// The sequence number to wait for before an answer about `key` (a refusal that names its
+    /// version or its absence) may leave: its newest write, if that is not yet visible.
+    pub fn unsettled_seq(&self, key: &[u8]) -> Option<u64> {
+        if self.unsettled.is_empty() {
+            return None;
+        }
+        self.unsettled.barrier(digest(key))
+    }
+
+    /// The same for a listing of the keys of `vnodes` (SCAN), which reveals new and deleted
+    /// keys alike: the newest unsettled write among them.
+    pub fn unsettled_in_vnodes(&self, vnodes: std::ops::RangeInclusive<u16>) -> Option<u64> {
+        self.unsettled.vnodes_barrier(vnodes)
+    }
+
+    /// Writes applied but not yet visible.
+    pub fn unsettled_writes(&self) -> usize {
+        self.unsettled.len()
+    }
+
+    /// The watermark moved: writes up to it are visible now.
+    fn settle(&mut self) {
+        let visible = self.visible_seq();
+        self.unsettled.settle_through(visible);
     }
 
     pub fn failure(&self) -> Option<&str> {
@@ -416,6 +463,7 @@ impl Store {
             _ => self.cache.remove(digest),
         }
         self.seq += 1;
+        self.unsettled.record(self.seq, digest, write.vnode);
         let wait_for_sync = write.sync || self.config.fsync == FsyncPolicy::Always;
         if wait_for_sync {
             self.sync_wanted_seq = self.seq;
@@ -522,9 +570,23 @@ impl Store {
             .expect("segment live bytes stay positive");
     }
 
-    /// Finds a key's value.
+    /// Finds a key's value. A reader that must not reveal unsettled writes uses [`Store::read`].
     pub fn get(&self, vnode: u16, key: &[u8], now_ms: u64) -> Lookup<'_> {
+        self.read(vnode, key, now_ms).0
+    }
+
+    /// Finds a key's value, and the sequence number that must be visible before the answer
+    /// leaves (`None`: answer now). The answer is the state as of this call: the caller waits,
+    /// then sends it, whatever was written meanwhile.
+    pub fn read(&self, vnode: u16, key: &[u8], now_ms: u64) -> (Lookup<'_>, Option<u64>) {
         let digest = digest(key);
+        (
+            self.lookup(vnode, key, digest, now_ms),
+            self.unsettled.barrier(digest),
+        )
+    }
+
+    fn lookup(&self, vnode: u16, key: &[u8], digest: Digest, now_ms: u64) -> Lookup<'_> {
         let Some(entry) = self.live_entry(vnode, digest, now_ms) else {
             return Lookup::NotFound;
         };
@@ -629,6 +691,7 @@ impl Store {
             if sync {
                 // Everything appended is already synced (the chunks that held it are gone).
                 self.durable_seq = self.seq;
+                self.settle();
             }
             return None;
         }
@@ -700,6 +763,7 @@ impl Store {
             self.stats.synced_writes += plan.seq_covered.saturating_sub(self.durable_seq);
             self.durable_seq = self.durable_seq.max(plan.seq_covered);
             self.last_sync_ms = now_ms;
+            self.settle();
         }
         self.flush_in_progress = false;
     }

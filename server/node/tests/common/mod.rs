@@ -43,10 +43,15 @@ pub struct Node {
 impl Node {
     /// Starts a node on a free loopback port and waits for its ready line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a node listening on `listen` (restarts keep their address this way).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Node {
         let mut child = Command::new(server_binary())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--segment-mib", "4"])
+            .args(["--listen", listen, "--segment-mib", "4"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -104,6 +109,10 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("tessera-server did not exit within 15 s of SIGTERM");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -187,4 +196,93 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A loopback port `p` such that `p..=p + extra` were all free a moment ago (a node with N
+/// shards listens on its port and the N after it).
+pub fn free_port_range(extra: u16) -> u16 {
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .unwrap()
+            .port();
+        let all_free = (1..=extra).all(|i| {
+            port.checked_add(i)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if all_free {
+            return port;
+        }
+    }
+    panic!("no free port range");
+}
+
+/// A blkio cgroup (v1) that caps the write IOPS of the disk under `path` for the processes put
+/// in it: every fdatasync then takes tens of milliseconds, which opens the windows that
+/// crash-consistency bugs hide in (PLATFORM.md). Removed when dropped.
+pub struct Throttle {
+    dir: PathBuf,
+}
+
+const BLKIO_ROOT: &str = "/sys/fs/cgroup/blkio";
+
+impl Throttle {
+    /// Fails (panics) when the machine has no blkio controller: the test needs the slow disk to
+    /// mean anything, and a quiet pass without it would be a lie.
+    pub fn new(path: &Path, write_iops: u32) -> Throttle {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            Path::new(BLKIO_ROOT).join("cgroup.procs").exists(),
+            "{BLKIO_ROOT} (cgroup v1 blkio) is missing: this test throttles the disk with it"
+        );
+        let (major, minor) = whole_disk(path.metadata().expect("stat").dev());
+        let dir = Path::new(BLKIO_ROOT).join(format!(
+            "tessera-test-{}-{}",
+            std::process::id(),
+            NEXT_THROTTLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).expect("create the blkio cgroup");
+        let throttle = Throttle { dir };
+        std::fs::write(
+            throttle.dir.join("blkio.throttle.write_iops_device"),
+            format!("{major}:{minor} {write_iops}"),
+        )
+        .expect("set the write IOPS limit");
+        throttle
+    }
+
+    /// Moves a process into the group.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move the process into the blkio cgroup");
+    }
+}
+
+static NEXT_THROTTLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The whole disk's (major, minor) for a file on `dev`: throttling applies to disks, not to
+/// partitions.
+fn whole_disk(dev: u64) -> (u64, u64) {
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.join("partition").exists() {
+        return (major, minor);
+    }
+    let parent = std::fs::read_to_string(sys.join("../dev")).expect("the partition's disk");
+    let (major, minor) = parent.trim().split_once(':').expect("MAJ:MIN");
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        // A group can be removed only once empty: hand any process left back to the root.
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(Path::new(BLKIO_ROOT).join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
