@@ -34,6 +34,51 @@ fn io_error(what: &str, path: &Path, error: impl std::fmt::Display) -> String {
     format!("{what} {}: {error}", path.display())
 }
 
+/// How long a restart waits for a dead predecessor's writes to a segment to finish.
+const SEGMENT_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes an exclusive flock on a segment through the very file description its I/O goes
+/// through, waiting while another description holds it.
+///
+/// Why: after kill -9, writes the dead process had submitted can still be in flight, queued in
+/// the block layer (seconds on a busy or throttled device): io_uring's requests keep their file
+/// descriptions open until they complete, while the data directory's LOCK is released at once.
+/// A restart that read the segment meanwhile would see a torn tail that is not torn yet, cut it,
+/// and the late writes would then land over its own. An flock lives as long as the description,
+/// so it is held until the last of those writes completes: recovery waits for it.
+async fn lock_segment(file: &DmaFile, path: &Path) -> Result<(), String> {
+    use nix::fcntl::{flock, FlockArg};
+    use std::os::fd::AsRawFd;
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+            Ok(()) => {
+                if warned {
+                    tracing::info!(segment = %path.display(), waited_ms = started.elapsed().as_millis() as u64,
+                        "the previous process's writes finished");
+                }
+                return Ok(());
+            }
+            Err(nix::errno::Errno::EWOULDBLOCK) if started.elapsed() < SEGMENT_LOCK_WAIT => {
+                if !warned {
+                    tracing::warn!(segment = %path.display(),
+                        "waiting for a previous process's writes to this segment to finish");
+                    warned = true;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => {
+                return Err(io_error(
+                    "cannot lock (another process still writes it?)",
+                    path,
+                    error,
+                ))
+            }
+        }
+    }
+}
+
 /// Works around glommio's poll-queue probe (upstream issue #605, see PLATFORM.md): the first
 /// DmaFile a thread opens on a device is read at offset 0 to decide whether the device supports
 /// polled I/O, and an empty new file answers "yes" wrongly, after which every DmaFile read fails
@@ -202,13 +247,15 @@ impl Segments {
 
     async fn open(&self, segment: u32, create: bool) -> Result<DmaFile, String> {
         let path = self.path(segment);
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(create)
             .dma_open(&path)
             .await
-            .map_err(|e| io_error("cannot open", &path, e))
+            .map_err(|e| io_error("cannot open", &path, e))?;
+        lock_segment(&file, &path).await?;
+        Ok(file)
     }
 
     fn file(&self, segment: u32) -> Result<Rc<DmaFile>, String> {
