@@ -90,6 +90,8 @@ case_run mix-always "--fsync always" "${mix[@]}"
 case_run hot-mix-always "--fsync always" "${hot[@]}"
 case_run mix-interval "--fsync interval" "${mix[@]}"
 case_run hot-mix-interval "--fsync interval" "${hot[@]}"
+case_run get-p16-interval "--fsync interval" "${get[@]}" --pipeline 16
+case_run set-p16-interval "--fsync interval" --workload getset --read-ratio 0 --keys "$KEYS" --pipeline 16
 
 python3 - "$out" "$bin_a" "$bin_b" <<'PY'
 import glob, json, os, sys

@@ -10,7 +10,7 @@ pub mod duration;
 pub mod session;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_ttl_ms};
 pub use tessera_schema::msg::{
     BatchOp, DeleteRequest, Durability, OpResult, PutRequest, Request, Response, ScanEntry,
     ScanPage, ScanRequest, ShardStats, Status, Topology,

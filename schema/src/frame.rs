@@ -103,9 +103,42 @@ impl FrameReader {
         self.buffer.len() - self.start
     }
 
-    /// True while an oversized body is being skipped.
+    /// True while an oversized or refused body is being skipped.
     pub fn is_skipping(&self) -> bool {
         self.skip_remaining_bytes > 0
+    }
+
+    /// True while a frame is part way in: some of its bytes arrived, not all of them (or a
+    /// body is being skipped). A node times such a connection out if the rest does not come.
+    pub fn is_partial(&self) -> bool {
+        self.buffered_bytes() > 0 || self.is_skipping()
+    }
+
+    /// The header of the frame whose body is still arriving, once its 20 bytes are in, so that
+    /// the caller can decide, before buffering the body, whether to take it or to skip it
+    /// with [`FrameReader::skip_partial`]. `None` when no header is waiting for its body.
+    pub fn partial_header(&self) -> Option<FrameHeader> {
+        let header = self.buffer[self.start..].first_chunk::<HEADER_BYTES>()?;
+        parse_header(header).ok()
+    }
+
+    /// Drops the body of the frame [`FrameReader::partial_header`] names: what is buffered now
+    /// and what is still to come, without buffering it. The caller answers the frame.
+    pub fn skip_partial(&mut self) -> Option<FrameHeader> {
+        let header = self.partial_header()?;
+        let body_len = header.body_len as usize;
+        let in_buffer = (self.buffered_bytes() - HEADER_BYTES).min(body_len);
+        self.start += HEADER_BYTES + in_buffer;
+        self.skip_remaining_bytes = (body_len - in_buffer) as u64;
+        Some(header)
+    }
+
+    /// Frees the buffer's memory when nothing is in it (an idle connection keeps none).
+    pub fn shrink_when_empty(&mut self) {
+        if self.buffered_bytes() == 0 {
+            self.buffer = Vec::new();
+            self.start = 0;
+        }
     }
 
     /// Adds bytes read from the stream.
@@ -167,6 +200,28 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, opcode, id, body);
         out
+    }
+
+    #[test]
+    fn a_partial_frame_can_be_skipped_before_its_body_is_buffered() {
+        let mut stream = frame(3, 1, &[9u8; 100_000]);
+        stream.extend(frame(3, 2, b"next"));
+        let mut reader = FrameReader::new();
+        reader.feed(&stream[..10]);
+        assert_eq!(reader.partial_header(), None, "the header is not complete");
+        assert!(reader.is_partial());
+        reader.feed(&stream[10..1000]);
+        let header = reader
+            .partial_header()
+            .expect("a header waits for its body");
+        assert_eq!((header.request_id, header.body_len), (1, 100_000));
+        assert_eq!(reader.skip_partial().map(|h| h.request_id), Some(1));
+        assert!(reader.is_skipping());
+        reader.feed(&stream[1000..]);
+        assert_eq!(collect(&mut reader), vec![(2, b"next".to_vec())]);
+        assert!(!reader.is_partial());
+        reader.shrink_when_empty();
+        assert_eq!(reader.buffered_bytes(), 0);
     }
 
     #[test]

@@ -8,12 +8,28 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::fb;
 use crate::frame::encode_frame;
-use crate::limits::MAX_MESSAGE_BYTES;
+use crate::limits::{
+    DECODED_ITEM_BYTES, MAX_BATCH_OPS, MAX_DECODED_REQUEST_BYTES, MAX_MESSAGE_BYTES,
+};
 use crate::msg::*;
+use crate::verify::Refusal;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed body: {0}")]
 pub struct WireError(pub String);
+
+/// Why a request body was not decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a valid body: the stream can no longer be trusted (the connection is closed).
+    #[error(transparent)]
+    Malformed(#[from] WireError),
+    /// A valid body over a limit checked before anything is copied (too many batch items, or
+    /// items that share bytes and would decode past `MAX_DECODED_REQUEST_BYTES`): answer it with
+    /// the refusal's status and go on.
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+}
 
 fn bytes<'a>(vector: Option<flatbuffers::Vector<'a, u8>>) -> Vec<u8> {
     vector.map(|v| v.bytes().to_vec()).unwrap_or_default()
@@ -176,10 +192,97 @@ fn build_batch<'b>(
     fb::Batch::create(builder, &fb::BatchArgs { items: Some(items) })
 }
 
+/// A frame no honest client sends: a BATCH of `items` PUTs that all point at the same key and
+/// value bytes, so that a small frame names `items` times the value. For tests, fuzzing and the
+/// load generator's hostile mode (a node must refuse it before copying anything).
+pub fn encode_shared_value_batch_frame(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    items: usize,
+    value: &[u8],
+) {
+    let mut builder = FlatBufferBuilder::with_capacity(value.len() + items * 32 + 256);
+    let key = builder.create_vector(b"shared-key");
+    let value = builder.create_vector(value);
+    let args = fb::PutArgs {
+        key: Some(key),
+        value: Some(value),
+        ..Default::default()
+    };
+    let put = fb::Put::create(&mut builder, &args).as_union_value();
+    let item_args = fb::BatchItemArgs {
+        op_type: fb::BatchOp::Put,
+        op: Some(put),
+    };
+    let item = fb::BatchItem::create(&mut builder, &item_args);
+    let items = builder.create_vector(&vec![item; items]);
+    let batch = fb::Batch::create(&mut builder, &fb::BatchArgs { items: Some(items) });
+    let root = fb::RequestBody::create(
+        &mut builder,
+        &fb::RequestBodyArgs {
+            request_type: fb::Request::Batch,
+            request: Some(batch.as_union_value()),
+        },
+    );
+    builder.finish(root, None);
+    encode_frame(
+        out,
+        Opcode::Batch as u8,
+        request_id,
+        builder.finished_data(),
+    );
+}
+
 /// Decodes a request body.
-pub fn decode_request(body: &[u8]) -> Result<Request, WireError> {
+pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
     let root = flatbuffers::root::<fb::RequestBody<'_>>(body)
         .map_err(|error| WireError(error.to_string()))?;
+    check_decoded_size(&root).map_err(DecodeError::Refused)?;
+    Ok(copy_request(root)?)
+}
+
+/// Refuses, before anything is copied, a batch with too many items or whose items would decode
+/// to more than `MAX_DECODED_REQUEST_BYTES` (items may share bytes in the frame, so the frame's
+/// own size bounds nothing). A single operation decodes to at most twice its frame.
+fn check_decoded_size(root: &fb::RequestBody<'_>) -> Result<(), Refusal> {
+    let Some(items) = root.request_as_batch().and_then(|batch| batch.items()) else {
+        return Ok(());
+    };
+    if items.len() > MAX_BATCH_OPS {
+        return Err(Refusal {
+            status: Status::BatchTooLarge,
+            message: format!(
+                "batch has {} operations, the limit is {MAX_BATCH_OPS}",
+                items.len()
+            ),
+        });
+    }
+    let len = |vector: Option<flatbuffers::Vector<'_, u8>>| vector.map_or(0, |v| v.len());
+    let mut decoded_bytes = 0usize;
+    for item in items.iter() {
+        decoded_bytes += DECODED_ITEM_BYTES
+            + match item.op_type() {
+                fb::BatchOp::Get => item.op_as_get().map_or(0, |get| len(get.key())),
+                fb::BatchOp::Put => item
+                    .op_as_put()
+                    .map_or(0, |put| len(put.key()) + len(put.value())),
+                fb::BatchOp::Delete => item.op_as_delete().map_or(0, |delete| len(delete.key())),
+                _ => 0,
+            };
+        if decoded_bytes > MAX_DECODED_REQUEST_BYTES {
+            return Err(Refusal {
+                status: Status::BatchTooLarge,
+                message: format!(
+                    "batch decodes to more than {MAX_DECODED_REQUEST_BYTES} bytes (its items \
+                     name more bytes than the frame limit; items may not share bytes past it)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn copy_request(root: fb::RequestBody<'_>) -> Result<Request, WireError> {
     let missing = || WireError("request body names no operation".into());
     Ok(match root.request_type() {
         fb::Request::Ping => Request::Ping,
@@ -644,6 +747,35 @@ mod tests {
             shard_port_base: 7001,
             vnode_shard: crate::placement::shard_table(2),
         }));
+    }
+
+    #[test]
+    fn items_sharing_bytes_are_refused_before_they_are_copied() {
+        // 2 000 items all pointing at one 1 MiB value: a 1 MiB frame naming 2 GiB.
+        let mut frame = Vec::new();
+        encode_shared_value_batch_frame(&mut frame, 1, 2000, &vec![7u8; 1 << 20]);
+        assert!(frame.len() < (1 << 20) + 64 * 1024);
+        let body = &frame[crate::frame::HEADER_BYTES..];
+        match decode_request(body) {
+            Err(DecodeError::Refused(refusal)) => {
+                assert_eq!(refusal.status, Status::BatchTooLarge)
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        // Within the limit, sharing is allowed and costs what the items decode to.
+        let mut frame = Vec::new();
+        encode_shared_value_batch_frame(&mut frame, 1, 10, &[7u8; 1000]);
+        let Ok(Request::Batch(ops)) = decode_request(&frame[crate::frame::HEADER_BYTES..]) else {
+            panic!("a small shared batch decodes");
+        };
+        assert_eq!(ops.len(), 10);
+        // More items than a batch may hold are refused before decoding too.
+        let mut frame = Vec::new();
+        encode_shared_value_batch_frame(&mut frame, 1, MAX_BATCH_OPS + 1, b"v");
+        let refused = decode_request(&frame[crate::frame::HEADER_BYTES..]);
+        assert!(
+            matches!(refused, Err(DecodeError::Refused(r)) if r.status == Status::BatchTooLarge)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tessera_client::parse_duration;
+use tessera_client::{parse_duration, parse_ttl_ms};
 use tessera_client::{
     Client, ClientConfig, ClientError, DeleteRequest, Durability, PutRequest, ScanRequest, Status,
 };
@@ -36,9 +36,10 @@ enum Command {
     Put {
         key: String,
         value: String,
-        /// Expire after this long, e.g. 30s, 500ms, 5m, 2h.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
+        /// Expire after this long, e.g. 30s, 500ms, 5m, 2h (at most 100 years; leave it out for
+        /// no expiry).
+        #[arg(long, value_parser = parse_ttl_ms)]
+        ttl: Option<u64>,
         /// Only if the key's current version is N (0 = only if the key does not exist).
         #[arg(long)]
         if_version: Option<u64>,
@@ -124,7 +125,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let put = PutRequest {
                 key: key.into_bytes(),
                 value,
-                ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+                ttl_ms: ttl.unwrap_or(0),
                 if_version,
                 durability: if sync {
                     Durability::Sync

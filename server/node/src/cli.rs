@@ -91,6 +91,23 @@ pub struct Args {
     /// that falls behind lets the log grow past --space-factor until it catches up.
     #[arg(long, default_value_t = 128)]
     pub compaction_mib_per_s: u64,
+    /// Memory for everything client connections make the node hold (partial frames, running
+    /// requests, unwritten answers), in bytes with an optional unit, for the whole node (split
+    /// evenly among shards). Past it new requests get OVERLOADED and new connections are
+    /// refused with a reason; one connection stops being read past 4 MiB until its answers
+    /// drain.
+    #[arg(long, default_value_t = tessera_schema::limits::DEFAULT_CONNECTION_MEMORY_BYTES,
+          value_parser = parse_bytes)]
+    pub connection_memory: u64,
+    /// Most client connections the node serves at once (split evenly among shards); past it a
+    /// new connection is told UNAVAILABLE and closed.
+    #[arg(long, default_value_t = tessera_schema::limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
+    /// How long a client may take to send one frame, in milliseconds from its first byte, plus
+    /// one second per MiB of its body; a connection that overruns it (a sender that stalls half
+    /// way) is told BAD_REQUEST and closed. Idle connections are never timed out.
+    #[arg(long, default_value_t = tessera_schema::limits::FRAME_ARRIVAL_GRACE_MS)]
+    pub frame_timeout_ms: u64,
     /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
     /// that segment is lost and reported).
     #[arg(long)]

@@ -117,8 +117,9 @@ fn write_meta(root: &Path, shards: u16) -> Result<(), String> {
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// With port 0, finds a port P such that P and the shard ports P+1..=P+shards are all free.
-pub fn resolve_listen(listen: SocketAddr, shards: u16) -> Result<SocketAddr, String> {
+/// With port 0, finds a port P such that P and the shard ports P+1..=P+shards are all free;
+/// otherwise checks that the given ports are free (`check_ports_free`).
+pub fn resolve_listen(root: &Path, listen: SocketAddr, shards: u16) -> Result<SocketAddr, String> {
     if listen.port() != 0 {
         if u32::from(listen.port()) + u32::from(shards) > 65535 {
             return Err(format!(
@@ -126,6 +127,7 @@ pub fn resolve_listen(listen: SocketAddr, shards: u16) -> Result<SocketAddr, Str
                 listen.port()
             ));
         }
+        check_ports_free(root, listen, shards)?;
         return Ok(listen);
     }
     for _ in 0..100 {
@@ -142,4 +144,134 @@ pub fn resolve_listen(listen: SocketAddr, shards: u16) -> Result<SocketAddr, Str
         }
     }
     Err("no free range of ports found".into())
+}
+
+/// How long a start waits for its ports when the data directory's previous node is gone but
+/// its sockets are not yet: a node killed with SIGKILL keeps its listening sockets open until
+/// its last in-flight disk writes finish (io_uring holds them), seconds on a busy disk.
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Refuses ports that something already listens on. The shards bind with SO_REUSEPORT (they
+/// share the client port), which would let a second node on the same port start silently and
+/// take half the connections. Listeners are found in the kernel's socket table
+/// (`/proc/net/tcp`, `tcp6`) rather than by a trial bind: a trial bind also fails on the dead
+/// predecessor's closing connections (FIN_WAIT2 for up to a minute), which are harmless.
+///
+/// A port with a listener is refused at once, unless this data directory's previous node has
+/// died (its LOCK exists and is free): then the listener is most likely that node's, still
+/// closing (a node killed with SIGKILL keeps its sockets until its last in-flight disk writes
+/// finish), and the start waits up to `PORT_RELEASE_WAIT` for it. Joining it instead would
+/// send some new connections to a listener nobody accepts on.
+pub fn check_ports_free(root: &Path, listen: SocketAddr, shards: u16) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    let mut warned = false;
+    loop {
+        let Err(error) = no_listeners(listen, shards) else {
+            return Ok(());
+        };
+        if std::time::Instant::now() > deadline || !previous_node_gone(root) {
+            return Err(error);
+        }
+        if !warned {
+            tracing::warn!("{error}; waiting for the previous node's sockets to close");
+            warned = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn no_listeners(listen: SocketAddr, shards: u16) -> Result<(), String> {
+    let listeners = tcp_listeners()?;
+    for port in std::iter::once(listen.port()).chain((1..=shards).map(|i| listen.port() + i)) {
+        let taken = listeners.iter().any(|(ip, listening_port)| {
+            *listening_port == port && (*ip == listen.ip() || ip.is_unspecified())
+        });
+        if taken {
+            return Err(format!(
+                "cannot listen on {}: something already listens there (another tessera-server \
+                 or another program; a node uses its --listen port and the {shards} after it)",
+                SocketAddr::new(listen.ip(), port)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every TCP socket in the LISTEN state, from `/proc/net/tcp` and `/proc/net/tcp6`.
+fn tcp_listeners() -> Result<Vec<(std::net::IpAddr, u16)>, String> {
+    let mut listeners = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {table}: {e}")),
+        };
+        listeners.extend(text.lines().skip(1).filter_map(parse_listener));
+    }
+    Ok(listeners)
+}
+
+/// `sl local_address rem_address st ...`, addresses as hex `IP:PORT` with the IP in the
+/// kernel's byte order (32-bit words, little-endian here); state 0A is LISTEN.
+fn parse_listener(line: &str) -> Option<(std::net::IpAddr, u16)> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let state = fields.nth(1)?;
+    if state != "0A" {
+        return None;
+    }
+    let (ip_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let words: Vec<u32> = (0..ip_hex.len() / 8)
+        .map(|i| u32::from_str_radix(&ip_hex[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words
+        .iter()
+        .flat_map(|w| w.swap_bytes().to_be_bytes())
+        .collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some((ip, port))
+}
+
+/// The data directory had a node, and it is gone: its LOCK exists and nobody holds it. Looked
+/// at without writing anything.
+fn previous_node_gone(root: &Path) -> bool {
+    File::open(root.join("LOCK")).is_ok_and(|lock| lock.try_lock().is_ok())
+}
+
+/// The shard count a start would settle on, read without writing anything: the data
+/// directory's, or the one asked for, or one per core.
+pub fn planned_shards(root: &Path, requested: Option<u16>) -> Result<u16, String> {
+    Ok(match read_meta(root)? {
+        Some(stored) => stored,
+        None => requested.unwrap_or_else(default_shards),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_are_read_from_the_kernel_table() {
+        let line = "   0: 0100007F:1B58 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 1 1";
+        assert_eq!(
+            parse_listener(line),
+            Some(("127.0.0.1".parse().unwrap(), 7000))
+        );
+        let established =
+            "   1: 0100007F:1B58 0100007F:E3BA 01 00000000:00000000 00:00000000 00000000 0 0 2 1";
+        assert_eq!(parse_listener(established), None);
+        let v6 = "   0: 00000000000000000000000001000000:1B58 00000000000000000000000000000000:0000 0A 0";
+        assert_eq!(parse_listener(v6), Some(("::1".parse().unwrap(), 7000)));
+        // A real listener is found.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let found = tcp_listeners().unwrap();
+        assert!(found.iter().any(|(_, p)| *p == port), "{port} in {found:?}");
+    }
 }

@@ -3,9 +3,14 @@
 //! A batch is applied to the store in order without awaiting, so a GET after a PUT of the same
 //! key in one batch sees the PUT; then the writes that must be durable wait for one shared
 //! fdatasync, and the GETs whose records are on disk read them concurrently.
+//!
+//! Every value or key copied out of the store is charged to the request (`budget.rs`) before it
+//! is copied, and a BATCH's values must fit in its share of the answer's size limit; an item
+//! that does not fit gets its own status (BATCH_TOO_LARGE or OVERLOADED), the rest still run.
 
 use std::rc::Rc;
 
+use tessera_schema::limits::{MAX_RESPONSE_BODY_BYTES, RESULT_OVERHEAD_BYTES};
 use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
@@ -13,19 +18,25 @@ use tessera_store::{
     finish_key_read, finish_read, Digest, DiskRead, FsyncPolicy, Lookup, ScanKey, Write, WriteError,
 };
 
+use crate::budget::Charge;
 use crate::mesh::{ShardOp, ShardReply};
 use crate::shard::{now_ms, Shard};
 
 pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
     shard.inflight.set(shard.inflight.get() + 1);
     let reply = match op {
-        ShardOp::Batch(ops) => ShardReply::Batch(run_batch(shard, ops).await),
+        ShardOp::Batch {
+            ops,
+            charge,
+            answer_room_bytes,
+        } => ShardReply::Batch(run_batch(shard, ops, &charge, answer_room_bytes).await),
         ShardOp::Scan {
             from_vnode,
             last_vnode,
             after,
             prefix,
             limit,
+            charge,
         } => {
             let range = ScanRange {
                 from_vnode,
@@ -33,13 +44,13 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
                 after,
                 limit,
             };
-            match scan(shard, range, &prefix).await {
+            match scan(shard, range, &prefix, &charge).await {
                 Ok((entries, examined, resume)) => ShardReply::Scan {
                     entries,
                     examined,
                     resume,
                 },
-                Err(error) => ShardReply::Failed(error),
+                Err((status, error)) => ShardReply::Failed(status, error),
             }
         }
         ShardOp::Stats => ShardReply::Stats(shard.stats()),
@@ -109,7 +120,7 @@ fn reveals_key_state(error: &WriteError) -> bool {
 }
 
 /// The answer leaves at once, or once `settle` is visible.
-fn answer(result: OpResult, settle: Option<u64>) -> Step {
+fn answer_when(result: OpResult, settle: Option<u64>) -> Step {
     match settle {
         None => Step::Done(result),
         Some(seq) => Step::Settle {
@@ -126,15 +137,57 @@ fn strict_reads(shard: &Shard) -> bool {
     shard.store.borrow().config().fsync == FsyncPolicy::Always
 }
 
-fn get(shard: &Shard, key: &[u8], now: u64) -> Step {
+/// What a BATCH may still put in its answer, and the bytes the request holds.
+pub struct Answer<'a> {
+    /// Bytes left in this part of the answer (`MAX_RESPONSE_BODY_BYTES` split among the
+    /// shards a batch touches).
+    pub room_bytes: usize,
+    pub charge: &'a Charge,
+}
+
+impl Answer<'_> {
+    /// Makes room for a value of `len` bytes: BATCH_TOO_LARGE when the answer has no room for
+    /// it, OVERLOADED when the connection or the node has no memory for it.
+    fn take(&mut self, len: usize) -> Result<(), OpResult> {
+        let needed = len + RESULT_OVERHEAD_BYTES;
+        if needed > self.room_bytes {
+            return Err(OpResult::error(
+                Status::BatchTooLarge,
+                format!(
+                    "the batch's answer would pass {MAX_RESPONSE_BODY_BYTES} bytes: this \
+                     {len}-byte value was left out (GET it on its own)"
+                ),
+            ));
+        }
+        if !self.charge.try_add(len as u64) {
+            return Err(OpResult::error(
+                Status::Overloaded,
+                "no memory for this value now: the connection or the node is at its memory \
+                 budget; retry later",
+            ));
+        }
+        self.room_bytes -= needed;
+        Ok(())
+    }
+}
+
+fn get(shard: &Shard, key: &[u8], now: u64, answer: &mut Answer<'_>) -> Step {
     shard.counters.gets.set(shard.counters.gets.get() + 1);
     let store = shard.store.borrow();
     let (lookup, barrier) = store.read(vnode_of(key), key, now);
     let settle = barrier.filter(|_| store.config().fsync == FsyncPolicy::Always);
+    let len = match &lookup {
+        Lookup::NotFound => 0,
+        Lookup::InMemory { value, .. } => value.len(),
+        Lookup::OnDisk(read) => read.len,
+    };
+    if let Err(refusal) = answer.take(len) {
+        return Step::Done(refusal);
+    }
     match lookup {
-        Lookup::NotFound => answer(OpResult::error(Status::NotFound, ""), settle),
+        Lookup::NotFound => answer_when(OpResult::error(Status::NotFound, ""), settle),
         Lookup::InMemory { value, version } => {
-            answer(OpResult::found(value.to_vec(), version), settle)
+            answer_when(OpResult::found(value.to_vec(), version), settle)
         }
         Lookup::OnDisk(read) => Step::Read {
             read,
@@ -144,13 +197,13 @@ fn get(shard: &Shard, key: &[u8], now: u64) -> Step {
     }
 }
 
-fn apply(shard: &Shard, op: &BatchOp, now: u64) -> Step {
+fn apply(shard: &Shard, op: &BatchOp, now: u64, answer: &mut Answer<'_>) -> Step {
     if let Err(refusal) = check_batch_op(op) {
         return Step::Done(OpResult::error(refusal.status, refusal.message));
     }
     let vnode = vnode_of(op.key());
     let write = match op {
-        BatchOp::Get { key } => return get(shard, key, now),
+        BatchOp::Get { key } => return get(shard, key, now, answer),
         BatchOp::Put(put) => {
             shard.counters.puts.set(shard.counters.puts.get() + 1);
             Write {
@@ -189,7 +242,7 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64) -> Step {
             let settle = (strict && reveals_key_state(&error))
                 .then(|| shard.store.borrow().unsettled_seq(write.key))
                 .flatten();
-            answer(write_error(error), settle)
+            answer_when(write_error(error), settle)
         }
     }
 }
@@ -221,10 +274,23 @@ pub async fn wait_visible(shard: &Shard, seq: Option<u64>) -> Result<(), String>
         .unwrap_or_else(|_| Err("flusher stopped".into()))
 }
 
-/// Runs a batch (or a single op) on this shard's store; one result per op, in order.
-pub async fn run_batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
+/// Runs a batch (or a single op) on this shard's store; one result per op, in order. Values
+/// are charged to `charge` as they are copied, and fit in `answer_room_bytes` of answer.
+pub async fn run_batch(
+    shard: &Rc<Shard>,
+    ops: Vec<BatchOp>,
+    charge: &Charge,
+    answer_room_bytes: usize,
+) -> Vec<OpResult> {
     let now = now_ms();
-    let steps: Vec<Step> = ops.iter().map(|op| apply(shard, op, now)).collect();
+    let mut answer = Answer {
+        room_bytes: answer_room_bytes,
+        charge,
+    };
+    let steps: Vec<Step> = ops
+        .iter()
+        .map(|op| apply(shard, op, now, &mut answer))
+        .collect();
     shard.kick_flusher();
     // One wait for the whole batch (sequence numbers become visible in order), beside the disk
     // reads, which start at once: a read takes its segment's file handle on its first poll, so
@@ -293,11 +359,10 @@ struct ScanRange {
 /// Live keys of the range's vnodes starting with `prefix`, examining at most `limit` keys:
 /// the entries, the number examined, and where to resume if the limit cut the range short.
 /// Keys whose records are on disk are read back (header and key only), concurrently.
-async fn scan(
-    shard: &Shard,
-    range: ScanRange,
-    prefix: &[u8],
-) -> Result<(Vec<ScanEntry>, usize, Option<(u16, Digest)>), String> {
+/// A scan's page, the keys it examined, where to resume; or why it failed.
+type ScanResult = Result<(Vec<ScanEntry>, usize, Option<(u16, Digest)>), (Status, String)>;
+
+async fn scan(shard: &Shard, range: ScanRange, prefix: &[u8], charge: &Charge) -> ScanResult {
     shard.counters.scans.set(shard.counters.scans.get() + 1);
     let now = now_ms();
     let mut items = Vec::new();
@@ -318,6 +383,18 @@ async fn scan(
         }
     }
     let examined = items.len();
+    let key_bytes: usize = items
+        .iter()
+        .map(|item| match &item.key {
+            ScanKey::InMemory(key) => key.len(),
+            ScanKey::OnDisk(read) => read.len,
+        })
+        .sum();
+    if !charge.try_add(key_bytes as u64) {
+        let message = "no memory for this scan page now: the connection or the node is at its \
+                       memory budget; retry later (or ask for a smaller page)";
+        return Err((Status::Overloaded, message.into()));
+    }
     // A listing reveals new and deleted keys alike: under --fsync always it waits for every
     // unsettled write in the vnodes it walked, while the keys are read back.
     let last_vnode = resume.map_or(range.last_vnode, |(vnode, _)| vnode);
@@ -342,11 +419,14 @@ async fn scan(
     }));
     let (settled, keys) = futures::join!(wait_visible(shard, barrier), reads);
     settled.map_err(|reason| {
-        format!("a listed key's newest write could not be made durable: {reason}")
+        let message = format!("a listed key's newest write could not be made durable: {reason}");
+        (Status::Unavailable, message)
     })?;
     let mut entries = Vec::new();
     for entry in keys {
-        let entry = entry.inspect_err(|e| tracing::error!(shard = shard.index, "scan: {e}"))?;
+        let entry = entry
+            .inspect_err(|e| tracing::error!(shard = shard.index, "scan: {e}"))
+            .map_err(|e| (Status::Internal, e))?;
         if entry.key.starts_with(prefix) {
             entries.push(entry);
         }

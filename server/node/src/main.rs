@@ -10,11 +10,13 @@
 //! waits for its in-flight ones, waits for its peers to do the same, syncs its log, and exits;
 //! the process exits 0.
 
+mod budget;
 mod cli;
 mod conn;
 mod datadir;
 mod disk;
 mod exec;
+mod memory;
 mod mesh;
 mod pace;
 mod route;
@@ -30,6 +32,9 @@ use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use tessera_schema::limits::CONNECTION_BASE_BYTES;
+use tessera_schema::msg::{Opcode, Response, Status};
+use tessera_schema::wire::encode_response_frame;
 use tessera_store::{FsyncPolicy, StoreConfig};
 
 use crate::cli::{Args, FsyncMode};
@@ -40,8 +45,10 @@ use crate::shard::{
     now_ms, NodeShared, Shard, ShardSettings, DRAIN_TIMEOUT, MESH_CHANNEL_CAPACITY,
 };
 
-/// Most connections one shard serves at once; more are closed on accept.
-const MAX_CONNECTIONS_PER_SHARD: u64 = 16 * 1024;
+/// How long a shard's executor runs tasks before it polls for I/O again. glommio's default of
+/// 100 ms let one connection with a full socket buffer (its reads never wait) hold the shard
+/// for that long; the readers check for it every few frames (`conn.rs`).
+const PREEMPT_INTERVAL: Duration = Duration::from_millis(5);
 
 fn main() {
     let args = Args::parse();
@@ -79,13 +86,37 @@ fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
     Ok(config)
 }
 
+/// Checks every flag before anything touches the disk.
+fn validate(args: &Args) -> Result<(), String> {
+    if let Some(shards) = args.shards {
+        if shards == 0 || shards > tessera_schema::placement::VNODES {
+            return Err(format!(
+                "--shards must be between 1 and {}, not {shards}",
+                tessera_schema::placement::VNODES
+            ));
+        }
+    }
+    if args.frame_timeout_ms == 0 {
+        return Err("--frame-timeout-ms must be at least 1".into());
+    }
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    store_config(args, 1).map(|_| ())
+}
+
 fn run(args: Args) -> Result<(), String> {
+    validate(&args)?;
+    // Ports before the data directory: a second node on a served port stops here, having
+    // written nothing.
+    let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
+    let listen = resolve_listen(&args.data_dir, args.listen, planned)?;
     let data = DataDir::open(&args.data_dir, args.shards)?;
-    let listen = resolve_listen(args.listen, data.shards)?;
     let settings = ShardSettings {
         store: store_config(&args, data.shards)?,
         repair: args.repair,
     };
+    let shards = u64::from(data.shards);
     let node = Arc::new(NodeShared {
         shards: data.shards,
         vnode_shard: tessera_schema::placement::shard_table(data.shards),
@@ -94,6 +125,11 @@ fn run(args: Args) -> Result<(), String> {
         drained: AtomicUsize::new(0),
         compaction_bytes_per_s: (args.compaction_mib_per_s > 0)
             .then(|| args.compaction_mib_per_s * 1024 * 1024),
+        budgets: (0..shards)
+            .map(|_| budget::ShardBudget::new(args.connection_memory / shards))
+            .collect(),
+        max_connections_per_shard: u64::from(args.max_connections).div_ceil(shards),
+        frame_grace_ms: args.frame_timeout_ms,
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -106,7 +142,9 @@ fn run(args: Args) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{index}"));
+        let mut builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{index}"))
+            .preempt_timer(PREEMPT_INTERVAL);
         if args.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(args.spin_before_park_us));
         }
@@ -138,6 +176,8 @@ fn run(args: Args) -> Result<(), String> {
         data.root.display()
     );
     watch_signals(node.clone())?;
+    memory::spawn_trimmer(node.clone())
+        .map_err(|e| format!("cannot start the memory trimmer: {e}"))?;
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
@@ -245,7 +285,6 @@ async fn drain(shard: &Rc<Shard>) {
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let connections = Rc::new(std::cell::Cell::new(0u64));
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -255,19 +294,50 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if connections.get() >= MAX_CONNECTIONS_PER_SHARD {
-            tracing::warn!(
-                shard = shard.index,
-                "connection limit reached; closing a new connection"
-            );
+        if let Some(refusal) = refuse_connection(&shard) {
+            glommio::spawn_local(say_goodbye(stream, refusal)).detach();
             continue;
         }
-        connections.set(connections.get() + 1);
-        let (shard, connections) = (shard.clone(), connections.clone());
+        shard.connections.set(shard.connections.get() + 1);
+        let budget = budget::ConnBudget::new(&shard.budget);
+        let shard = shard.clone();
         glommio::spawn_local(async move {
-            conn::serve(shard, stream).await;
-            connections.set(connections.get() - 1);
+            conn::serve(shard.clone(), stream, budget).await;
+            shard.connections.set(shard.connections.get() - 1);
         })
         .detach();
     }
+}
+
+/// Why a new connection cannot be served now, if it cannot.
+fn refuse_connection(shard: &Shard) -> Option<(Status, String)> {
+    let limit = shard.node.max_connections_per_shard;
+    if shard.connections.get() >= limit {
+        return Some((
+            Status::Unavailable,
+            format!("connection limit reached ({limit} per shard, --max-connections); try later"),
+        ));
+    }
+    if !shard.budget.has_room(CONNECTION_BASE_BYTES, false) {
+        return Some((
+            Status::Overloaded,
+            "the node's connection memory budget is in use (--connection-memory); try later".into(),
+        ));
+    }
+    None
+}
+
+/// Tells a refused client why (one frame with request id 0, the node's word on the whole
+/// connection), then closes; a client that does not read it within a second is just closed.
+async fn say_goodbye(mut stream: glommio::net::TcpStream, (status, message): (Status, String)) {
+    use futures::AsyncWriteExt;
+    tracing::debug!("refusing a connection: {message}");
+    let mut frame = Vec::new();
+    let response = Response::error(status, message);
+    encode_response_frame(&mut frame, Opcode::Ping as u8, 0, &response);
+    let write = async {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.close().await;
+    };
+    futures_lite::future::or(write, glommio::timer::sleep(Duration::from_secs(1))).await;
 }

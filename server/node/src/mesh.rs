@@ -5,13 +5,23 @@
 //! receive loop never awaits a send; it spawns a task per request, and that task may await the
 //! reply's send, which always drains because every peer's receive loop keeps receiving.
 
-use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, ShardStats};
+use std::sync::Arc;
+
+use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, ShardStats, Status};
 use tessera_store::Digest;
+
+use crate::budget::Charge;
 
 /// Work one shard asks of another.
 #[derive(Debug)]
 pub enum ShardOp {
-    Batch(Vec<BatchOp>),
+    /// Operations of one request for the target's vnodes; the values they copy are charged to
+    /// `charge` (the requesting connection's) and fit in `answer_room_bytes` of answer.
+    Batch {
+        ops: Vec<BatchOp>,
+        charge: Arc<Charge>,
+        answer_room_bytes: usize,
+    },
     /// Live keys of vnodes `from_vnode..=last_vnode` (all owned by the target), after the
     /// digest `after` in `from_vnode`, starting with `prefix`; at most `limit` keys examined.
     Scan {
@@ -20,6 +30,7 @@ pub enum ShardOp {
         after: Option<Digest>,
         prefix: Vec<u8>,
         limit: usize,
+        charge: Arc<Charge>,
     },
     Stats,
 }
@@ -35,8 +46,9 @@ pub enum ShardReply {
         resume: Option<(u16, Digest)>,
     },
     Stats(ShardStats),
-    /// The op failed on the target (a corrupt record met by a scan); the message says where.
-    Failed(String),
+    /// The op failed on the target (a corrupt record met by a scan, no memory for its answer):
+    /// the status and a message saying why.
+    Failed(Status, String),
 }
 
 #[derive(Debug)]

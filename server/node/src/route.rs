@@ -12,17 +12,24 @@
 
 use std::rc::Rc;
 
-use tessera_schema::limits::{DEFAULT_SCAN_PAGE, MAX_SCAN_PAGE};
+use std::sync::Arc;
+
+use tessera_schema::limits::{
+    DEFAULT_SCAN_PAGE, MAX_RESPONSE_BODY_BYTES, MAX_SCAN_PAGE, MAX_VALUE_BYTES,
+    RESULT_OVERHEAD_BYTES,
+};
 use tessera_schema::msg::{BatchOp, OpResult, Request, Response, ScanPage, ScanRequest, Status};
 use tessera_schema::placement::{vnode_of, VNODES};
 use tessera_schema::verify::check_request;
 use tessera_store::Digest;
 
+use crate::budget::Charge;
 use crate::exec::{run_batch, run_shard_op};
 use crate::mesh::{ShardOp, ShardReply};
 use crate::shard::Shard;
 
-pub async fn handle_request(shard: &Rc<Shard>, request: Request) -> Response {
+/// Serves one request; the values and keys it copies are charged to `charge`.
+pub async fn handle_request(shard: &Rc<Shard>, request: Request, charge: &Arc<Charge>) -> Response {
     if shard.stopping.get() {
         return Response::error(Status::Unavailable, "the node is shutting down");
     }
@@ -31,11 +38,11 @@ pub async fn handle_request(shard: &Rc<Shard>, request: Request) -> Response {
     }
     match request {
         Request::Ping => Response::Op(OpResult::ok(0)),
-        Request::Get { key } => single(shard, BatchOp::Get { key }).await,
-        Request::Put(put) => single(shard, BatchOp::Put(put)).await,
-        Request::Delete(delete) => single(shard, BatchOp::Delete(delete)).await,
-        Request::Batch(ops) => Response::Batch(batch(shard, ops).await),
-        Request::Scan(scan_request) => scan(shard, scan_request).await,
+        Request::Get { key } => single(shard, BatchOp::Get { key }, charge).await,
+        Request::Put(put) => single(shard, BatchOp::Put(put), charge).await,
+        Request::Delete(delete) => single(shard, BatchOp::Delete(delete), charge).await,
+        Request::Batch(ops) => Response::Batch(batch(shard, ops, charge).await),
+        Request::Scan(scan_request) => scan(shard, scan_request, charge).await,
         Request::Stats => stats(shard).await,
         Request::Topology => Response::Topology(shard.node.topology()),
     }
@@ -48,25 +55,71 @@ fn overloaded(target: u16) -> OpResult {
     )
 }
 
-/// Runs ops that all belong to shard `target`.
-async fn on_shard(shard: &Rc<Shard>, target: u16, ops: Vec<BatchOp>) -> Vec<OpResult> {
+/// Runs ops that all belong to shard `target`, their values within `answer_room_bytes`.
+async fn on_shard(
+    shard: &Rc<Shard>,
+    target: u16,
+    ops: Vec<BatchOp>,
+    charge: &Arc<Charge>,
+    answer_room_bytes: usize,
+) -> Vec<OpResult> {
     if target == shard.index {
-        return run_batch(shard, ops).await;
+        return run_batch(shard, ops, charge, answer_room_bytes).await;
     }
     let count = ops.len();
-    match shard.forward(target, ShardOp::Batch(ops)).await {
+    let op = ShardOp::Batch {
+        ops,
+        charge: charge.clone(),
+        answer_room_bytes,
+    };
+    match shard.forward(target, op).await {
         Some(ShardReply::Batch(results)) => results,
         _ => vec![overloaded(target); count],
     }
 }
 
-async fn single(shard: &Rc<Shard>, op: BatchOp) -> Response {
+async fn single(shard: &Rc<Shard>, op: BatchOp, charge: &Arc<Charge>) -> Response {
     let target = shard.owner_of(vnode_of(op.key()));
-    let mut results = on_shard(shard, target, vec![op]).await;
+    let mut results = on_shard(shard, target, vec![op], charge, MAX_RESPONSE_BODY_BYTES).await;
     Response::Op(results.pop().expect("one result per op"))
 }
 
-async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
+/// The part of a BATCH's answer one shard's items may fill: their share of the limit by item
+/// count, and at least one largest value, so a batch of few large values is not cut short.
+/// The shares may add up past the limit; `fit_answer` trims the answer once gathered.
+fn answer_share(items: usize, total_items: usize) -> usize {
+    let share =
+        (MAX_RESPONSE_BODY_BYTES as u64 * items as u64 / total_items.max(1) as u64) as usize;
+    share.clamp(
+        MAX_VALUE_BYTES + RESULT_OVERHEAD_BYTES,
+        MAX_RESPONSE_BODY_BYTES,
+    )
+}
+
+/// Cuts a BATCH's answer to what one response can carry: past the limit, each value is left
+/// out and its item answered BATCH_TOO_LARGE (in the caller's order: the first items win).
+fn fit_answer(results: &mut [OpResult]) {
+    // Room for the response's own table and the frame's slack.
+    let mut room = MAX_RESPONSE_BODY_BYTES - 4096;
+    for result in results {
+        let bytes = result.value.as_ref().map_or(0, Vec::len) + result.message.len();
+        match room.checked_sub(bytes + RESULT_OVERHEAD_BYTES) {
+            Some(left) => room = left,
+            None => {
+                *result = OpResult::error(
+                    Status::BatchTooLarge,
+                    format!(
+                        "the batch's answer would pass {MAX_RESPONSE_BODY_BYTES} bytes: this \
+                         value was left out (GET it on its own)"
+                    ),
+                );
+                room = room.saturating_sub(result.message.len() + RESULT_OVERHEAD_BYTES);
+            }
+        }
+    }
+}
+
+async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Vec<OpResult> {
     let shards = usize::from(shard.node.shards);
     let mut groups: Vec<(Vec<usize>, Vec<BatchOp>)> =
         (0..shards).map(|_| Default::default()).collect();
@@ -81,7 +134,11 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
         .enumerate()
         .filter(|(_, g)| !g.0.is_empty())
         .map(|(target, (positions, ops))| async move {
-            (positions, on_shard(shard, target as u16, ops).await)
+            let room = answer_share(ops.len(), total);
+            (
+                positions,
+                on_shard(shard, target as u16, ops, charge, room).await,
+            )
         });
     let mut results = vec![None; total];
     for (positions, group_results) in futures::future::join_all(runs).await {
@@ -89,10 +146,12 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>) -> Vec<OpResult> {
             results[position] = Some(result);
         }
     }
-    results
+    let mut results: Vec<OpResult> = results
         .into_iter()
         .map(|r| r.expect("every op answered"))
-        .collect()
+        .collect();
+    fit_answer(&mut results);
+    results
 }
 
 fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Digest>)> {
@@ -130,7 +189,7 @@ fn run_end(shard: &Shard, vnode: u16) -> u16 {
     last
 }
 
-async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
+async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> Response {
     let Some((mut vnode, mut after)) = decode_cursor(&request.cursor) else {
         return Response::error(Status::BadRequest, "scan cursor is not one this node made");
     };
@@ -149,6 +208,7 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
             after: after.take(),
             prefix: request.prefix.clone(),
             limit: limit - examined,
+            charge: charge.clone(),
         };
         let reply = if target == shard.index {
             run_shard_op(shard, op).await
@@ -169,7 +229,7 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest) -> Response {
                 examined,
                 resume,
             } => (entries, examined, resume),
-            ShardReply::Failed(reason) => return Response::error(Status::Internal, reason),
+            ShardReply::Failed(status, reason) => return Response::error(status, reason),
             _ => return Response::error(Status::Internal, "unexpected reply to a scan"),
         };
         page.entries.extend(entries);

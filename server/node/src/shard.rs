@@ -17,6 +17,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tessera_schema::msg::{ShardStats, Topology};
 use tessera_store::{Store, StoreConfig};
 
+use crate::budget::ShardBudget;
 use crate::disk::Segments;
 use crate::mesh::{MeshMsg, ShardReply};
 use crate::pace::Pacer;
@@ -24,9 +25,6 @@ use crate::pace::Pacer;
 /// Most requests forwarded to one peer shard that may wait in its mesh channel; past it the
 /// request is answered OVERLOADED. Generous, per PLATFORM.md, to keep clear of mesh deadlocks.
 pub const MESH_CHANNEL_CAPACITY: usize = 4096;
-/// Most requests a connection may have in flight; past it the node stops reading that socket
-/// until one completes (TCP backpressure, not an error).
-pub const MAX_INFLIGHT_PER_CONNECTION: u64 = 1024;
 /// How often the maintenance task looks for expired keys and compaction work.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
 /// Index entries the TTL sweep examines per tick (bounded work, ~10 K entries/s per shard).
@@ -53,6 +51,12 @@ pub struct NodeShared {
     pub drained: AtomicUsize,
     /// Each shard's compaction rate limit (`--compaction-mib-per-s`); `None`: no limit.
     pub compaction_bytes_per_s: Option<u64>,
+    /// Each shard's share of `--connection-memory` (`budget.rs`), by shard index.
+    pub budgets: Vec<Arc<ShardBudget>>,
+    /// Each shard's share of `--max-connections`.
+    pub max_connections_per_shard: u64,
+    /// `--frame-timeout-ms`: how long a frame may take to arrive, before a second per MiB.
+    pub frame_grace_ms: u64,
 }
 
 impl NodeShared {
@@ -96,6 +100,10 @@ pub struct Shard {
     /// Holds the segment being compacted; kept between compactions, because a fresh buffer's
     /// page faults (about 0.3 ms per MiB copied in) stalled the shard's requests.
     victim_buffer: RefCell<Vec<u8>>,
+    /// What this shard's client connections hold (`budget.rs`).
+    pub budget: Arc<ShardBudget>,
+    /// Client connections open on this shard.
+    pub connections: Cell<u64>,
 }
 
 /// How a durability failure message starts when the disk is full (exec.rs maps it to DISK_FULL).
@@ -121,7 +129,6 @@ impl Shard {
         let (flush_kick, flush_kicked) = local_channel::new_bounded(1);
         Rc::new(Shard {
             index,
-            node,
             store: RefCell::new(store),
             segments,
             counters: Counters::default(),
@@ -134,6 +141,9 @@ impl Shard {
             inflight: Cell::new(0),
             stopping: Cell::new(false),
             victim_buffer: RefCell::new(Vec::new()),
+            budget: node.budgets[usize::from(index)].clone(),
+            connections: Cell::new(0),
+            node,
         })
     }
 
@@ -375,6 +385,8 @@ impl Shard {
             let shard = self.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = stream.recv().await {
+                    // A peer's flood must not hold this shard's other work off the core.
+                    glommio::executor().yield_if_needed().await;
                     match msg {
                         MeshMsg::Reply { id, reply } => shard.handle_reply(id, reply),
                         MeshMsg::Request { id, op } => {
