@@ -86,8 +86,9 @@ pub struct Routing {
 
 impl Routing {
     pub fn new(topology: Topology) -> Option<Routing> {
+        let vnodes = topology.vnode_shard.len();
         let valid = topology.shard_count > 0
-            && topology.vnode_shard.len() == usize::from(tessera_schema::placement::VNODES)
+            && (1..=tessera_schema::placement::MAX_VNODES as usize).contains(&vnodes)
             && topology
                 .vnode_shard
                 .iter()
@@ -99,9 +100,14 @@ impl Routing {
         self.topology.shard_count
     }
 
+    /// The cluster's vnode count.
+    pub fn vnodes(&self) -> u32 {
+        self.topology.vnode_shard.len() as u32
+    }
+
     /// The shard that owns `key`.
     pub fn shard_of(&self, key: &[u8]) -> u16 {
-        self.topology.vnode_shard[usize::from(vnode_of(key))]
+        self.topology.vnode_shard[usize::from(vnode_of(key, self.vnodes()))]
     }
 
     /// The port of shard `shard`.
@@ -155,7 +161,7 @@ mod tests {
 
     #[test]
     fn routing_follows_the_table() {
-        let table = tessera_schema::placement::shard_table(4);
+        let table = tessera_schema::placement::shard_table(4, 4096);
         let routing = Routing::new(Topology {
             shard_count: 4,
             shard_port_base: 7001,
@@ -163,12 +169,15 @@ mod tests {
         })
         .unwrap();
         let key = b"user:42";
-        assert_eq!(routing.shard_of(key), table[usize::from(vnode_of(key))]);
+        assert_eq!(
+            routing.shard_of(key),
+            table[usize::from(vnode_of(key, 4096))]
+        );
         assert_eq!(routing.port_of(3), 7004);
         assert!(Routing::new(Topology {
             shard_count: 1,
             shard_port_base: 1,
-            vnode_shard: vec![0; 3]
+            vnode_shard: vec![]
         })
         .is_none());
     }

@@ -7,19 +7,24 @@
 //! The vnode -> shard table gives each shard a contiguous range of vnodes, so that a SCAN walking
 //! vnodes in order crosses shards as rarely as possible.
 
-/// Virtual nodes per node (DESIGN.md).
-pub const VNODES: u16 = 256;
+/// The vnode count of a new cluster (`--vnodes`): fixed at creation, for the cluster's life.
+pub const DEFAULT_VNODES: u32 = 4096;
+/// The most vnodes a cluster may have (vnode ids are 16-bit on the wire and on disk).
+pub const MAX_VNODES: u32 = 65_536;
+/// The vnode count of data directories made before it was recorded (one node, 256 vnodes).
+pub const LEGACY_VNODES: u32 = 256;
 
-/// The vnode a key belongs to.
-pub fn vnode_of(key: &[u8]) -> u16 {
-    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(VNODES)) as u16
+/// The vnode a key belongs to, in a cluster of `vnodes` vnodes.
+pub fn vnode_of(key: &[u8], vnodes: u32) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(vnodes)) as u16
 }
 
-/// vnode -> shard for a node with `shard_count` shards.
-pub fn shard_table(shard_count: u16) -> Vec<u16> {
-    assert!((1..=VNODES).contains(&shard_count));
-    (0..VNODES)
-        .map(|vnode| (u32::from(vnode) * u32::from(shard_count) / u32::from(VNODES)) as u16)
+/// vnode -> shard for a node with `shard_count` shards in a cluster of `vnodes` vnodes: each
+/// shard a contiguous range.
+pub fn shard_table(shard_count: u16, vnodes: u32) -> Vec<u16> {
+    assert!(shard_count >= 1 && u32::from(shard_count) <= vnodes && vnodes <= MAX_VNODES);
+    (0..vnodes)
+        .map(|vnode| (u64::from(vnode) * u64::from(shard_count) / u64::from(vnodes)) as u16)
         .collect()
 }
 
@@ -31,8 +36,12 @@ mod tests {
     fn vnode_hash_is_stable() {
         // A change here re-homes every stored key: it must be deliberate.
         assert_eq!(
-            vnode_of(b"hello"),
+            vnode_of(b"hello", 256),
             (xxhash_rust::xxh3::xxh3_64(b"hello") % 256) as u16
+        );
+        assert_eq!(
+            vnode_of(b"hello", 4096),
+            (xxhash_rust::xxh3::xxh3_64(b"hello") % 4096) as u16
         );
         assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06800538d394c2);
     }
@@ -40,7 +49,7 @@ mod tests {
     #[test]
     fn shard_table_is_contiguous_and_balanced() {
         for shards in [1u16, 2, 3, 7, 64, 256] {
-            let table = shard_table(shards);
+            let table = shard_table(shards, 256);
             assert_eq!(table.len(), 256);
             assert!(table.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 1));
             assert_eq!(table[255], shards - 1);

@@ -745,7 +745,7 @@ mod tests {
         roundtrip_response(Response::Topology(Topology {
             shard_count: 2,
             shard_port_base: 7001,
-            vnode_shard: crate::placement::shard_table(2),
+            vnode_shard: crate::placement::shard_table(2, 4096),
         }));
     }
 

@@ -60,6 +60,11 @@ pub struct Args {
     /// created with. A data directory keeps its shard count: a different --shards is refused.
     #[arg(long)]
     pub shards: Option<u16>,
+    /// The cluster's vnode count (key -> vnode is xxh3-64 of the key modulo it): fixed when the
+    /// data directory is created, at most 65 536; a different one on an existing directory is
+    /// refused. Default 4096 for a new directory.
+    #[arg(long)]
+    pub vnodes: Option<u32>,
     /// When writes become durable.
     #[arg(long, value_enum, default_value_t = FsyncMode::Interval)]
     pub fsync: FsyncMode,

@@ -3,12 +3,14 @@
 //! ```text
 //! DATA_DIR/
 //!   LOCK                 held (flock) by the running node: two nodes never share a directory
-//!   node.meta            "tessera-data 1\nshards N\n": the layout version and the shard count
+//!   node.meta            "tessera-data 2\nshards N\nvnodes V\n": layout version, shard count,
+//!                        the cluster's vnode count (layout 1 had no vnodes line: 256)
 //!   shard-000/segment-0000000001.log ...
 //! ```
 //!
 //! The shard count is fixed when the directory is created, because vnode -> shard decides which
-//! shard's log holds each key. Moving vnodes between shards is rebalancing (a later issue).
+//! shard's log holds each key (moving vnodes between shards is rebalancing, a later issue), and
+//! so is the vnode count, because key -> vnode is the hash modulo it.
 
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -16,17 +18,31 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "node.meta";
-const META_VERSION: u32 = 1;
+const META_VERSION: u32 = 2;
+
+/// What `node.meta` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub shards: u16,
+    pub vnodes: u32,
+}
 
 pub struct DataDir {
     pub root: PathBuf,
     pub shards: u16,
+    pub vnodes: u32,
     _lock: File,
 }
 
 impl DataDir {
-    /// Opens (or creates) the directory, takes its lock, and settles the shard count.
-    pub fn open(root: &Path, requested_shards: Option<u16>) -> Result<DataDir, String> {
+    /// Opens (or creates) the directory, takes its lock, and settles the shard and vnode
+    /// counts: a directory keeps the ones it was created with, and a different one asked for is
+    /// refused with a message.
+    pub fn open(
+        root: &Path,
+        requested_shards: Option<u16>,
+        requested_vnodes: Option<u32>,
+    ) -> Result<DataDir, String> {
         fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let lock = File::create(root.join("LOCK"))
             .map_err(|e| format!("cannot create {}/LOCK: {e}", root.display()))?;
@@ -36,25 +52,29 @@ impl DataDir {
                 root.display()
             )
         })?;
-        let shards = match read_meta(root)? {
-            Some(stored) => match requested_shards {
-                Some(wanted) if wanted != stored => {
-                    return Err(format!(
-                        "{} was created with {stored} shards; --shards {wanted} would re-home its keys (omit --shards or pass --shards {stored})",
-                        root.display()
-                    ))
-                }
-                _ => stored,
-            },
+        let meta = match read_meta(root)? {
+            Some(stored) => {
+                check_kept(
+                    root,
+                    "shards",
+                    stored.shards.into(),
+                    requested_shards.map(u32::from),
+                )?;
+                check_kept(root, "vnodes", stored.vnodes, requested_vnodes)?;
+                stored
+            }
             None => {
-                let shards = requested_shards.unwrap_or_else(default_shards);
-                write_meta(root, shards)?;
-                shards
+                let meta = Meta {
+                    shards: requested_shards.unwrap_or_else(default_shards),
+                    vnodes: requested_vnodes.unwrap_or(tessera_schema::placement::DEFAULT_VNODES),
+                };
+                check_meta(&meta)?;
+                write_meta(root, &meta)?;
+                meta
             }
         };
-        if shards == 0 || shards > tessera_schema::placement::VNODES {
-            return Err(format!("shards must be between 1 and 256, not {shards}"));
-        }
+        check_meta(&meta)?;
+        let shards = meta.shards;
         for shard in 0..shards {
             let dir = shard_dir(root, shard);
             fs::create_dir_all(&dir)
@@ -63,9 +83,39 @@ impl DataDir {
         Ok(DataDir {
             root: root.to_path_buf(),
             shards,
+            vnodes: meta.vnodes,
             _lock: lock,
         })
     }
+}
+
+/// A count the directory was created with may not change.
+fn check_kept(root: &Path, what: &str, stored: u32, requested: Option<u32>) -> Result<(), String> {
+    match requested {
+        Some(wanted) if wanted != stored => Err(format!(
+            "{} was created with {stored} {what}; --{what} {wanted} would re-home its keys (omit --{what} or pass --{what} {stored})",
+            root.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_meta(meta: &Meta) -> Result<(), String> {
+    let max_vnodes = tessera_schema::placement::MAX_VNODES;
+    if meta.vnodes == 0 || meta.vnodes > max_vnodes {
+        return Err(format!(
+            "vnodes must be between 1 and {max_vnodes}, not {}",
+            meta.vnodes
+        ));
+    }
+    if meta.shards == 0 || u32::from(meta.shards) > meta.vnodes.min(256) {
+        return Err(format!(
+            "shards must be between 1 and {} (and at most the vnode count), not {}",
+            meta.vnodes.min(256),
+            meta.shards
+        ));
+    }
+    Ok(())
 }
 
 pub fn shard_dir(root: &Path, shard: u16) -> PathBuf {
@@ -76,7 +126,7 @@ fn default_shards() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(256) as u16)
 }
 
-fn read_meta(root: &Path) -> Result<Option<u16>, String> {
+fn read_meta(root: &Path) -> Result<Option<Meta>, String> {
     let path = root.join(META_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
@@ -90,26 +140,37 @@ fn read_meta(root: &Path) -> Result<Option<u16>, String> {
         .and_then(|l| l.strip_prefix("tessera-data "))
         .and_then(|v| v.parse().ok())
         .ok_or_else(bad)?;
-    if version != META_VERSION {
+    if !(1..=META_VERSION).contains(&version) {
         return Err(format!(
             "{}: data layout {version} is not supported",
             path.display()
         ));
     }
-    let shards = lines
-        .next()
-        .and_then(|l| l.strip_prefix("shards "))
-        .and_then(|v| v.parse().ok())
+    let fields: std::collections::HashMap<&str, &str> =
+        lines.filter_map(|line| line.split_once(' ')).collect();
+    let field = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let shards = field("shards")
+        .and_then(|n| u16::try_from(n).ok())
         .ok_or_else(bad)?;
-    Ok(Some(shards))
+    let vnodes = match version {
+        1 => tessera_schema::placement::LEGACY_VNODES,
+        _ => field("vnodes")
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(bad)?,
+    };
+    Ok(Some(Meta { shards, vnodes }))
 }
 
-fn write_meta(root: &Path, shards: u16) -> Result<(), String> {
+fn write_meta(root: &Path, meta: &Meta) -> Result<(), String> {
     let path = root.join(META_FILE);
     let temp = root.join("node.meta.tmp");
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&temp)?;
-        write!(file, "tessera-data {META_VERSION}\nshards {shards}\n")?;
+        write!(
+            file,
+            "tessera-data {META_VERSION}\nshards {}\nvnodes {}\n",
+            meta.shards, meta.vnodes
+        )?;
         file.sync_all()?;
         fs::rename(&temp, &path)?;
         File::open(root)?.sync_all()
@@ -247,7 +308,7 @@ fn previous_node_gone(root: &Path) -> bool {
 /// directory's, or the one asked for, or one per core.
 pub fn planned_shards(root: &Path, requested: Option<u16>) -> Result<u16, String> {
     Ok(match read_meta(root)? {
-        Some(stored) => stored,
+        Some(stored) => stored.shards,
         None => requested.unwrap_or_else(default_shards),
     })
 }

@@ -173,12 +173,23 @@ impl Segments {
                 next = Some(ahead);
             }
             let replayed = Instant::now();
+            let loaded = match loaded {
+                Loaded::Hint(hint) => match recovery.add_segment_hint(hint) {
+                    Ok(_) => {
+                        from_hints += 1;
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(segment = %segments.path(id).display(),
+                            "ignoring a hint that names vnodes past the directory's count: scanning");
+                        Some(Loaded::Log(segments.read_whole(id, &files[i]).await?))
+                    }
+                },
+                log => Some(log),
+            };
             match loaded {
-                Loaded::Hint(hint) => {
-                    recovery.add_segment_hint(hint);
-                    from_hints += 1;
-                }
-                Loaded::Log(bytes) => {
+                None | Some(Loaded::Hint(_)) => {}
+                Some(Loaded::Log(bytes)) => {
                     let report = recovery
                         .add_segment(id, &bytes, i + 1 == ids.len())
                         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -203,6 +214,21 @@ impl Segments {
             }
         }
         Ok((segments, store))
+    }
+
+    /// A segment's whole contents.
+    async fn read_whole(
+        &self,
+        segment: u32,
+        file: &DmaFile,
+    ) -> Result<glommio::io::ReadResult, String> {
+        let path = self.path(segment);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| io_error("cannot stat", &path, e))?
+            .len();
+        file.read_at_aligned(0, (size as usize).next_multiple_of(4096))
+            .await
+            .map_err(|e| io_error("cannot read", &path, e))
     }
 
     /// The hint of a segment, if it exists and is intact (else the segment is scanned).

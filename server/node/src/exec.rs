@@ -15,7 +15,8 @@ use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
 use tessera_store::{
-    finish_key_read, finish_read, Digest, DiskRead, FsyncPolicy, Lookup, ScanKey, Write, WriteError,
+    finish_key_read, finish_read, Barrier, Digest, DiskRead, FsyncPolicy, Lookup, ScanKey, Write,
+    WriteError,
 };
 
 use crate::budget::Charge;
@@ -61,19 +62,22 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
 
 enum Step {
     Done(OpResult),
-    /// A GET whose record is on disk; its answer leaves once `settle` (if any) is visible.
+    /// A GET whose record is on disk; its answer leaves once `visible` (if any) is passed.
     Read {
         read: DiskRead,
         key: Vec<u8>,
-        settle: Option<u64>,
+        visible: Option<Barrier>,
     },
-    /// An answer that may leave once sequence number `seq` is visible (`visibility.rs` in the
-    /// store): a write acknowledged once durable, or an answer built from a key whose newest
-    /// write is not yet durable.
-    Settle {
+    /// A write acknowledged once its store sequence number `seq` is durable.
+    Durable {
         result: OpResult,
         seq: u64,
-        is_write_ack: bool,
+    },
+    /// An answer built from a key whose newest write is not yet visible (`visibility.rs` in the
+    /// store): it leaves once `barrier` is passed.
+    Settle {
+        result: OpResult,
+        barrier: Barrier,
     },
 }
 
@@ -85,11 +89,18 @@ impl Step {
         }
     }
 
-    fn settle_seq(&self) -> Option<u64> {
+    fn barrier(&self) -> Option<Barrier> {
         match self {
-            Step::Done(_) => None,
-            Step::Read { settle, .. } => *settle,
-            Step::Settle { seq, .. } => Some(*seq),
+            Step::Read { visible, .. } => *visible,
+            Step::Settle { barrier, .. } => Some(*barrier),
+            _ => None,
+        }
+    }
+
+    fn durable_seq(&self) -> Option<u64> {
+        match self {
+            Step::Durable { seq, .. } => Some(*seq),
+            _ => None,
         }
     }
 }
@@ -106,6 +117,7 @@ fn write_error(error: WriteError) -> OpResult {
         WriteError::Failed(_) => Status::Unavailable,
         WriteError::MemoryLimit { .. } => Status::MemoryLimit,
         WriteError::DiskFull(_) => Status::DiskFull,
+        WriteError::OutOfOrder { .. } => Status::Internal,
     };
     OpResult::error(status, error.to_string())
 }
@@ -119,15 +131,11 @@ fn reveals_key_state(error: &WriteError) -> bool {
     )
 }
 
-/// The answer leaves at once, or once `settle` is visible.
-fn answer_when(result: OpResult, settle: Option<u64>) -> Step {
-    match settle {
+/// The answer leaves at once, or once `barrier` is passed.
+fn answer_when(result: OpResult, barrier: Option<Barrier>) -> Step {
+    match barrier {
         None => Step::Done(result),
-        Some(seq) => Step::Settle {
-            result,
-            seq,
-            is_write_ack: false,
-        },
+        Some(barrier) => Step::Settle { result, barrier },
     }
 }
 
@@ -174,7 +182,8 @@ impl Answer<'_> {
 fn get(shard: &Shard, key: &[u8], now: u64, answer: &mut Answer<'_>) -> Step {
     shard.counters.gets.set(shard.counters.gets.get() + 1);
     let store = shard.store.borrow();
-    let (lookup, barrier) = store.read(vnode_of(key), key, now);
+    let vnode = vnode_of(key, shard.node.vnodes);
+    let (lookup, barrier) = store.read(vnode, key, now);
     let settle = barrier.filter(|_| store.config().fsync == FsyncPolicy::Always);
     let len = match &lookup {
         Lookup::NotFound => 0,
@@ -192,7 +201,7 @@ fn get(shard: &Shard, key: &[u8], now: u64, answer: &mut Answer<'_>) -> Step {
         Lookup::OnDisk(read) => Step::Read {
             read,
             key: key.to_vec(),
-            settle,
+            visible: settle,
         },
     }
 }
@@ -201,7 +210,7 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64, answer: &mut Answer<'_>) -> Step
     if let Err(refusal) = check_batch_op(op) {
         return Step::Done(OpResult::error(refusal.status, refusal.message));
     }
-    let vnode = vnode_of(op.key());
+    let vnode = vnode_of(op.key(), shard.node.vnodes);
     let write = match op {
         BatchOp::Get { key } => return get(shard, key, now, answer),
         BatchOp::Put(put) => {
@@ -213,6 +222,7 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64, answer: &mut Answer<'_>) -> Step
                 ttl_ms: put.ttl_ms,
                 if_version: put.if_version,
                 sync: put.durability == tessera_schema::msg::Durability::Sync,
+                epoch: 1,
             }
         }
         BatchOp::Delete(delete) => {
@@ -224,15 +234,15 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64, answer: &mut Answer<'_>) -> Step
                 ttl_ms: 0,
                 if_version: delete.if_version,
                 sync: delete.durability == tessera_schema::msg::Durability::Sync,
+                epoch: 1,
             }
         }
     };
     let result = shard.store.borrow_mut().handle_write(write, now);
     match result {
-        Ok(ack) if ack.wait_for_sync => Step::Settle {
+        Ok(ack) if ack.wait_for_sync => Step::Durable {
             result: OpResult::ok(ack.version),
             seq: ack.seq,
-            is_write_ack: true,
         },
         Ok(ack) => Step::Done(OpResult::ok(ack.version)),
         Err(error) => {
@@ -240,7 +250,7 @@ fn apply(shard: &Shard, op: &BatchOp, now: u64, answer: &mut Answer<'_>) -> Step
             // that a crash could take back.
             let strict = write.sync || strict_reads(shard);
             let settle = (strict && reveals_key_state(&error))
-                .then(|| shard.store.borrow().unsettled_seq(write.key))
+                .then(|| shard.store.borrow().unsettled_barrier(vnode, write.key))
                 .flatten();
             answer_when(write_error(error), settle)
         }
@@ -264,14 +274,37 @@ fn unsettled_failure(reason: &str, is_write_ack: bool) -> OpResult {
     OpResult::error(status, format!("write not acknowledged: {reason}"))
 }
 
-/// Waits until `seq` is visible (asking the flusher for it); `Ok` at once for `None`.
-pub async fn wait_visible(shard: &Shard, seq: Option<u64>) -> Result<(), String> {
+/// Waits until every barrier is passed (asking the flusher for it).
+pub async fn wait_visible(shard: &Shard, barriers: Vec<Barrier>) -> Result<(), String> {
+    for barrier in barriers {
+        shard
+            .wait_visible(barrier)
+            .await
+            .unwrap_or_else(|_| Err("flusher stopped".into()))?;
+    }
+    Ok(())
+}
+
+/// Waits until store sequence number `seq` (if any) is durable.
+async fn wait_durable(shard: &Shard, seq: Option<u64>) -> Result<(), String> {
     let Some(seq) = seq else { return Ok(()) };
-    shard.store.borrow_mut().want_visible(seq);
     shard
         .wait_durable(seq)
         .await
         .unwrap_or_else(|_| Err("flusher stopped".into()))
+}
+
+/// The newest barrier per vnode among `barriers`: passing it passes the others.
+fn newest_per_vnode(barriers: impl Iterator<Item = Barrier>) -> Vec<Barrier> {
+    let mut newest: std::collections::BTreeMap<u16, u64> = Default::default();
+    for barrier in barriers {
+        let seq = newest.entry(barrier.vnode).or_default();
+        *seq = (*seq).max(barrier.seq);
+    }
+    newest
+        .into_iter()
+        .map(|(vnode, seq)| Barrier { vnode, seq })
+        .collect()
 }
 
 /// Runs a batch (or a single op) on this shard's store; one result per op, in order. Values
@@ -292,36 +325,43 @@ pub async fn run_batch(
         .map(|op| apply(shard, op, now, &mut answer))
         .collect();
     shard.kick_flusher();
-    // One wait for the whole batch (sequence numbers become visible in order), beside the disk
-    // reads, which start at once: a read takes its segment's file handle on its first poll, so
-    // compaction deleting that segment during the wait cannot fail it.
-    let barrier = steps.iter().filter_map(Step::settle_seq).max();
-    if barrier.is_none() && steps.iter().all(|step| matches!(step, Step::Done(_))) {
+    if steps.iter().all(|step| matches!(step, Step::Done(_))) {
         // The common case (in-memory reads, writes acknowledged on append): nothing to await.
         return steps.into_iter().filter_map(Step::done).collect();
     }
+    // One wait for the durability the batch's writes need and one per vnode whose unsettled
+    // writes it showed, beside the disk reads, which start at once: a read takes its segment's
+    // file handle on its first poll, so compaction deleting that segment meanwhile cannot fail it.
+    let durable = steps.iter().filter_map(Step::durable_seq).max();
+    let barriers = newest_per_vnode(steps.iter().filter_map(Step::barrier));
     let reads = steps.iter().map(|step| async move {
         match step {
             Step::Read { read, key, .. } => Some(read_record(shard, read, key).await),
             _ => None,
         }
     });
-    let (settled, read_results) = futures::join!(
-        wait_visible(shard, barrier),
+    let (durable_result, visible_result, read_results) = futures::join!(
+        wait_durable(shard, durable),
+        wait_visible(shard, barriers),
         futures::future::join_all(reads)
     );
-    let failure = settled.err().unwrap_or_default();
-    let visible_seq = shard.store.borrow().visible_seq();
+    let failure = durable_result
+        .err()
+        .or(visible_result.err())
+        .unwrap_or_default();
+    let store = shard.store.borrow();
     steps
         .into_iter()
         .zip(read_results)
         .map(|(step, read_result)| {
-            let visible = step.settle_seq().is_none_or(|seq| seq <= visible_seq);
+            let shown = step.barrier().is_none_or(|b| store.is_visible(b));
             match step {
                 Step::Done(result) => result,
-                Step::Settle { result, .. } if visible => result,
-                Step::Settle { is_write_ack, .. } => unsettled_failure(&failure, is_write_ack),
-                Step::Read { .. } if visible => read_result.expect("a read's result"),
+                Step::Durable { result, seq } if store.durable_seq() >= seq => result,
+                Step::Durable { .. } => unsettled_failure(&failure, true),
+                Step::Settle { result, .. } if shown => result,
+                Step::Settle { .. } => unsettled_failure(&failure, false),
+                Step::Read { .. } if shown => read_result.expect("a read's result"),
                 Step::Read { .. } => unsettled_failure(&failure, false),
             }
         })
@@ -335,7 +375,7 @@ async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
     };
     match finish_read(read, key, &bytes) {
         Ok(value) => {
-            let vnode = tessera_schema::placement::vnode_of(key);
+            let vnode = vnode_of(key, shard.node.vnodes);
             shard
                 .store
                 .borrow_mut()
@@ -398,12 +438,13 @@ async fn scan(shard: &Shard, range: ScanRange, prefix: &[u8], charge: &Charge) -
     // A listing reveals new and deleted keys alike: under --fsync always it waits for every
     // unsettled write in the vnodes it walked, while the keys are read back.
     let last_vnode = resume.map_or(range.last_vnode, |(vnode, _)| vnode);
-    let barrier = strict_reads(shard)
-        .then(|| {
-            let store = shard.store.borrow();
-            store.unsettled_in_vnodes(range.from_vnode..=last_vnode)
-        })
-        .flatten();
+    let barriers = match strict_reads(shard) {
+        true => shard
+            .store
+            .borrow()
+            .unsettled_in_vnodes(range.from_vnode..=last_vnode),
+        false => Vec::new(),
+    };
     let reads = futures::future::join_all(items.into_iter().map(|item| async move {
         let key = match &item.key {
             ScanKey::InMemory(key) => key.clone(),
@@ -417,7 +458,7 @@ async fn scan(shard: &Shard, range: ScanRange, prefix: &[u8], charge: &Charge) -
             version: item.version,
         })
     }));
-    let (settled, keys) = futures::join!(wait_visible(shard, barrier), reads);
+    let (settled, keys) = futures::join!(wait_visible(shard, barriers), reads);
     settled.map_err(|reason| {
         let message = format!("a listed key's newest write could not be made durable: {reason}");
         (Status::Unavailable, message)

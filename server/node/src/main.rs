@@ -89,10 +89,15 @@ fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
 /// Checks every flag before anything touches the disk.
 fn validate(args: &Args) -> Result<(), String> {
     if let Some(shards) = args.shards {
-        if shards == 0 || shards > tessera_schema::placement::VNODES {
+        if shards == 0 || shards > 256 {
+            return Err(format!("--shards must be between 1 and 256, not {shards}"));
+        }
+    }
+    if let Some(vnodes) = args.vnodes {
+        let max = tessera_schema::placement::MAX_VNODES;
+        if vnodes == 0 || vnodes > max || args.shards.is_some_and(|s| u32::from(s) > vnodes) {
             return Err(format!(
-                "--shards must be between 1 and {}, not {shards}",
-                tessera_schema::placement::VNODES
+                "--vnodes must be between 1 and {max}, and at least --shards, not {vnodes}"
             ));
         }
     }
@@ -111,15 +116,19 @@ fn run(args: Args) -> Result<(), String> {
     // written nothing.
     let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
     let listen = resolve_listen(&args.data_dir, args.listen, planned)?;
-    let data = DataDir::open(&args.data_dir, args.shards)?;
+    let data = DataDir::open(&args.data_dir, args.shards, args.vnodes)?;
     let settings = ShardSettings {
-        store: store_config(&args, data.shards)?,
+        store: StoreConfig {
+            vnodes: data.vnodes,
+            ..store_config(&args, data.shards)?
+        },
         repair: args.repair,
     };
     let shards = u64::from(data.shards);
     let node = Arc::new(NodeShared {
         shards: data.shards,
-        vnode_shard: tessera_schema::placement::shard_table(data.shards),
+        vnodes: data.vnodes,
+        vnode_shard: tessera_schema::placement::shard_table(data.shards, data.vnodes),
         shard_port_base: listen.port() + 1,
         stopping: AtomicBool::new(false),
         drained: AtomicUsize::new(0),

@@ -19,7 +19,7 @@ use tessera_schema::limits::{
     RESULT_OVERHEAD_BYTES,
 };
 use tessera_schema::msg::{BatchOp, OpResult, Request, Response, ScanPage, ScanRequest, Status};
-use tessera_schema::placement::{vnode_of, VNODES};
+use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_request;
 use tessera_store::Digest;
 
@@ -79,7 +79,7 @@ async fn on_shard(
 }
 
 async fn single(shard: &Rc<Shard>, op: BatchOp, charge: &Arc<Charge>) -> Response {
-    let target = shard.owner_of(vnode_of(op.key()));
+    let target = shard.owner_of(vnode_of(op.key(), shard.node.vnodes));
     let mut results = on_shard(shard, target, vec![op], charge, MAX_RESPONSE_BODY_BYTES).await;
     Response::Op(results.pop().expect("one result per op"))
 }
@@ -124,7 +124,7 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Ve
     let mut groups: Vec<(Vec<usize>, Vec<BatchOp>)> =
         (0..shards).map(|_| Default::default()).collect();
     for (position, op) in ops.into_iter().enumerate() {
-        let target = usize::from(shard.owner_of(vnode_of(op.key())));
+        let target = usize::from(shard.owner_of(vnode_of(op.key(), shard.node.vnodes)));
         groups[target].0.push(position);
         groups[target].1.push(op);
     }
@@ -154,7 +154,7 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Ve
     results
 }
 
-fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Digest>)> {
+fn decode_cursor(cursor: &[u8], vnodes: u32) -> Option<(u32, Option<Digest>)> {
     let (vnode, after) = match cursor {
         [] => (0, None),
         [lo, hi, 0] => (u16::from_le_bytes([*lo, *hi]), None),
@@ -164,7 +164,7 @@ fn decode_cursor(cursor: &[u8]) -> Option<(u16, Option<Digest>)> {
         }
         _ => return None,
     };
-    (vnode < VNODES).then_some((vnode, after))
+    (u32::from(vnode) < vnodes).then_some((u32::from(vnode), after))
 }
 
 fn encode_cursor(vnode: u16, after: Option<Digest>) -> Vec<u8> {
@@ -183,14 +183,15 @@ fn encode_cursor(vnode: u16, after: Option<Digest>) -> Vec<u8> {
 fn run_end(shard: &Shard, vnode: u16) -> u16 {
     let owner = shard.owner_of(vnode);
     let mut last = vnode;
-    while last + 1 < VNODES && shard.owner_of(last + 1) == owner {
+    while u32::from(last) + 1 < shard.node.vnodes && shard.owner_of(last + 1) == owner {
         last += 1;
     }
     last
 }
 
 async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> Response {
-    let Some((mut vnode, mut after)) = decode_cursor(&request.cursor) else {
+    let vnodes = shard.node.vnodes;
+    let Some((mut vnode, mut after)) = decode_cursor(&request.cursor, vnodes) else {
         return Response::error(Status::BadRequest, "scan cursor is not one this node made");
     };
     let limit = match request.limit {
@@ -199,11 +200,13 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> 
     } as usize;
     let mut page = ScanPage::default();
     let mut examined = 0;
-    while vnode < VNODES {
-        let last_vnode = run_end(shard, vnode);
-        let target = shard.owner_of(vnode);
+    while vnode < vnodes {
+        // Vnode ids are below `vnodes` <= 65 536: they fit in 16 bits.
+        let from_vnode = vnode as u16;
+        let last_vnode = run_end(shard, from_vnode);
+        let target = shard.owner_of(from_vnode);
         let op = ShardOp::Scan {
-            from_vnode: vnode,
+            from_vnode,
             last_vnode,
             after: after.take(),
             prefix: request.prefix.clone(),
@@ -238,9 +241,9 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> 
             page.next_cursor = encode_cursor(last_vnode, Some(last_digest));
             return Response::Scan(page);
         }
-        vnode = last_vnode + 1;
-        if examined >= limit && vnode < VNODES {
-            page.next_cursor = encode_cursor(vnode, None);
+        vnode = u32::from(last_vnode) + 1;
+        if examined >= limit && vnode < vnodes {
+            page.next_cursor = encode_cursor(vnode as u16, None);
             return Response::Scan(page);
         }
     }

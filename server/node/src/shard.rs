@@ -15,7 +15,7 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tessera_schema::msg::{ShardStats, Topology};
-use tessera_store::{Store, StoreConfig};
+use tessera_store::{Barrier, Store, StoreConfig};
 
 use crate::budget::ShardBudget;
 use crate::disk::Segments;
@@ -44,6 +44,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every shard of the node knows, shared across threads.
 pub struct NodeShared {
     pub shards: u16,
+    /// The cluster's vnode count (fixed per data directory).
+    pub vnodes: u32,
     pub vnode_shard: Vec<u16>,
     pub shard_port_base: u16,
     pub stopping: AtomicBool,
@@ -91,6 +93,8 @@ pub struct Shard {
     next_forward_id: Cell<u64>,
     /// Writes waiting for `durable_seq` to reach their sequence number.
     sync_waiters: RefCell<BTreeMap<u64, Vec<DurableWaiter>>>,
+    /// Answers waiting for a vnode's visible sequence number to reach theirs.
+    visible_waiters: RefCell<BTreeMap<Barrier, Vec<DurableWaiter>>>,
     flush_kick: LocalSender<()>,
     flush_kicked: RefCell<Option<LocalReceiver<()>>>,
     /// Requests being served (from clients of this shard and forwarded from peers).
@@ -136,6 +140,7 @@ impl Shard {
             pending: RefCell::new(HashMap::new()),
             next_forward_id: Cell::new(1),
             sync_waiters: RefCell::new(BTreeMap::new()),
+            visible_waiters: RefCell::new(BTreeMap::new()),
             flush_kick,
             flush_kicked: RefCell::new(Some(flush_kicked)),
             inflight: Cell::new(0),
@@ -170,6 +175,57 @@ impl Shard {
         }
         self.kick_flusher();
         receiver
+    }
+
+    /// Resolves once `barrier` is visible (asking for the sync that makes it so), or with the
+    /// store's failure.
+    pub fn wait_visible(&self, barrier: Barrier) -> oneshot::Receiver<Result<(), String>> {
+        let (sender, receiver) = oneshot::channel();
+        let mut store = self.store.borrow_mut();
+        if store.is_visible(barrier) {
+            let _ = sender.send(Ok(()));
+        } else {
+            store.want_visible(barrier);
+            self.visible_waiters
+                .borrow_mut()
+                .entry(barrier)
+                .or_default()
+                .push(sender);
+        }
+        drop(store);
+        self.kick_flusher();
+        receiver
+    }
+
+    /// Answers the readers whose vnodes' visible sequence numbers moved past their barriers,
+    /// and, when the disk failed or is full, every reader still waiting (on one node visibility
+    /// follows durability, which cannot come now).
+    fn wake_visible(&self) {
+        let mut store = self.store.borrow_mut();
+        let changed = store.take_log_changes();
+        let mut waiters = self.visible_waiters.borrow_mut();
+        for vnode in changed {
+            let visible = store.vnode_log(vnode).visible_seq;
+            let start = Barrier { vnode, seq: 0 };
+            let end = Barrier {
+                vnode,
+                seq: visible,
+            };
+            let ready: Vec<Barrier> = waiters.range(start..=end).map(|(b, _)| *b).collect();
+            for barrier in ready {
+                for sender in waiters.remove(&barrier).into_iter().flatten() {
+                    let _ = sender.send(Ok(()));
+                }
+            }
+        }
+        let failure = match (store.failure(), store.disk_full_reason()) {
+            (Some(reason), _) => format!("the disk failed: {reason}"),
+            (None, Some(reason)) => format!("{DISK_FULL_PREFIX}{reason}"),
+            (None, None) => return,
+        };
+        for sender in std::mem::take(&mut *waiters).into_values().flatten() {
+            let _ = sender.send(Err(failure.clone()));
+        }
     }
 
     /// Answers the writes that are now durable, and, when the disk failed or is full, the ones
@@ -236,12 +292,14 @@ impl Shard {
                     }
                 }
                 self.wake_durable();
+                self.wake_visible();
                 continue;
             }
             // A sync with nothing left to write is settled without a plan; compacted segments
             // waiting for it can go now.
             self.delete_compacted_segments().await;
             self.wake_durable();
+            self.wake_visible();
             let deadline = self.store.borrow().next_flush_deadline_ms();
             let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now).max(1)));
             match wait {

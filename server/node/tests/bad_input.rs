@@ -189,12 +189,13 @@ fn random_bytes_do_not_take_the_node_down() {
 #[test]
 fn a_memory_limit_refuses_new_keys_with_a_clear_status_and_the_node_stays_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path(), &["--shards", "1", "--memory-limit", "1MiB"]);
+    let flags = ["--shards", "1", "--memory-limit", "1MiB", "--vnodes", "256"];
+    let mut node = Node::start(dir.path(), &flags);
     let mut raw = Raw::connect(node.addr);
     let key = |n: u64| format!("key{n:012}").into_bytes();
     let mut stored = Vec::new();
     let mut refused = None;
-    // About 50 bytes of index per key plus 300 KB of empty tables: 1 MiB holds some 15 000 keys.
+    // About 50 bytes of index per key plus 300 KB of first tables: 1 MiB holds some 15 000 keys.
     'fill: for batch in 0..40u64 {
         let ops = (0..1000u64)
             .map(|i| match put(key(batch * 1000 + i), vec![1; 8]) {
@@ -242,10 +243,10 @@ fn a_memory_limit_refuses_new_keys_with_a_clear_status_and_the_node_stays_up() {
     };
     assert_eq!(got.value.as_deref(), Some(&b"new"[..]));
     // Deleting a key of the same vnode makes room for the refused one.
-    let vnode = tessera_schema::placement::vnode_of(&refused_key);
+    let vnode = tessera_schema::placement::vnode_of(&refused_key, 256);
     let neighbour = stored
         .iter()
-        .find(|k| tessera_schema::placement::vnode_of(k) == vnode)
+        .find(|k| tessera_schema::placement::vnode_of(k, 256) == vnode)
         .expect("a stored key in the same vnode");
     let delete = Request::Delete(DeleteRequest {
         key: neighbour.clone(),

@@ -164,11 +164,11 @@ fn a_torn_tail_is_cut_and_corruption_in_sealed_data_refuses_to_start_unless_repa
     node.terminate();
 
     // Flipped bytes inside the first (sealed) segment: in big0's value, and in its key (the
-    // first record: its key starts after the 32-byte header).
+    // first record: its key starts after the 48-byte header).
     let first = &segments[0];
     let mut bytes = std::fs::read(first).unwrap();
     bytes[5000] ^= 0xFF;
-    bytes[33] ^= 0xFF;
+    bytes[tessera_store::ondisk::RECORD_HEADER_BYTES + 1] ^= 0xFF;
     std::fs::write(first, &bytes).unwrap();
 
     // With the segment's hint, startup does not read the values: the damage is found by the

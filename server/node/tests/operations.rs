@@ -192,14 +192,16 @@ fn every_operation_through_the_client() {
 fn pipelined_requests_on_a_wrong_shard_port_are_forwarded_and_answered_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--shards", "2"]);
-    let table = tessera_schema::placement::shard_table(2);
+    let table =
+        tessera_schema::placement::shard_table(2, tessera_schema::placement::DEFAULT_VNODES);
     // Shard 0's own port; half of these keys belong to shard 1 and must cross the mesh.
     let shard0 = std::net::SocketAddr::new(node.addr.ip(), node.addr.port() + 1);
     let mut raw = Raw::connect(shard0);
     let keys: Vec<String> = (0..200).map(|i| format!("pipe:{i}")).collect();
-    assert!(keys
-        .iter()
-        .any(|k| table[usize::from(vnode_of(k.as_bytes()))] == 1));
+    assert!(keys.iter().any(|k| table[usize::from(vnode_of(
+        k.as_bytes(),
+        tessera_schema::placement::DEFAULT_VNODES
+    ))] == 1));
     let mut frames = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let request = Request::Put(put_req(key, key.as_bytes()));

@@ -25,6 +25,8 @@ use tessera_store::testing::MemDisk;
 use tessera_store::{finish_read, FlushStep, Lookup, Recovery, Store, StoreConfig, Write};
 
 const SEGMENT_BYTES: usize = 64 * 1024 * 1024;
+/// The stores here have the default vnode count.
+const VNODES: u32 = tessera_schema::placement::DEFAULT_VNODES;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -49,9 +51,12 @@ fn build_log(keys: u64) -> Vec<Vec<u8>> {
             tombstone: false,
             key_len: key.len() as u16,
             value_len: value.len() as u32,
-            vnode: vnode_of(&key),
+            vnode: vnode_of(&key, VNODES),
             version: i + 1,
             expiry_ms: 0,
+            seq: i + 1,
+            epoch: 1,
+            format: tessera_store::ondisk::RECORD_FORMAT_V2,
         };
         if segments.last().unwrap().len() + header.record_len() > SEGMENT_BYTES {
             segments.push(Vec::with_capacity(SEGMENT_BYTES));
@@ -112,7 +117,9 @@ fn recovery(keys: u64) {
     let mut recovery = Recovery::new(config, false);
     recovery.expect_log_bytes(log_bytes as u64);
     for bytes in &hints {
-        recovery.add_segment_hint(tessera_store::hint::decode_hint(bytes).unwrap());
+        recovery
+            .add_segment_hint(tessera_store::hint::decode_hint(bytes).unwrap())
+            .expect("the hint's vnodes fit");
     }
     let last = segments.len() as u32;
     recovery
@@ -160,12 +167,13 @@ fn null_flush(store: &mut Store, buffer: &mut Vec<u8>, now_ms: u64) {
 /// A PUT with no TTL, no compare-and-set and the node's durability.
 fn plain_put<'a>(key: &'a [u8], value: &'a [u8]) -> Write<'a> {
     Write {
-        vnode: vnode_of(key),
+        vnode: vnode_of(key, VNODES),
         key,
         value: Some(value),
         ttl_ms: 0,
         if_version: None,
         sync: false,
+        epoch: 1,
     }
 }
 
@@ -204,15 +212,15 @@ fn gets(ops: u64) {
     disk.flush_due(&mut store, u64::MAX / 2048).unwrap();
     // First pass fills the cache from the (in-memory) disk; the second is timed.
     for key in &keys {
-        if let Lookup::OnDisk(read) = store.get(vnode_of(key), key, 1_000_000) {
+        if let Lookup::OnDisk(read) = store.get(vnode_of(key, VNODES), key, 1_000_000) {
             let value = finish_read(&read, key, &disk.read(&read)).unwrap();
-            store.handle_read_done(vnode_of(key), key, &read, &value, 1_000_000);
+            store.handle_read_done(vnode_of(key, VNODES), key, &read, &value, 1_000_000);
         }
     }
     let started = Instant::now();
     let mut found = 0u64;
     for key in keys.iter().rev() {
-        if let Lookup::InMemory { value, .. } = store.get(vnode_of(key), key, 1_000_000) {
+        if let Lookup::InMemory { value, .. } = store.get(vnode_of(key, VNODES), key, 1_000_000) {
             found += u64::from(value.len() == 100);
         }
     }
@@ -302,10 +310,10 @@ fn compaction_run(ops: u64, compaction: bool) -> (Vec<u64>, Vec<u64>, u64) {
         let key = &keys[rng.below(KEYS) as usize];
         if i % 2 == 0 {
             store.handle_write(plain_put(key, &value), now_ms).unwrap();
-        } else if let Lookup::OnDisk(read) = store.get(vnode_of(key), key, now_ms) {
+        } else if let Lookup::OnDisk(read) = store.get(vnode_of(key, VNODES), key, now_ms) {
             let bytes = &device.segments[&read.segment][read.offset as usize..][..read.len];
             let found = finish_read(&read, key, bytes).unwrap();
-            store.handle_read_done(vnode_of(key), key, &read, &found, now_ms);
+            store.handle_read_done(vnode_of(key, VNODES), key, &read, &found, now_ms);
         }
         device.flush(&mut store, now_ms);
         latencies.push(started.elapsed().as_nanos() as u64);

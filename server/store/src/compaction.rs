@@ -146,10 +146,12 @@ impl Store {
         now_ms: u64,
     ) {
         let digest = digest(key);
-        let older_segments_exist = self.oldest_segment() < victim;
+        // The newest record of its vnode holds the vnode's sequence number for recovery: it is
+        // never dropped, only turned into a tombstone if its value is gone.
+        let keep_as_tombstone = self.oldest_segment() < victim || self.holds_vnode_seq(header);
         let current = self.entry(header.vnode, digest);
         if header.tombstone {
-            if current.is_none() && older_segments_exist {
+            if current.is_none() && keep_as_tombstone {
                 self.append(header, key, digest, &[]);
             }
             return;
@@ -158,7 +160,7 @@ impl Store {
             // No entry: deleted (a newer tombstone exists elsewhere) or expired and swept from
             // memory. In the second case nothing else keeps an older version dead.
             let expired = header.expiry_ms != 0 && now_ms >= header.expiry_ms;
-            if expired && older_segments_exist {
+            if expired && keep_as_tombstone {
                 let tombstone = RecordHeader {
                     tombstone: true,
                     value_len: 0,
@@ -173,23 +175,35 @@ impl Store {
             return; // superseded: the newest record of this key lives elsewhere
         }
         if !entry.is_live(now_ms) {
-            let tombstone_key = older_segments_exist.then_some(key);
-            self.expire(header.vnode, digest, entry, tombstone_key);
+            let tombstone = keep_as_tombstone.then_some((key, header.seq, header.epoch));
+            self.expire(header.vnode, digest, entry, tombstone);
             return;
         }
-        let (segment, new_offset) = self.append(header, key, digest, value);
+        let (segment, new_offset, record_len) = self.append(header, key, digest, value);
         let moved = Entry {
             segment,
             offset: new_offset as u32,
+            record_len,
             ..entry
         };
         self.apply_to_index(header.vnode, digest, false, moved);
     }
 
-    /// Drops an expired key from the index; with `tombstone_key`, first logs a tombstone of its
-    /// version so that an older version cannot come back.
-    fn expire(&mut self, vnode: u16, digest: Digest, entry: Entry, tombstone_key: Option<&[u8]>) {
-        if let Some(key) = tombstone_key {
+    /// Whether a record is its vnode's newest (it carries the vnode's sequence number).
+    fn holds_vnode_seq(&self, header: &RecordHeader) -> bool {
+        header.seq != 0 && header.seq >= self.vnode_logs[usize::from(header.vnode)].applied_seq
+    }
+
+    /// Drops an expired key from the index; with `tombstone` (key, seq, epoch), first logs a
+    /// tombstone of its version so that an older version cannot come back.
+    fn expire(
+        &mut self,
+        vnode: u16,
+        digest: Digest,
+        entry: Entry,
+        tombstone: Option<(&[u8], u64, u32)>,
+    ) {
+        if let Some((key, seq, epoch)) = tombstone {
             let tombstone = RecordHeader {
                 tombstone: true,
                 key_len: key.len() as u16,
@@ -197,6 +211,9 @@ impl Store {
                 vnode,
                 version: entry.version,
                 expiry_ms: 0,
+                seq,
+                epoch,
+                format: crate::ondisk::RECORD_FORMAT_V2,
             };
             self.append(&tombstone, key, digest, &[]);
         }

@@ -40,6 +40,10 @@ pub struct StoreConfig {
     /// Bound on index plus cache memory. The cache shrinks as the index grows; once the index
     /// alone would pass the bound, writes of new keys are refused (`WriteError::MemoryLimit`).
     pub memory_limit_bytes: Option<u64>,
+    /// The cluster's vnode count: every record's vnode is below it (fixed per data directory).
+    pub vnodes: u32,
+    /// What makes a write visible to readers (`visibility.rs`).
+    pub visibility: crate::visibility::Visibility,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +56,8 @@ impl Default for StoreConfig {
             cache_bytes: 256 * 1024 * 1024,
             space_factor: 2.0,
             memory_limit_bytes: None,
+            vnodes: tessera_schema::placement::DEFAULT_VNODES,
+            visibility: crate::visibility::Visibility::Durable,
         }
     }
 }
@@ -75,6 +81,13 @@ impl StoreConfig {
             return Err(format!(
                 "space factor {} must be at least 1.2",
                 self.space_factor
+            ));
+        }
+        let max_vnodes = tessera_schema::placement::MAX_VNODES;
+        if self.vnodes == 0 || self.vnodes > max_vnodes {
+            return Err(format!(
+                "vnode count {} must be between 1 and {max_vnodes}",
+                self.vnodes
             ));
         }
         if self.max_unflushed_bytes < 2 * MAX_RECORD_BYTES {

@@ -125,8 +125,15 @@ pub struct VnodeIndex {
 }
 
 impl Default for VnodeIndex {
+    /// An empty index holds no memory: a store has a table per vnode of the cluster (up to
+    /// 65 536), most of them empty on a node that holds a few of them.
     fn default() -> Self {
-        VnodeIndex::with_home_slots(MIN_HOME_SLOTS)
+        VnodeIndex {
+            slots: Vec::new(),
+            home_slots: 0,
+            len: 0,
+            bulk_load: false,
+        }
     }
 }
 
@@ -302,7 +309,13 @@ impl VnodeIndex {
         }
         self.slots[hole] = Slot::default();
         self.len -= 1;
-        if (self.len as f64) < MIN_LOAD * self.home_slots as f64 && self.home_slots > MIN_HOME_SLOTS
+        if self.len == 0 {
+            // An emptied vnode gives its memory back.
+            let bulk_load = self.bulk_load;
+            *self = VnodeIndex::default();
+            self.bulk_load = bulk_load;
+        } else if (self.len as f64) < MIN_LOAD * self.home_slots as f64
+            && self.home_slots > MIN_HOME_SLOTS
         {
             let target = ((self.len as f64 / 0.6) as usize).max(MIN_HOME_SLOTS);
             self.resize(target);

@@ -31,6 +31,7 @@ pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};
 pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
 pub use store::{
-    finish_key_read, finish_read, DiskRead, Lookup, ScanItem, ScanKey, Store, StoreStats, Write,
-    WriteAck, WriteError,
+    finish_key_read, finish_read, DiskRead, Lookup, ReplicatedWrite, ScanItem, ScanKey, Store,
+    StoreStats, Write, WriteAck, WriteError,
 };
+pub use visibility::{Barrier, Visibility, VnodeLog};

@@ -6,10 +6,10 @@
 //!
 //!   | record | record | ... | record | 00 00 00 ... (zeros to the end of the file)
 //!
-//! record (little-endian, packed, no alignment):
+//! record, format 2 (little-endian, packed, no alignment):
 //!   offset size field
-//!        0    4 crc32c over bytes 4..32, then the key, then the value
-//!        4    1 format version (RECORD_FORMAT_V1); 0 never starts a record, so zeros end the log
+//!        0    4 crc32c over bytes 4..48, then the key, then the value
+//!        4    1 format version (RECORD_FORMAT_V2); 0 never starts a record, so zeros end the log
 //!        5    1 flags: bit 0 = tombstone (value_len is 0); other bits must be 0
 //!        6    2 key length (1..=MAX_KEY_BYTES)
 //!        8    4 value length (0..=MAX_VALUE_BYTES)
@@ -17,7 +17,13 @@
 //!       14    2 reserved, 0
 //!       16    8 version: per-key, only grows
 //!       24    8 expiry, unix milliseconds; 0 = never
-//!       32    . key, then value
+//!       32    8 seq: the write's sequence number in its vnode (replication, catch-up)
+//!       40    4 epoch: the vnode's chain epoch when the head wrote it
+//!       44    4 reserved, 0
+//!       48    . key, then value
+//!
+//! record, format 1 (read, never written): the first 32 bytes of format 2, then key and value;
+//! its seq and epoch read as 0.
 //! ```
 //!
 //! The log of a segment ends at the first all-zero header; everything after it must be zero. A
@@ -32,7 +38,11 @@
 use tessera_schema::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 pub const RECORD_FORMAT_V1: u8 = 1;
-pub const RECORD_HEADER_BYTES: usize = 32;
+pub const RECORD_FORMAT_V2: u8 = 2;
+/// Header bytes of a format 1 record.
+pub const RECORD_HEADER_BYTES_V1: usize = 32;
+/// Header bytes of the records written now (format 2); no format has a longer header.
+pub const RECORD_HEADER_BYTES: usize = 48;
 pub const FLAG_TOMBSTONE: u8 = 1;
 /// Alignment of every O_DIRECT write and of segment sizes.
 pub const BLOCK_BYTES: u64 = 4096;
@@ -48,11 +58,29 @@ pub struct RecordHeader {
     pub vnode: u16,
     pub version: u64,
     pub expiry_ms: u64,
+    /// Sequence number of the write in its vnode (0 in format 1).
+    pub seq: u64,
+    /// Chain epoch of the vnode when the write was made (0 in format 1).
+    pub epoch: u32,
+    /// The record's format: the header of a format 1 record is shorter.
+    pub format: u8,
 }
 
 impl RecordHeader {
+    pub fn header_len(&self) -> usize {
+        header_len(self.format)
+    }
+
     pub fn record_len(&self) -> usize {
-        RECORD_HEADER_BYTES + usize::from(self.key_len) + self.value_len as usize
+        self.header_len() + usize::from(self.key_len) + self.value_len as usize
+    }
+}
+
+/// Header bytes of a record of `format` (the byte at offset 4).
+pub fn header_len(format: u8) -> usize {
+    match format {
+        RECORD_FORMAT_V1 => RECORD_HEADER_BYTES_V1,
+        _ => RECORD_HEADER_BYTES,
     }
 }
 
@@ -71,9 +99,13 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value
     debug_assert_eq!(usize::from(header.key_len), key.len());
     debug_assert_eq!(header.value_len as usize, value.len());
     debug_assert!(!header.tombstone || value.is_empty());
+    debug_assert_eq!(
+        header.format, RECORD_FORMAT_V2,
+        "only the newest format is written"
+    );
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.push(RECORD_FORMAT_V1);
+    out.push(RECORD_FORMAT_V2);
     out.push(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
     out.extend_from_slice(&header.key_len.to_le_bytes());
     out.extend_from_slice(&header.value_len.to_le_bytes());
@@ -81,6 +113,9 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&header.version.to_le_bytes());
     out.extend_from_slice(&header.expiry_ms.to_le_bytes());
+    out.extend_from_slice(&header.seq.to_le_bytes());
+    out.extend_from_slice(&header.epoch.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(value);
     let crc = crc32c::crc32c(&out[start + 4..]);
@@ -112,37 +147,47 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// Parses the record at the start of `bytes`, checking everything.
 pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
-    let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES>() else {
-        return if bytes.iter().all(|&b| b == 0) {
-            Parsed::End
-        } else {
-            Parsed::Corrupt("short header")
-        };
-    };
-    let header = match parse_header(head) {
+    let header = match parse_header(bytes) {
         Ok(Some(header)) => header,
         Ok(None) => return Parsed::End,
         Err(reason) => return Parsed::Corrupt(reason),
     };
-    let key_len = usize::from(header.key_len);
     let Some(record) = bytes.get(..header.record_len()) else {
         return Parsed::Corrupt("record runs past the end of the segment");
     };
     if crc32c::crc32c(&record[4..]) != le_u32(record, 0) {
         return Parsed::Corrupt("checksum mismatch");
     }
-    let (key, value) = record[RECORD_HEADER_BYTES..].split_at(key_len);
+    let (key, value) = record[header.header_len()..].split_at(usize::from(header.key_len));
     Parsed::Record { header, key, value }
 }
 
-/// Checks and decodes a record header: `None` for an all-zero header (the end of the log).
-fn parse_header(head: &[u8; RECORD_HEADER_BYTES]) -> Result<Option<RecordHeader>, &'static str> {
+/// Checks and decodes the header at the start of `bytes`: `None` for zeros (the end of the
+/// log: an all-zero format 1 header, or fewer bytes than that, all zero).
+fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
+    let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES_V1>() else {
+        return match bytes.iter().all(|&b| b == 0) {
+            true => Ok(None),
+            false => Err("short header"),
+        };
+    };
     if head.iter().all(|&b| b == 0) {
         return Ok(None);
     }
-    if head[4] != RECORD_FORMAT_V1 {
-        return Err("unknown record format version");
-    }
+    let format = head[4];
+    let (seq, epoch) = match format {
+        RECORD_FORMAT_V1 => (0, 0),
+        RECORD_FORMAT_V2 => {
+            let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES>() else {
+                return Err("short header");
+            };
+            if le_u32(head, 44) != 0 {
+                return Err("unknown flags");
+            }
+            (le_u64(head, 32), le_u32(head, 40))
+        }
+        _ => return Err("unknown record format version"),
+    };
     if head[5] & !FLAG_TOMBSTONE != 0 || le_u16(head, 14) != 0 {
         return Err("unknown flags");
     }
@@ -153,6 +198,9 @@ fn parse_header(head: &[u8; RECORD_HEADER_BYTES]) -> Result<Option<RecordHeader>
         vnode: le_u16(head, 12),
         version: le_u64(head, 16),
         expiry_ms: le_u64(head, 24),
+        seq,
+        epoch,
+        format,
     };
     let key_len = usize::from(header.key_len);
     if key_len == 0 || key_len > MAX_KEY_BYTES || header.value_len as usize > MAX_VALUE_BYTES {
@@ -168,12 +216,10 @@ fn parse_header(head: &[u8; RECORD_HEADER_BYTES]) -> Result<Option<RecordHeader>
 /// checksum covers the value too, so it is not checked: callers check the key against what
 /// they expect (its digest) instead.
 pub fn parse_key(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), &'static str> {
-    let head = bytes
-        .first_chunk::<RECORD_HEADER_BYTES>()
-        .ok_or("short header")?;
-    let header = parse_header(head)?.ok_or("zeros where a record should be")?;
+    let header = parse_header(bytes)?.ok_or("zeros where a record should be")?;
+    let start = header.header_len();
     let key = bytes
-        .get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + usize::from(header.key_len))
+        .get(start..start + usize::from(header.key_len))
         .ok_or("key runs past the bytes read")?;
     Ok((header, key))
 }
@@ -198,6 +244,9 @@ mod tests {
             vnode: 7,
             version: 0x0102,
             expiry_ms: 0,
+            seq: 0x0304,
+            epoch: 5,
+            format: RECORD_FORMAT_V2,
         }
     }
 
@@ -205,12 +254,30 @@ mod tests {
     fn golden_bytes() {
         let mut out = Vec::new();
         encode_record(&mut out, &header(b"k", b"vv"), b"k", b"vv");
-        let mut want = vec![0, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
+        let mut want = vec![0, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
         want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[4, 3, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(b"kvv");
         let crc = crc32c::crc32c(&want[4..]);
         want[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn format_1_records_are_still_read() {
+        // A format 1 record as the previous version wrote it (golden bytes of that version).
+        let mut v1 = vec![0, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
+        v1.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        v1.extend_from_slice(b"kvv");
+        let crc = crc32c::crc32c(&v1[4..]);
+        v1[..4].copy_from_slice(&crc.to_le_bytes());
+        let Parsed::Record { header, key, value } = parse_record(&v1) else {
+            panic!("format 1 parses")
+        };
+        assert_eq!((key, value), (&b"k"[..], &b"vv"[..]));
+        assert_eq!((header.version, header.seq, header.epoch), (0x0102, 0, 0));
+        assert_eq!(header.record_len(), v1.len());
+        assert_eq!(parse_key(&v1).map(|(_, key)| key), Ok(&b"k"[..]));
     }
 
     #[test]

@@ -128,8 +128,12 @@ impl Recovery {
         let mut offset = 0usize;
         let mut hint = Vec::new();
         let mut batch = Vec::with_capacity(PREFETCH_RECORDS);
+        let vnodes = self.store.indexes.len();
         let damage = loop {
             match ondisk::parse_record(&bytes[offset..]) {
+                Parsed::Record { header, .. } if usize::from(header.vnode) >= vnodes => {
+                    break Some("record of a vnode past the data directory's vnode count")
+                }
                 Parsed::Record {
                     header,
                     key,
@@ -211,13 +215,29 @@ impl Recovery {
             self.store
                 .apply_to_index(header.vnode, digest, header.tombstone, entry);
             self.store.last_version = self.store.last_version.max(header.version);
+            self.note_seq(header.vnode, header.seq, header.version);
             hint.push(crate::store::hint_entry(&header, digest, offset as u64));
         }
     }
 
+    /// A record with sequence number `seq` in `vnode`: the vnode's log goes at least that far.
+    fn note_seq(&mut self, vnode: u16, seq: u64, version: u64) {
+        let log = &mut self.store.vnode_logs[usize::from(vnode)];
+        if seq > log.applied_seq {
+            log.applied_seq = seq;
+            log.applied_version = version;
+        }
+    }
+
     /// Replays a sealed segment from its hint instead of its bytes. The hint must come from
-    /// `hint::decode_hint` (checksum and structure verified) and name this segment.
-    pub fn add_segment_hint(&mut self, hint: HintFile) -> SegmentReport {
+    /// `hint::decode_hint` (checksum and structure verified) and name this segment; a hint that
+    /// names a vnode past the store's vnode count is refused (`Err`), and the caller scans the
+    /// segment instead.
+    pub fn add_segment_hint(&mut self, hint: HintFile) -> Result<SegmentReport, HintFile> {
+        let vnodes = self.store.indexes.len();
+        if hint.entries.iter().any(|e| usize::from(e.vnode) >= vnodes) {
+            return Err(hint);
+        }
         assert!(
             self.last_segment.is_none_or(|last| last < hint.segment),
             "segments out of order"
@@ -238,6 +258,7 @@ impl Recovery {
             self.store
                 .apply_to_index(entry.vnode, entry.digest(), entry.tombstone, index_entry);
             self.store.last_version = self.store.last_version.max(entry.version);
+            self.note_seq(entry.vnode, entry.seq, entry.version);
             report.records += 1;
         }
         report.end_offset = hint.end_offset;
@@ -246,14 +267,27 @@ impl Recovery {
         self.store
             .sealed_segments
             .insert(hint.segment, hint.end_offset);
-        report
+        Ok(report)
     }
 
     /// The recovered store, and the repairs to make before it serves.
+    /// Everything recovered is durable (the shell syncs the newest segment first, see
+    /// `RecoveryAction::Sync`). On a single node it is visible too; in a cluster it may not be
+    /// committed yet, so reads of a vnode wait until its committed sequence number reaches what
+    /// recovery found (`VnodeLog::settled_floor`).
     pub fn finish(self, now_ms: u64) -> (Store, Vec<RecoveryAction>) {
         let mut store = self.store;
         store.set_bulk_load(false);
         store.last_sync_ms = now_ms;
+        let durable_visible = store.config.visibility == crate::visibility::Visibility::Durable;
+        for log in &mut store.vnode_logs {
+            log.durable_seq = log.applied_seq;
+            if durable_visible {
+                log.visible_seq = log.applied_seq;
+            } else {
+                log.settled_floor = log.applied_seq;
+            }
+        }
         (store, self.actions)
     }
 }

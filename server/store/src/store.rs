@@ -5,24 +5,30 @@
 //! Effects: `FlushPlan`s (create, write, sync), and the sequence numbers the shell waits on:
 //! a write with sequence `s` is on disk once `durable_seq() >= s`.
 //!
-//! Visibility (`visibility.rs`): a write is visible once `visible_seq()` passes its sequence
-//! number; on one node that is `durable_seq()`. `read` returns, beside the lookup, the sequence
-//! number a strict reader must wait for (`unsettled_seq` and `unsettled_in_vnodes` give the same
-//! for a refusal and for a SCAN), so that no answer reveals a write a crash can take back.
+//! Sequence numbers: the store numbers its appends (the store sequence number, which group
+//! commit and `durable_seq` count in), and every write also has a sequence number in its vnode
+//! (`VnodeLog`, recorded in the record itself): the head of a vnode's chain assigns it in
+//! `handle_write`, replicas apply the head's in `handle_replicated_write`.
+//!
+//! Visibility (`visibility.rs`): a write is visible once its vnode's visible sequence number
+//! passes its own; on one node that is the vnode's durable one, in a cluster the committed one
+//! (`set_committed`). `read` returns, beside the lookup, the `Barrier` a strict reader must wait
+//! for (`unsettled_barrier` and `unsettled_in_vnodes` give the same for a refusal and for a
+//! SCAN), so that no answer reveals a write that can still be taken back.
 //!
 //! Versions: every write gets `max(last_version + 1, now_ms * 1024)`. A key's version therefore
 //! only grows, across deletes and restarts too, even when an unsynced tail was lost in a crash
 //! (as long as the clock does not step back by more than the lost writes' lifetime).
-
-use tessera_schema::placement::VNODES;
 
 use crate::cache::ValueCache;
 use crate::config::{FsyncPolicy, StoreConfig};
 use crate::hint::{HintEntry, HintFile};
 use crate::index::{digest, Applied, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
-use crate::ondisk::{self, encode_record, Parsed, RecordHeader, RECORD_HEADER_BYTES};
-use crate::visibility::Unsettled;
+use crate::ondisk::{
+    self, encode_record, Parsed, RecordHeader, RECORD_FORMAT_V2, RECORD_HEADER_BYTES,
+};
+use crate::visibility::{Barrier, Unsettled, Visibility, VnodeLog};
 use tessera_schema::limits::MAX_KEY_BYTES;
 
 /// A PUT (`value: Some`) or DELETE (`value: None`).
@@ -37,16 +43,36 @@ pub struct Write<'a> {
     pub if_version: Option<u64>,
     /// The caller wants an fdatasync before its acknowledgement, whatever the policy.
     pub sync: bool,
+    /// The vnode's chain epoch, recorded with the write (1 on a single node).
+    pub epoch: u32,
 }
 
 /// What the caller must wait for before acknowledging a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteAck {
     pub version: u64,
-    /// The write's sequence number.
+    /// The write's store sequence number.
     pub seq: u64,
+    /// The write's sequence number in its vnode.
+    pub vnode_seq: u64,
+    /// The expiry the write got (unix ms, 0 = none).
+    pub expiry_ms: u64,
     /// Acknowledge only once `durable_seq() >= seq`.
     pub wait_for_sync: bool,
+}
+
+/// A write made by a vnode's head, applied as it is on a replica (or by a state transfer):
+/// its version, expiry and sequence number are the head's.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicatedWrite<'a> {
+    pub vnode: u16,
+    pub key: &'a [u8],
+    /// `None`: a tombstone.
+    pub value: Option<&'a [u8]>,
+    pub version: u64,
+    pub expiry_ms: u64,
+    pub seq: u64,
+    pub epoch: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +89,8 @@ pub enum WriteError {
     DiskFull(String),
     #[error("memory limit reached: the index holds {index_bytes} bytes of the {limit_bytes}-byte limit; new keys are refused (overwrites, deletes and reads still work)")]
     MemoryLimit { index_bytes: u64, limit_bytes: u64 },
+    #[error("replicated write {seq} arrived after {applied}: writes are applied in order")]
+    OutOfOrder { seq: u64, applied: u64 },
 }
 
 /// Where a GET's answer is.
@@ -212,8 +240,10 @@ pub struct Store {
     pub(crate) active_hint: Vec<HintEntry>,
     /// Hints of sealed segments not yet handed to the shell.
     pub(crate) sealed_hints: Vec<HintFile>,
-    /// Writes applied to the index but not yet visible (beyond `visible_seq`).
+    /// Writes applied to the index but not yet visible.
     pub(crate) unsettled: Unsettled,
+    /// Sequence numbers per vnode.
+    pub(crate) vnode_logs: Vec<VnodeLog>,
 }
 
 pub(crate) fn hint_entry(header: &RecordHeader, digest: Digest, offset: u64) -> HintEntry {
@@ -226,6 +256,7 @@ pub(crate) fn hint_entry(header: &RecordHeader, digest: Digest, offset: u64) -> 
         version: header.version,
         expiry_ms: header.expiry_ms,
         tombstone: header.tombstone,
+        seq: header.seq,
     }
 }
 
@@ -242,7 +273,8 @@ impl Store {
             None => config.cache_bytes,
         };
         let cache = ValueCache::new(cache_bytes);
-        let indexes: Vec<VnodeIndex> = (0..VNODES).map(|_| VnodeIndex::new()).collect();
+        let vnodes = config.vnodes as usize;
+        let indexes: Vec<VnodeIndex> = (0..vnodes).map(|_| VnodeIndex::new()).collect();
         let table_bytes = indexes.iter().map(|i| i.allocated_bytes() as u64).sum();
         Store {
             cache,
@@ -270,6 +302,7 @@ impl Store {
             active_hint: Vec::new(),
             sealed_hints: Vec::new(),
             unsettled: Unsettled::default(),
+            vnode_logs: vec![VnodeLog::default(); vnodes],
         }
     }
 
@@ -304,31 +337,61 @@ impl Store {
         self.durable_seq
     }
 
-    /// Writes up to this sequence number are visible: an answer may reveal them. On one node,
-    /// visible means durable.
-    pub fn visible_seq(&self) -> u64 {
-        self.durable_seq
+    /// A vnode's sequence numbers here: applied, durable, visible.
+    pub fn vnode_log(&self, vnode: u16) -> VnodeLog {
+        self.vnode_logs[usize::from(vnode)]
     }
 
-    /// A reader waits for `seq` to become visible: make sure a sync is on its way, whatever
-    /// the fsync policy.
-    pub fn want_visible(&mut self, seq: u64) {
-        self.sync_wanted_seq = self.sync_wanted_seq.max(seq.min(self.seq));
-    }
-
-    /// The sequence number to wait for before an answer about `key` (a refusal that names its
-    /// version or its absence) may leave: its newest write, if that is not yet visible.
-    pub fn unsettled_seq(&self, key: &[u8]) -> Option<u64> {
-        if self.unsettled.is_empty() {
-            return None;
+    /// The replication core's word that `vnode` is committed through `seq`: with
+    /// `Visibility::Committed`, writes up to it may be shown. Never lowers the watermark.
+    pub fn set_committed(&mut self, vnode: u16, seq: u64) {
+        debug_assert_eq!(self.config.visibility, Visibility::Committed);
+        let log = &mut self.vnode_logs[usize::from(vnode)];
+        if seq > log.visible_seq {
+            log.visible_seq = seq;
+            self.unsettled.settle(vnode, seq);
         }
-        self.unsettled.barrier(digest(key))
+    }
+
+    /// Vnodes whose durable or visible sequence number moved since the last call: the shell
+    /// wakes the readers waiting on them (and tells the replication core).
+    pub fn take_log_changes(&mut self) -> Vec<u16> {
+        self.unsettled.take_changes()
+    }
+
+    /// Whether `barrier` is passed.
+    pub fn is_visible(&self, barrier: Barrier) -> bool {
+        self.vnode_logs[usize::from(barrier.vnode)].visible_seq >= barrier.seq
+    }
+
+    /// A reader waits for `barrier`: make sure a sync is on its way, whatever the fsync policy
+    /// (on one node visibility follows durability).
+    pub fn want_visible(&mut self, _barrier: Barrier) {
+        if self.config.visibility == Visibility::Durable {
+            self.sync_wanted_seq = self.seq;
+        }
+    }
+
+    /// What an answer about `key` (a refusal that names its version or its absence) must wait
+    /// for: its newest write, if that is not yet visible.
+    pub fn unsettled_barrier(&self, vnode: u16, key: &[u8]) -> Option<Barrier> {
+        self.barrier(vnode, digest(key))
     }
 
     /// The same for a listing of the keys of `vnodes` (SCAN), which reveals new and deleted
-    /// keys alike: the newest unsettled write among them.
-    pub fn unsettled_in_vnodes(&self, vnodes: std::ops::RangeInclusive<u16>) -> Option<u64> {
-        self.unsettled.vnodes_barrier(vnodes)
+    /// keys alike: the newest unsettled write of each vnode in the range.
+    pub fn unsettled_in_vnodes(&self, vnodes: std::ops::RangeInclusive<u16>) -> Vec<Barrier> {
+        let mut barriers = self.unsettled.vnodes_barriers(vnodes.clone());
+        for vnode in vnodes {
+            let log = &self.vnode_logs[usize::from(vnode)];
+            if log.settled_floor > log.visible_seq {
+                barriers.push(Barrier {
+                    vnode,
+                    seq: log.settled_floor,
+                });
+            }
+        }
+        barriers
     }
 
     /// Writes applied but not yet visible.
@@ -336,10 +399,22 @@ impl Store {
         self.unsettled.len()
     }
 
-    /// The watermark moved: writes up to it are visible now.
+    /// Store sequence numbers up to `durable_seq` are durable now: learn each vnode's durable
+    /// sequence number, and on a single node make those writes visible.
     fn settle(&mut self) {
-        let visible = self.visible_seq();
-        self.unsettled.settle_through(visible);
+        let advanced = self
+            .unsettled
+            .durable_through(self.durable_seq, &mut self.vnode_logs);
+        if self.config.visibility != Visibility::Durable {
+            return;
+        }
+        for vnode in advanced {
+            let log = &mut self.vnode_logs[usize::from(vnode)];
+            if log.durable_seq > log.visible_seq {
+                log.visible_seq = log.durable_seq;
+                self.unsettled.settle(vnode, log.visible_seq);
+            }
+        }
     }
 
     pub fn failure(&self) -> Option<&str> {
@@ -405,8 +480,7 @@ impl Store {
             .filter(|entry| entry.is_live(now_ms))
     }
 
-    /// Applies a PUT or DELETE to the index and the log tail.
-    pub fn handle_write(&mut self, write: Write<'_>, now_ms: u64) -> Result<WriteAck, WriteError> {
+    fn check_writable(&self) -> Result<(), WriteError> {
         if let Some(reason) = &self.failed {
             return Err(WriteError::Failed(reason.clone()));
         }
@@ -416,6 +490,13 @@ impl Store {
         if self.tail.unwritten_bytes() > self.config.max_unflushed_bytes as u64 {
             return Err(WriteError::Overloaded);
         }
+        Ok(())
+    }
+
+    /// Applies a PUT or DELETE to the index and the log tail, as the head of its vnode: checks
+    /// compare-and-set, assigns the version and the vnode's next sequence number.
+    pub fn handle_write(&mut self, write: Write<'_>, now_ms: u64) -> Result<WriteAck, WriteError> {
+        self.check_writable()?;
         let digest = digest(write.key);
         let current = self
             .live_entry(write.vnode, digest, now_ms)
@@ -433,37 +514,21 @@ impl Store {
             .last_version
             .saturating_add(1)
             .max(now_ms.saturating_mul(1024));
-        self.last_version = version;
         let expiry_ms = match write.ttl_ms {
             0 => 0,
             ttl_ms => now_ms.saturating_add(ttl_ms),
         };
-        let header = RecordHeader {
-            tombstone: write.value.is_none(),
-            key_len: write.key.len() as u16,
-            value_len: write.value.map_or(0, <[u8]>::len) as u32,
+        let vnode_seq = self.vnode_logs[usize::from(write.vnode)].applied_seq + 1;
+        let applied = ReplicatedWrite {
             vnode: write.vnode,
+            key: write.key,
+            value: write.value,
             version,
             expiry_ms,
+            seq: vnode_seq,
+            epoch: write.epoch,
         };
-        let (segment, offset) = self.append(&header, write.key, digest, write.value.unwrap_or(&[]));
-        let entry = Entry {
-            segment,
-            offset: offset as u32,
-            record_len: header.record_len() as u32,
-            version,
-            expiry_ms,
-        };
-        self.apply_to_index(write.vnode, digest, header.tombstone, entry);
-        match write.value {
-            // Keep a cached key hot with its new value; uncached keys are cached when read.
-            Some(value) if self.cache.contains(digest) => {
-                self.cache.insert(digest, value, version, expiry_ms, now_ms)
-            }
-            _ => self.cache.remove(digest),
-        }
-        self.seq += 1;
-        self.unsettled.record(self.seq, digest, write.vnode);
+        self.append_write(&applied, digest, now_ms);
         let wait_for_sync = write.sync || self.config.fsync == FsyncPolicy::Always;
         if wait_for_sync {
             self.sync_wanted_seq = self.seq;
@@ -471,8 +536,72 @@ impl Store {
         Ok(WriteAck {
             version,
             seq: self.seq,
+            vnode_seq,
+            expiry_ms,
             wait_for_sync,
         })
+    }
+
+    /// Applies a write made by the vnode's head, as it is: no compare-and-set, no memory limit
+    /// (a replica that refused would stall its chain: the limit is enforced at the head), the
+    /// head's version, expiry and sequence number. Sequence numbers must only grow; gaps are
+    /// allowed (a state transfer sends only each key's newest write). Returns the store
+    /// sequence number to wait for durability on.
+    pub fn handle_replicated_write(
+        &mut self,
+        write: ReplicatedWrite<'_>,
+        now_ms: u64,
+    ) -> Result<u64, WriteError> {
+        self.check_writable()?;
+        let applied = self.vnode_logs[usize::from(write.vnode)].applied_seq;
+        if write.seq <= applied {
+            return Err(WriteError::OutOfOrder {
+                seq: write.seq,
+                applied,
+            });
+        }
+        self.append_write(&write, digest(write.key), now_ms);
+        Ok(self.seq)
+    }
+
+    /// Appends a write, points the index at it, keeps the cache and the sequence numbers.
+    fn append_write(&mut self, write: &ReplicatedWrite<'_>, digest: Digest, now_ms: u64) {
+        self.last_version = self.last_version.max(write.version);
+        let header = RecordHeader {
+            tombstone: write.value.is_none(),
+            key_len: write.key.len() as u16,
+            value_len: write.value.map_or(0, <[u8]>::len) as u32,
+            vnode: write.vnode,
+            version: write.version,
+            expiry_ms: write.expiry_ms,
+            seq: write.seq,
+            epoch: write.epoch,
+            format: RECORD_FORMAT_V2,
+        };
+        let (segment, offset, record_len) =
+            self.append(&header, write.key, digest, write.value.unwrap_or(&[]));
+        let entry = Entry {
+            segment,
+            offset: offset as u32,
+            record_len,
+            version: write.version,
+            expiry_ms: write.expiry_ms,
+        };
+        self.apply_to_index(write.vnode, digest, header.tombstone, entry);
+        match write.value {
+            // Keep a cached key hot with its new value; uncached keys are cached when read.
+            Some(value) if self.cache.contains(digest) => {
+                self.cache
+                    .insert(digest, value, write.version, write.expiry_ms, now_ms)
+            }
+            _ => self.cache.remove(digest),
+        }
+        self.seq += 1;
+        let log = &mut self.vnode_logs[usize::from(write.vnode)];
+        log.applied_seq = write.seq;
+        log.applied_version = write.version;
+        self.unsettled
+            .record(self.seq, digest, write.vnode, write.seq);
     }
 
     /// Checks the memory limit for one more key in `vnode`, shrinking the cache to make room.
@@ -499,13 +628,19 @@ impl Store {
         Ok(())
     }
 
+    /// Appends a record in the current format (a format 1 record that compaction copies is
+    /// rewritten as format 2, its seq and epoch 0): returns its segment, offset and length.
     pub(crate) fn append(
         &mut self,
         header: &RecordHeader,
         key: &[u8],
         digest: Digest,
         value: &[u8],
-    ) -> (u32, u64) {
+    ) -> (u32, u64, u32) {
+        let header = &RecordHeader {
+            format: RECORD_FORMAT_V2,
+            ..*header
+        };
         let len = header.record_len() as u64;
         if self.tail.active().end() + len > self.config.segment_size_bytes {
             let old = self.tail.active_ref();
@@ -526,7 +661,7 @@ impl Store {
         encode_record(&mut active.bytes, header, key, value);
         let segment = active.segment;
         self.active_hint.push(hint_entry(header, digest, offset));
-        (segment, offset)
+        (segment, offset, len as u32)
     }
 
     /// Points the digest at `entry` (or drops it, for a tombstone) and keeps the counters.
@@ -578,12 +713,23 @@ impl Store {
     /// Finds a key's value, and the sequence number that must be visible before the answer
     /// leaves (`None`: answer now). The answer is the state as of this call: the caller waits,
     /// then sends it, whatever was written meanwhile.
-    pub fn read(&self, vnode: u16, key: &[u8], now_ms: u64) -> (Lookup<'_>, Option<u64>) {
+    pub fn read(&self, vnode: u16, key: &[u8], now_ms: u64) -> (Lookup<'_>, Option<Barrier>) {
         let digest = digest(key);
         (
             self.lookup(vnode, key, digest, now_ms),
-            self.unsettled.barrier(digest),
+            self.barrier(vnode, digest),
         )
+    }
+
+    /// The key's newest unsettled write, or, in a cluster just after a restart, the vnode's
+    /// recovered sequence number until it is committed.
+    fn barrier(&self, vnode: u16, digest: Digest) -> Option<Barrier> {
+        let log = &self.vnode_logs[usize::from(vnode)];
+        let floor = (log.settled_floor > log.visible_seq).then_some(Barrier {
+            vnode,
+            seq: log.settled_floor,
+        });
+        floor.max(self.unsettled.barrier(digest))
     }
 
     fn lookup(&self, vnode: u16, key: &[u8], digest: Digest, now_ms: u64) -> Lookup<'_> {
@@ -592,7 +738,7 @@ impl Store {
         };
         let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
         if let Some(record) = self.tail.record_bytes(entry.segment, offset, len) {
-            let value_start = RECORD_HEADER_BYTES + key.len();
+            let value_start = ondisk::header_len(record[4]) + key.len();
             return Lookup::InMemory {
                 value: &record[value_start..],
                 version: entry.version,

@@ -237,11 +237,13 @@ impl MemDisk {
                 .hints
                 .get(&segment)
                 .filter(|_| self.use_hints && !is_newest);
-            match hint.map(|bytes| crate::hint::decode_hint(bytes)) {
-                Some(Ok(hint)) if hint.segment == segment => {
-                    reports.push(recovery.add_segment_hint(hint))
-                }
-                _ => reports.push(recovery.add_segment(segment, &file.durable, is_newest)?),
+            let replayed = match hint.map(|bytes| crate::hint::decode_hint(bytes)) {
+                Some(Ok(hint)) if hint.segment == segment => recovery.add_segment_hint(hint).ok(),
+                _ => None,
+            };
+            match replayed {
+                Some(report) => reports.push(report),
+                None => reports.push(recovery.add_segment(segment, &file.durable, is_newest)?),
             }
         }
         let (store, actions) = recovery.finish(now_ms);

@@ -14,8 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_schema::placement::{vnode_of, VNODES};
+use tessera_schema::placement::vnode_of;
+
+/// The vnode count of the stores these tests build.
+const VNODES: u32 = 256;
 use tessera_store::testing::{MemDisk, Rng};
+use tessera_store::visibility::{Barrier, Visibility};
 use tessera_store::*;
 
 type State = Option<(Vec<u8>, u64, u64)>; // (value, version, expiry_ms)
@@ -29,9 +33,9 @@ struct Harness {
     applied: BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)>,
     durable: BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)>,
     since_durable: Vec<(Vec<u8>, State)>,
-    /// Answers waiting for their barrier: (key, position in the key's history, barrier seq).
+    /// Answers waiting for their barrier: (key, position in the key's history, barrier).
     /// A key's history is its durable state (position 0) then its `since_durable` entries.
-    held_answers: Vec<(Vec<u8>, usize, u64)>,
+    held_answers: Vec<(Vec<u8>, usize, Barrier)>,
     /// Per key, the newest position an answered read showed: a crash may not go back past it.
     shown: BTreeMap<Vec<u8>, usize>,
     /// Answers given, and answers that had to wait for their barrier.
@@ -60,6 +64,8 @@ impl Harness {
             cache_bytes: 256 * 1024,
             space_factor: 2.0,
             memory_limit_bytes: None,
+            vnodes: VNODES,
+            visibility: Visibility::Durable,
         };
         Harness {
             store: Store::new(config.clone()),
@@ -114,12 +120,13 @@ impl Harness {
             _ => None,
         };
         let write = Write {
-            vnode: vnode_of(&key),
+            vnode: vnode_of(&key, VNODES),
             key: &key,
             value: Some(&value),
             ttl_ms,
             if_version,
             sync: self.rng.below(4) == 0,
+            epoch: 1,
         };
         match self.store.handle_write(write, self.now_ms) {
             Ok(ack) => {
@@ -137,7 +144,10 @@ impl Harness {
                 assert_eq!(current, current_version);
                 assert_ne!(if_version, Some(current_version));
                 if write.sync || self.strict() {
-                    self.answer(&key, self.store.unsettled_seq(&key));
+                    self.answer(
+                        &key,
+                        self.store.unsettled_barrier(vnode_of(&key, VNODES), &key),
+                    );
                 }
             }
             Err(WriteError::Overloaded) => self.flush(),
@@ -150,12 +160,13 @@ impl Harness {
         let current_version = self.current(&key).map_or(0, |s| s.1);
         let if_version = (self.rng.below(4) == 0).then_some(current_version);
         let write = Write {
-            vnode: vnode_of(&key),
+            vnode: vnode_of(&key, VNODES),
             key: &key,
             value: None,
             ttl_ms: 0,
             if_version,
             sync: self.rng.below(4) == 0,
+            epoch: 1,
         };
         match self.store.handle_write(write, self.now_ms) {
             Ok(ack) => {
@@ -167,13 +178,19 @@ impl Harness {
             Err(WriteError::NotFound) => {
                 assert_eq!(current_version, 0);
                 if write.sync || self.strict() {
-                    self.answer(&key, self.store.unsettled_seq(&key));
+                    self.answer(
+                        &key,
+                        self.store.unsettled_barrier(vnode_of(&key, VNODES), &key),
+                    );
                 }
             }
             Err(WriteError::VersionMismatch { current }) => {
                 assert_eq!(current, current_version);
                 if write.sync || self.strict() {
-                    self.answer(&key, self.store.unsettled_seq(&key));
+                    self.answer(
+                        &key,
+                        self.store.unsettled_barrier(vnode_of(&key, VNODES), &key),
+                    );
                 }
             }
             Err(other) => panic!("unexpected {other:?}"),
@@ -191,12 +208,12 @@ impl Harness {
     }
 
     /// An answer about `key`'s current state is given once `barrier` is visible.
-    fn answer(&mut self, key: &[u8], barrier: Option<u64>) {
+    fn answer(&mut self, key: &[u8], barrier: Option<Barrier>) {
         let position = self.position(key);
         match barrier {
-            Some(seq) if seq > self.store.visible_seq() => {
+            Some(barrier) if !self.store.is_visible(barrier) => {
                 self.held += 1;
-                self.held_answers.push((key.to_vec(), position, seq));
+                self.held_answers.push((key.to_vec(), position, barrier));
             }
             _ => self.show(key, position),
         }
@@ -210,10 +227,10 @@ impl Harness {
 
     /// Gives the held answers whose barrier is now visible.
     fn release_answers(&mut self) {
-        let visible = self.store.visible_seq();
+        let store = &self.store;
         let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_answers)
             .into_iter()
-            .partition(|(_, _, seq)| *seq <= visible);
+            .partition(|(_, _, barrier)| store.is_visible(*barrier));
         self.held_answers = held;
         for (key, position, _) in ready {
             self.show(&key, position);
@@ -222,7 +239,7 @@ impl Harness {
 
     /// Reads through the public API; a disk read fills the value cache, as the shell does.
     fn read(&mut self, key: &[u8]) -> Option<(Vec<u8>, u64)> {
-        let read = match self.store.get(vnode_of(key), key, self.now_ms) {
+        let read = match self.store.get(vnode_of(key, VNODES), key, self.now_ms) {
             Lookup::NotFound => return None,
             Lookup::InMemory { value, version } => return Some((value.to_vec(), version)),
             Lookup::OnDisk(read) => read,
@@ -230,7 +247,7 @@ impl Harness {
         let bytes = self.disk.read(&read);
         let value = finish_read(&read, key, &bytes).expect("intact record");
         self.store
-            .handle_read_done(vnode_of(key), key, &read, &value, self.now_ms);
+            .handle_read_done(vnode_of(key, VNODES), key, &read, &value, self.now_ms);
         Some((value, read.version))
     }
 
@@ -244,8 +261,11 @@ impl Harness {
             String::from_utf8_lossy(&key)
         );
         if self.strict() {
-            let barrier = self.store.read(vnode_of(&key), &key, self.now_ms).1;
-            assert_eq!(barrier, self.store.unsettled_seq(&key));
+            let barrier = self.store.read(vnode_of(&key, VNODES), &key, self.now_ms).1;
+            assert_eq!(
+                barrier,
+                self.store.unsettled_barrier(vnode_of(&key, VNODES), &key)
+            );
             self.answer(&key, barrier);
         }
     }
@@ -272,7 +292,7 @@ impl Harness {
     /// Every live key of the store, read back through the public API.
     fn contents(&mut self) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
         let mut out = BTreeMap::new();
-        for vnode in 0..VNODES {
+        for vnode in 0..VNODES as u16 {
             // Pages of random size, each going on from the last digest of the one before.
             let mut after = None;
             loop {
@@ -286,7 +306,7 @@ impl Harness {
                             finish_key_read(read, item.digest, &bytes).expect("intact key")
                         }
                     };
-                    assert_eq!(vnode_of(&key), vnode);
+                    assert_eq!(vnode_of(&key, VNODES), vnode);
                     let (value, version) = self.read(&key).expect("scanned key reads back");
                     assert_eq!(item.version, version);
                     assert!(out.insert(key, (value, version)).is_none(), "listed twice");
@@ -515,6 +535,7 @@ fn failed_fsync_stops_acknowledging() {
         ttl_ms: 0,
         if_version: None,
         sync: false,
+        epoch: 1,
     };
     assert!(matches!(
         harness.store.handle_write(write, harness.now_ms),
@@ -529,12 +550,13 @@ fn compaction_keeps_disk_within_the_factor_under_overwrites() {
     for round in 0..400u64 {
         let key = format!("key-{}", round % 20);
         let write = Write {
-            vnode: vnode_of(key.as_bytes()),
+            vnode: vnode_of(key.as_bytes(), VNODES),
             key: key.as_bytes(),
             value: Some(&value),
             ttl_ms: 0,
             if_version: None,
             sync: false,
+            epoch: 1,
         };
         harness.store.handle_write(write, harness.now_ms).unwrap();
         harness
@@ -570,12 +592,13 @@ fn an_expired_newer_version_dropped_by_compaction_does_not_resurrect_an_older_on
     let filler = vec![1u8; 500_000];
     let put = |h: &mut Harness, key: &str, value: &[u8], ttl_ms: u64| {
         let write = Write {
-            vnode: vnode_of(key.as_bytes()),
+            vnode: vnode_of(key.as_bytes(), VNODES),
             key: key.as_bytes(),
             value: Some(value),
             ttl_ms,
             if_version: None,
             sync: false,
+            epoch: 1,
         };
         h.store.handle_write(write, h.now_ms).unwrap();
         h.disk.flush_due(&mut h.store, h.now_ms).unwrap();
@@ -628,12 +651,13 @@ fn a_tombstone_outlives_the_older_records_it_hides() {
     let filler = vec![1u8; 500_000];
     let write = |h: &mut Harness, key: &str, value: Option<&[u8]>| {
         let write = Write {
-            vnode: vnode_of(key.as_bytes()),
+            vnode: vnode_of(key.as_bytes(), VNODES),
             key: key.as_bytes(),
             value,
             ttl_ms: 0,
             if_version: None,
             sync: false,
+            epoch: 1,
         };
         h.store.handle_write(write, h.now_ms).unwrap();
         h.disk.flush_due(&mut h.store, h.now_ms).unwrap();
@@ -676,12 +700,13 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
     let big = vec![4u8; 900_000];
     let write = |h: &mut Harness, key: &str, value: &[u8]| {
         let write = Write {
-            vnode: vnode_of(key.as_bytes()),
+            vnode: vnode_of(key.as_bytes(), VNODES),
             key: key.as_bytes(),
             value: Some(value),
             ttl_ms: 0,
             if_version: None,
             sync: false,
+            epoch: 1,
         };
         h.store.handle_write(write, h.now_ms)
     };
@@ -765,24 +790,42 @@ fn hints_give_the_same_data_as_a_full_scan_and_damaged_ones_are_not_trusted() {
 
 #[test]
 fn a_memory_limit_refuses_new_keys_per_vnode_and_survives_a_restart() {
-    // Room for the 256 empty tables (which hold ~3 300 keys before growing) and 100 KB more.
-    let empty_tables = Store::new(StoreConfig::default()).stats().index_bytes;
-    let limit_bytes = empty_tables + 100_000;
+    // Room for the 256 vnodes' first tables (which hold ~3 300 keys before growing) and 100 KB
+    // more. An empty vnode holds no table; its first key allocates the smallest one.
+    let mut probe = Store::new(StoreConfig {
+        vnodes: VNODES,
+        ..StoreConfig::default()
+    });
+    assert_eq!(probe.stats().index_bytes, 0, "empty vnodes hold no memory");
+    let first_key = Write {
+        vnode: 0,
+        key: b"k",
+        value: Some(b"v"),
+        ttl_ms: 0,
+        if_version: None,
+        sync: false,
+        epoch: 1,
+    };
+    probe.handle_write(first_key, 1_000_000).unwrap();
+    let first_tables = probe.stats().index_bytes * u64::from(VNODES);
+    let limit_bytes = first_tables + 100_000;
     let config = StoreConfig {
         memory_limit_bytes: Some(limit_bytes),
         cache_bytes: 64 * 1024,
+        vnodes: VNODES,
         ..StoreConfig::default()
     };
     let mut store = Store::new(config.clone());
     let mut disk = MemDisk::new();
     let put = |store: &mut Store, key: &[u8], ttl_ms: u64| {
         let write = Write {
-            vnode: vnode_of(key),
+            vnode: vnode_of(key, VNODES),
             key,
             value: Some(b"value"),
             ttl_ms,
             if_version: None,
             sync: false,
+            epoch: 1,
         };
         store.handle_write(write, 1_000_000)
     };
@@ -817,20 +860,21 @@ fn a_memory_limit_refuses_new_keys_per_vnode_and_survives_a_restart() {
     ));
     put(&mut store, &stored[0], 0).expect("an overwrite needs no room");
     assert!(!matches!(
-        store.get(vnode_of(&stored[1]), &stored[1], 1_000_000),
+        store.get(vnode_of(&stored[1], VNODES), &stored[1], 1_000_000),
         Lookup::NotFound
     ));
     let neighbour = stored
         .iter()
-        .position(|k| vnode_of(k) == vnode_of(&refused))
+        .position(|k| vnode_of(k, VNODES) == vnode_of(&refused, VNODES))
         .expect("a stored key in the refused key's vnode");
     let delete = Write {
-        vnode: vnode_of(&refused),
+        vnode: vnode_of(&refused, VNODES),
         key: &stored[neighbour],
         value: None,
         ttl_ms: 0,
         if_version: None,
         sync: false,
+        epoch: 1,
     };
     store.handle_write(delete, 1_000_000).unwrap();
     stored.swap_remove(neighbour);
@@ -844,11 +888,165 @@ fn a_memory_limit_refuses_new_keys_per_vnode_and_survives_a_restart() {
     for key in &stored {
         assert!(
             !matches!(
-                recovered.get(vnode_of(key), key, 1_000_000),
+                recovered.get(vnode_of(key, VNODES), key, 1_000_000),
                 Lookup::NotFound
             ),
             "{}",
             String::from_utf8_lossy(key)
         );
     }
+}
+
+fn write_in(vnode: u16, key: &[u8], value: Option<&[u8]>) -> Write<'static> {
+    let key: &'static [u8] = Box::leak(key.to_vec().into_boxed_slice());
+    let value: Option<&'static [u8]> = value.map(|v| &*Box::leak(v.to_vec().into_boxed_slice()));
+    Write {
+        vnode,
+        key,
+        value,
+        ttl_ms: 0,
+        if_version: None,
+        sync: false,
+        epoch: 1,
+    }
+}
+
+#[test]
+fn vnode_sequence_numbers_survive_restarts_and_compaction() {
+    let mut harness = Harness::new(21, FsyncPolicy::Always);
+    let filler = vec![5u8; 400_000];
+    // Vnode 3: ten writes, the newest of them a delete; vnode 4 fills segments and is
+    // overwritten, so that compaction has victims.
+    for i in 0..9 {
+        let ack = harness
+            .store
+            .handle_write(
+                write_in(3, format!("k{i}").as_bytes(), Some(b"v")),
+                harness.now_ms,
+            )
+            .unwrap();
+        assert_eq!(
+            ack.vnode_seq,
+            i + 1,
+            "the head numbers a vnode's writes from 1"
+        );
+    }
+    let delete = Write {
+        value: None,
+        ..write_in(3, b"k0", None)
+    };
+    assert_eq!(
+        harness
+            .store
+            .handle_write(delete, harness.now_ms)
+            .unwrap()
+            .vnode_seq,
+        10
+    );
+    harness.flush();
+    for round in 0..30 {
+        let key = format!("f{}", round % 4);
+        harness
+            .store
+            .handle_write(write_in(4, key.as_bytes(), Some(&filler)), harness.now_ms)
+            .unwrap();
+        harness.flush();
+        while harness
+            .disk
+            .compact(&mut harness.store, harness.now_ms)
+            .unwrap()
+            .is_some()
+        {}
+        harness.flush();
+    }
+    assert!(
+        !harness.disk.segments().contains(&1),
+        "the segment with vnode 3's records, its delete the newest, was compacted"
+    );
+    let log = harness.store.vnode_log(3);
+    assert_eq!(
+        (log.applied_seq, log.durable_seq, log.visible_seq),
+        (10, 10, 10)
+    );
+    for use_hints in [true, false] {
+        harness.disk.use_hints = use_hints;
+        harness.restart();
+        let log = harness.store.vnode_log(3);
+        assert_eq!(
+            log.applied_seq, 10,
+            "the delete's sequence number is kept (hints {use_hints})"
+        );
+        assert_eq!(harness.store.vnode_log(4).applied_seq, 30);
+    }
+    // The next write goes on from there.
+    let next = harness
+        .store
+        .handle_write(write_in(3, b"k1", Some(b"w")), harness.now_ms)
+        .unwrap();
+    assert_eq!(next.vnode_seq, 11);
+}
+
+#[test]
+fn a_replica_applies_the_heads_writes_as_they_are_and_in_order() {
+    let mut head = Harness::new(22, FsyncPolicy::Always);
+    let mut replica = Harness::new(23, FsyncPolicy::Always);
+    let mut shipped = Vec::new();
+    for i in 0..300u64 {
+        let key = format!("key-{}", i % 40).into_bytes();
+        let vnode = vnode_of(&key, VNODES);
+        let value = (i % 7 != 0).then(|| format!("value {i}").into_bytes());
+        let write = Write {
+            vnode,
+            key: &key,
+            value: value.as_deref(),
+            ttl_ms: if i % 5 == 0 { 60_000 } else { 0 },
+            if_version: None,
+            sync: false,
+            epoch: 3,
+        };
+        let Ok(ack) = head.store.handle_write(write, head.now_ms) else {
+            continue; // a delete of a missing key
+        };
+        shipped.push((vnode, key, value, ack));
+    }
+    for (vnode, key, value, ack) in &shipped {
+        let write = ReplicatedWrite {
+            vnode: *vnode,
+            key,
+            value: value.as_deref(),
+            version: ack.version,
+            expiry_ms: ack.expiry_ms,
+            seq: ack.vnode_seq,
+            epoch: 3,
+        };
+        replica
+            .store
+            .handle_replicated_write(write, replica.now_ms)
+            .unwrap();
+        // The same write again, or any older one, is refused.
+        assert!(matches!(
+            replica.store.handle_replicated_write(write, replica.now_ms),
+            Err(WriteError::OutOfOrder { .. })
+        ));
+    }
+    head.flush();
+    replica.flush();
+    assert_eq!(
+        replica.contents(),
+        head.contents(),
+        "the replica equals the head"
+    );
+    for vnode in 0..VNODES as u16 {
+        let (h, r) = (head.store.vnode_log(vnode), replica.store.vnode_log(vnode));
+        assert_eq!(
+            (h.applied_seq, h.applied_version),
+            (r.applied_seq, r.applied_version)
+        );
+    }
+    replica.restart();
+    assert_eq!(
+        replica.contents(),
+        head.contents(),
+        "and so after a restart"
+    );
 }
