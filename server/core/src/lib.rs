@@ -6,5 +6,8 @@
 //!
 //! - [`placement`]: the chain table (vnode -> replicas, head first, with an epoch) and the
 //!   planner that builds it and changes it with the fewest moves.
+//! - [`replication`]: chain replication of a shard's vnodes: the head's stream, acks, the
+//!   commit point, catch-up and state transfer, per-operation consistency.
 
 pub mod placement;
+pub mod replication;

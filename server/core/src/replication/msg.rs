@@ -1,0 +1,127 @@
+//! What replicas say to each other, and what a client asks for.
+
+use crate::placement::NodeId;
+
+/// How much a client asks of an operation (DESIGN.md, "Consistency per operation").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Write acknowledged once the head has it; read served by the replica reached.
+    Eventual,
+    /// Write acknowledged once head and middle have it; read served by any replica that has
+    /// applied the session's token.
+    Session,
+    /// Write acknowledged once the whole chain has it; read shows only committed writes.
+    #[default]
+    Strong,
+}
+
+/// One write of a vnode, as the head made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub version: u64,
+    /// Unix milliseconds, 0 = never.
+    pub expiry_ms: u64,
+    pub key: Vec<u8>,
+    /// `None`: a delete (tombstone).
+    pub value: Option<Vec<u8>>,
+}
+
+impl Entry {
+    /// Bytes the entry holds in a queue.
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, Vec::len) + 40
+    }
+}
+
+/// Where a replica's copy of a vnode stands: its newest write and that write's version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub version: u64,
+}
+
+/// A message about one vnode between two of its replicas. Every message carries the chain's
+/// epoch; a replica drops messages of any other epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerMsg {
+    pub vnode: u16,
+    pub epoch: u64,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Predecessor -> successor: writes in sequence order, the first right after `after`.
+    /// `prefix` is what every replica from the head to the sender has (applied and durable):
+    /// with the acks coming back, every replica can tell what the whole chain has.
+    Append {
+        after: u64,
+        entries: Vec<Entry>,
+        prefix: Watermarks,
+    },
+    /// Successor -> predecessor: what the successor has (`own`) and what it and every replica
+    /// after it have (`suffix`).
+    Ack { own: Watermarks, suffix: Watermarks },
+    /// "Send me what comes after this": a successor on (re)connecting, or when a stream skipped;
+    /// also the answer to a `Probe`.
+    Position(Position),
+    /// A restarted head asks every replica where it stands before taking writes.
+    Probe,
+    /// Sender -> receiver: the sender's whole state of the vnode newer than `since`, so that
+    /// the receiver ends up equal to the sender as of `through`. Entries come in version order
+    /// (their sequence numbers grow, with gaps: each key's newest write only).
+    State {
+        through: Position,
+        entries: Vec<Entry>,
+        /// The last part: also every key digest the sender holds, so the receiver drops any
+        /// key it has that the sender does not (deletes whose tombstones are gone).
+        last: Option<Vec<u128>>,
+    },
+    /// A restarted head asks the replica that is ahead of it for its state newer than `since`.
+    PullState { since: Position },
+}
+
+/// Sequence numbers a replica (or a run of replicas) has applied and made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub applied: u64,
+    pub durable: u64,
+}
+
+impl Watermarks {
+    pub fn min(self, other: Watermarks) -> Watermarks {
+        Watermarks {
+            applied: self.applied.min(other.applied),
+            durable: self.durable.min(other.durable),
+        }
+    }
+
+    /// The one that counts: durable when writes must be durable to count.
+    pub fn pick(self, durable: bool) -> u64 {
+        if durable {
+            self.durable
+        } else {
+            self.applied
+        }
+    }
+
+    /// No information yet: nothing counts until a message says so.
+    pub const NONE: Watermarks = Watermarks {
+        applied: 0,
+        durable: 0,
+    };
+
+    /// Everything: the identity of `min` (the end of a chain has nothing after it).
+    pub const ALL: Watermarks = Watermarks {
+        applied: u64::MAX,
+        durable: u64::MAX,
+    };
+}
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: NodeId,
+    pub msg: PeerMsg,
+}

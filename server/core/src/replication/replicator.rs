@@ -1,0 +1,343 @@
+//! The replication of one shard's vnodes: inputs in, effects out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::msg::{Entry, Level, Outgoing, PeerMsg, Position};
+use super::vnode::{Ctx, VnodeState};
+use crate::placement::{Chain, NodeId};
+
+/// What replication needs of a shard's store (the shell implements it over `tessera-store`;
+/// the simulator over the same store on an in-memory disk). Every call is synchronous.
+pub trait VnodeStore {
+    /// The vnode's newest applied write: its sequence number and version.
+    fn position(&self, vnode: u16) -> Position;
+    /// The vnode's writes are durable through this sequence number.
+    fn durable_seq(&self, vnode: u16) -> u64;
+    /// Applies a write of the vnode's head as it is (sequence numbers only grow).
+    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, now_ms: u64) -> Result<(), String>;
+    /// Ends a state transfer: drops every key of the vnode not in `keep` (and not written
+    /// after `through`), and moves the vnode's position to `through`.
+    fn finish_state(
+        &mut self,
+        vnode: u16,
+        keep: &[u128],
+        through: Position,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<(), String>;
+    /// The chain has committed the vnode's writes through `seq`: `strong` reads may show them.
+    fn set_committed(&mut self, vnode: u16, seq: u64);
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub me: NodeId,
+    /// Writes count only once durable (`--fsync always`), for every level's ack and for commit.
+    pub durable_commit: bool,
+    /// Bytes the shard's retention queues may hold; past it writes are refused OVERLOADED.
+    pub queue_limit_bytes: usize,
+    /// How long a write waits for its ack point before it fails with "outcome unknown".
+    pub write_timeout_ms: u64,
+}
+
+/// A client write waiting for its ack point.
+pub type Ticket = u64;
+
+/// Why a write that was applied at the head was not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("the write's ack point was not reached in time: the outcome is unknown (it may still be applied)")]
+    Timeout,
+    #[error("the write's outcome is unknown: {0}")]
+    Stopped(String),
+}
+
+/// Why a write is refused before it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this node is not the head of vnode {vnode}: node {head} is")]
+    NotHead { vnode: u16, head: NodeId },
+    #[error("this node holds no replica of vnode {vnode}")]
+    NotHeld { vnode: u16 },
+    #[error("vnode {vnode}'s head restarted and is still checking its replicas; retry shortly")]
+    Recovering { vnode: u16 },
+    #[error(
+        "the replication queues are full ({queued_bytes} bytes): a replica is behind; retry later"
+    )]
+    Overloaded { queued_bytes: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this message to the shard that holds its vnode on node `to`.
+    Send(Outgoing),
+    /// Read the store's state of `vnode` newer than `since` (entries in version order, each
+    /// key's newest write as of one moment, and every key digest held then) and give it to
+    /// `Replicator::handle_state_read` for `to`.
+    ReadState {
+        vnode: u16,
+        to: NodeId,
+        since: Position,
+    },
+    /// A client write reached its ack point, or never will.
+    WriteDone {
+        ticket: Ticket,
+        result: Result<(), WriteFailure>,
+    },
+}
+
+/// The answer to `Effect::ReadState`: the vnode's state as of `through`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRead {
+    pub vnode: u16,
+    pub to: NodeId,
+    pub through: Position,
+    /// Each key's newest write newer than the `since` asked for, in version order.
+    pub entries: Vec<Entry>,
+    /// Every key digest the vnode holds.
+    pub keep: Vec<u128>,
+}
+
+pub struct Replicator {
+    config: Config,
+    vnodes: BTreeMap<u16, VnodeState>,
+    queued_bytes: usize,
+    effects: VecDeque<Effect>,
+    next_ticket: Ticket,
+    links_up: BTreeSet<NodeId>,
+}
+
+impl Replicator {
+    /// Replication of the vnodes this shard holds (`held`: vnode and its chain).
+    pub fn new(
+        config: Config,
+        held: impl IntoIterator<Item = (u16, Chain)>,
+        store: &dyn VnodeStore,
+    ) -> Replicator {
+        let me = config.me;
+        let vnodes = held
+            .into_iter()
+            .map(|(vnode, chain)| (vnode, VnodeState::new(vnode, chain, me, store)))
+            .collect();
+        Replicator {
+            config,
+            vnodes,
+            queued_bytes: 0,
+            effects: VecDeque::new(),
+            next_ticket: 1,
+            links_up: BTreeSet::new(),
+        }
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    fn ctx<'a>(
+        effects: &'a mut VecDeque<Effect>,
+        config: &Config,
+        store: &'a mut dyn VnodeStore,
+        now_ms: u64,
+    ) -> Ctx<'a> {
+        Ctx {
+            store,
+            effects,
+            durable_commit: config.durable_commit,
+            now_ms,
+        }
+    }
+
+    /// Runs `f` on one vnode and then flushes its output.
+    fn with_vnode(
+        &mut self,
+        vnode: u16,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+        f: impl FnOnce(&mut VnodeState, &mut Ctx<'_>) -> isize,
+    ) {
+        let Some(state) = self.vnodes.get_mut(&vnode) else {
+            return;
+        };
+        let mut cx = Self::ctx(&mut self.effects, &self.config, store, now_ms);
+        let delta = f(state, &mut cx);
+        state.flush(&mut cx);
+        self.queued_bytes = self.queued_bytes.saturating_add_signed(delta);
+    }
+
+    // ------------------------------------------------------------------ links
+
+    pub fn handle_link_up(&mut self, node: NodeId, store: &mut dyn VnodeStore, now_ms: u64) {
+        self.links_up.insert(node);
+        let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
+        for vnode in vnodes {
+            self.with_vnode(vnode, store, now_ms, |state, cx| {
+                state.handle_link_up(node, cx);
+                0
+            });
+        }
+    }
+
+    pub fn handle_link_down(&mut self, node: NodeId) {
+        self.links_up.remove(&node);
+        for state in self.vnodes.values_mut() {
+            state.handle_link_down(node);
+        }
+    }
+
+    pub fn link_up(&self, node: NodeId) -> bool {
+        self.links_up.contains(&node)
+    }
+
+    // ------------------------------------------------------------------ messages
+
+    pub fn handle_message(
+        &mut self,
+        from: NodeId,
+        msg: PeerMsg,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+    ) {
+        let epoch_matches = self
+            .vnodes
+            .get(&msg.vnode)
+            .is_some_and(|s| s.chain.epoch == msg.epoch);
+        if !epoch_matches {
+            return; // another epoch (or a vnode not held here): dropped
+        }
+        self.with_vnode(msg.vnode, store, now_ms, |state, cx| {
+            state.handle_message(from, msg.body, cx)
+        });
+        self.trim_queues();
+    }
+
+    /// The shell read the state an `Effect::ReadState` asked for.
+    pub fn handle_state_read(&mut self, read: StateRead, store: &mut dyn VnodeStore, now_ms: u64) {
+        self.with_vnode(read.vnode, store, now_ms, |state, cx| {
+            state.handle_state_read(read.to, read.through, read.entries, read.keep, cx);
+            0
+        });
+    }
+
+    // ------------------------------------------------------------------ writes
+
+    /// Whether a write of `vnode` may be applied here now.
+    pub fn admit_write(&self, vnode: u16) -> Result<(), Refusal> {
+        let state = self.vnodes.get(&vnode).ok_or(Refusal::NotHeld { vnode })?;
+        if !state.is_head() {
+            return Err(Refusal::NotHead {
+                vnode,
+                head: state.chain.head(),
+            });
+        }
+        if !state.takes_writes() {
+            return Err(Refusal::Recovering { vnode });
+        }
+        if self.queued_bytes >= self.config.queue_limit_bytes {
+            return Err(Refusal::Overloaded {
+                queued_bytes: self.queued_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A write the shell applied to the store as head (after `admit_write`): streams it, and
+    /// returns the ticket that `Effect::WriteDone` answers once its ack point is reached.
+    /// `durable`: the write counts only once durable (the request asked, or `durable_commit`).
+    pub fn handle_head_write(
+        &mut self,
+        vnode: u16,
+        entry: Entry,
+        level: Level,
+        durable: bool,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+    ) -> Ticket {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let deadline_ms = now_ms.saturating_add(self.config.write_timeout_ms);
+        let durable = durable || self.config.durable_commit;
+        let durable_seq = store.durable_seq(vnode);
+        self.with_vnode(vnode, store, now_ms, |state, _| {
+            let waiter = Some((ticket, level, durable, deadline_ms));
+            state.handle_head_write(entry, waiter, durable_seq)
+        });
+        self.trim_queues();
+        ticket
+    }
+
+    /// The store made more of these vnodes' writes durable.
+    pub fn handle_durable(&mut self, vnodes: &[u16], store: &mut dyn VnodeStore, now_ms: u64) {
+        for &vnode in vnodes {
+            let durable = store.durable_seq(vnode);
+            self.with_vnode(vnode, store, now_ms, |state, _| {
+                state.handle_durable(durable);
+                0
+            });
+        }
+    }
+
+    /// Time passed: writes past their deadline fail.
+    pub fn handle_tick(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
+        let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
+        for vnode in vnodes {
+            self.with_vnode(vnode, store, now_ms, |_, _| 0);
+        }
+    }
+
+    /// The store stopped taking writes: every write waiting here fails.
+    pub fn fail_writes(&mut self, reason: &str, store: &mut dyn VnodeStore, now_ms: u64) {
+        for state in self.vnodes.values_mut() {
+            let mut cx = Self::ctx(&mut self.effects, &self.config, store, now_ms);
+            state.fail_waiters(WriteFailure::Stopped(reason.to_string()), &mut cx);
+        }
+    }
+
+    /// When successors are down, their queues give way first: what does not fit is dropped and
+    /// they get a state transfer when they return.
+    fn trim_queues(&mut self) {
+        if self.queued_bytes <= self.config.queue_limit_bytes {
+            return;
+        }
+        for state in self.vnodes.values_mut() {
+            if !state.successor_link_up() {
+                self.queued_bytes -= state.drop_queue();
+            }
+        }
+    }
+
+    /// Drops every retention queue whose successor is down (tests: as an overflow would).
+    #[cfg(test)]
+    pub(crate) fn trim_all_queues_for_test(&mut self) {
+        for state in self.vnodes.values_mut() {
+            if !state.successor_link_up() {
+                self.queued_bytes -= state.drop_queue();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// This node's position in `vnode`'s chain, if it holds it.
+    pub fn chain(&self, vnode: u16) -> Option<&Chain> {
+        self.vnodes.get(&vnode).map(|s| &s.chain)
+    }
+
+    /// What this replica has applied of `vnode` (a `session` read waits for its token).
+    pub fn applied(&self, vnode: u16) -> Option<u64> {
+        self.vnodes.get(&vnode).map(|s| s.own.applied)
+    }
+
+    /// The commit point this replica knows for `vnode`.
+    pub fn committed(&self, vnode: u16) -> Option<u64> {
+        self.vnodes.get(&vnode).map(|s| s.committed)
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// The vnodes held here.
+    pub fn vnodes(&self) -> impl Iterator<Item = u16> + '_ {
+        self.vnodes.keys().copied()
+    }
+}

@@ -1,0 +1,562 @@
+//! The replication state machine on a tiny in-memory cluster: three replicas of one vnode,
+//! a map for a store, messages delivered by hand so that each test can cut links, lose
+//! messages and restart nodes where it wants.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use super::*;
+use crate::placement::{Chain, NodeId};
+
+const VNODE: u16 = 7;
+
+fn digest(key: &[u8]) -> u128 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    u128::from(hasher.finish())
+}
+
+/// A store as replication sees it: keys with their newest write, and the vnode's watermarks.
+/// Writes are durable when `sync` is called (or at once with `auto_durable`).
+#[derive(Clone, Debug, Default)]
+struct MapStore {
+    data: BTreeMap<Vec<u8>, (Vec<u8>, u64, u64)>, // key -> (value, version, seq)
+    position: Position,
+    durable: u64,
+    committed: u64,
+    auto_durable: bool,
+    /// What was durable at the last `sync`: a crash goes back to it.
+    durable_copy: Option<Box<MapStore>>,
+}
+
+impl MapStore {
+    fn sync(&mut self) {
+        self.durable = self.position.seq;
+        let mut copy = self.clone();
+        copy.durable_copy = None;
+        self.durable_copy = Some(Box::new(copy));
+    }
+
+    /// A crash: back to what was synced; nothing committed is known.
+    fn crash(&self) -> MapStore {
+        let mut back = self.durable_copy.as_deref().cloned().unwrap_or_default();
+        back.committed = 0;
+        back.auto_durable = self.auto_durable;
+        back.durable_copy = Some(Box::new(back.clone()));
+        back
+    }
+
+    fn live(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.data
+            .iter()
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The head's side of a client write.
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Entry {
+        let entry = Entry {
+            seq: self.position.seq + 1,
+            version: self.position.version + 1,
+            expiry_ms: 0,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        };
+        self.apply(VNODE, &entry, 1, 0).unwrap();
+        entry
+    }
+
+    fn state_since(&self, since: Position) -> (Vec<Entry>, Vec<u128>) {
+        let mut entries: Vec<Entry> = self
+            .data
+            .iter()
+            .filter(|(_, (_, version, _))| *version > since.version)
+            .map(|(key, (value, version, seq))| Entry {
+                seq: *seq,
+                version: *version,
+                expiry_ms: 0,
+                key: key.clone(),
+                value: Some(value.clone()),
+            })
+            .collect();
+        entries.sort_by_key(|e| e.version);
+        (entries, self.data.keys().map(|k| digest(k)).collect())
+    }
+}
+
+impl VnodeStore for MapStore {
+    fn position(&self, _vnode: u16) -> Position {
+        self.position
+    }
+    fn durable_seq(&self, _vnode: u16) -> u64 {
+        self.durable
+    }
+    fn apply(
+        &mut self,
+        _vnode: u16,
+        entry: &Entry,
+        _epoch: u64,
+        _now_ms: u64,
+    ) -> Result<(), String> {
+        assert!(
+            entry.seq > self.position.seq,
+            "applied in order: {entry:?} after {:?}",
+            self.position
+        );
+        match &entry.value {
+            Some(value) => {
+                self.data
+                    .insert(entry.key.clone(), (value.clone(), entry.version, entry.seq));
+            }
+            None => {
+                self.data.remove(&entry.key);
+            }
+        }
+        self.position = Position {
+            seq: entry.seq,
+            version: entry.version,
+        };
+        if self.auto_durable {
+            self.sync();
+        }
+        Ok(())
+    }
+    fn finish_state(
+        &mut self,
+        _vnode: u16,
+        keep: &[u128],
+        through: Position,
+        _epoch: u64,
+        _now_ms: u64,
+    ) -> Result<(), String> {
+        let keep: BTreeSet<u128> = keep.iter().copied().collect();
+        self.data.retain(|key, (_, version, _)| {
+            keep.contains(&digest(key)) || *version > through.version
+        });
+        self.position = through;
+        if self.auto_durable {
+            self.sync();
+        }
+        Ok(())
+    }
+    fn set_committed(&mut self, _vnode: u16, seq: u64) {
+        assert!(seq >= self.committed, "the commit point never goes back");
+        self.committed = seq;
+    }
+}
+
+struct Member {
+    store: MapStore,
+    replicator: Replicator,
+}
+
+/// Three replicas of `VNODE`, chain 1 -> 2 -> 3.
+struct Cluster {
+    members: BTreeMap<NodeId, Member>,
+    chain: Chain,
+    in_flight: VecDeque<(NodeId, NodeId, PeerMsg)>,
+    links: BTreeSet<(NodeId, NodeId)>,
+    done: BTreeMap<Ticket, Result<(), WriteFailure>>,
+    now_ms: u64,
+    config: Config,
+}
+
+impl Cluster {
+    fn new(durable_commit: bool) -> Cluster {
+        let chain = Chain {
+            replicas: vec![1, 2, 3],
+            epoch: 1,
+        };
+        let config = Config {
+            me: 0,
+            durable_commit,
+            queue_limit_bytes: 1 << 20,
+            write_timeout_ms: 1000,
+        };
+        let mut cluster = Cluster {
+            members: BTreeMap::new(),
+            chain,
+            in_flight: VecDeque::new(),
+            links: BTreeSet::new(),
+            done: BTreeMap::new(),
+            now_ms: 1000,
+            config,
+        };
+        for node in 1..=3 {
+            cluster.start(
+                node,
+                MapStore {
+                    auto_durable: true,
+                    ..MapStore::default()
+                },
+            );
+        }
+        for a in 1..=3 {
+            for b in 1..=3 {
+                if a < b {
+                    cluster.connect(a, b);
+                }
+            }
+        }
+        cluster.run();
+        cluster
+    }
+
+    fn start(&mut self, node: NodeId, store: MapStore) {
+        let config = Config {
+            me: node,
+            ..self.config.clone()
+        };
+        let replicator = Replicator::new(config, [(VNODE, self.chain.clone())], &store);
+        self.members.insert(node, Member { store, replicator });
+    }
+
+    fn connect(&mut self, a: NodeId, b: NodeId) {
+        self.links.insert((a, b));
+        self.links.insert((b, a));
+        let now = self.now_ms;
+        for (me, other) in [(a, b), (b, a)] {
+            let member = self.members.get_mut(&me).unwrap();
+            member
+                .replicator
+                .handle_link_up(other, &mut member.store, now);
+        }
+        self.collect();
+    }
+
+    fn disconnect(&mut self, a: NodeId, b: NodeId) {
+        self.links.remove(&(a, b));
+        self.links.remove(&(b, a));
+        self.in_flight
+            .retain(|(from, to, _)| !((*from, *to) == (a, b) || (*from, *to) == (b, a)));
+        for (me, other) in [(a, b), (b, a)] {
+            self.members
+                .get_mut(&me)
+                .unwrap()
+                .replicator
+                .handle_link_down(other);
+        }
+    }
+
+    /// Kill -9 of `node`: its store goes back to what was durable; it restarts, and its links
+    /// come back.
+    fn crash_and_restart(&mut self, node: NodeId) {
+        let others: Vec<NodeId> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|&n| n != node)
+            .collect();
+        for &other in &others {
+            self.disconnect(node, other);
+        }
+        let store = self.members[&node].store.crash();
+        self.start(node, store);
+        for other in others {
+            self.connect(node, other);
+        }
+    }
+
+    /// Takes every member's effects: messages go in flight, state reads are served at once.
+    fn collect(&mut self) {
+        let now = self.now_ms;
+        let nodes: Vec<NodeId> = self.members.keys().copied().collect();
+        for node in nodes {
+            let member = self.members.get_mut(&node).unwrap();
+            while let Some(effect) = member.replicator.poll_effect() {
+                match effect {
+                    Effect::Send(out) => {
+                        if self.links.contains(&(node, out.to)) {
+                            self.in_flight.push_back((node, out.to, out.msg));
+                        }
+                    }
+                    Effect::ReadState { vnode, to, since } => {
+                        let (entries, keep) = member.store.state_since(since);
+                        let through = member.store.position;
+                        let read = StateRead {
+                            vnode,
+                            to,
+                            through,
+                            entries,
+                            keep,
+                        };
+                        member
+                            .replicator
+                            .handle_state_read(read, &mut member.store, now);
+                    }
+                    Effect::WriteDone { ticket, result } => {
+                        self.done.insert(ticket, result);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers messages until none are left.
+    fn run(&mut self) {
+        self.collect();
+        while let Some((from, to, msg)) = self.in_flight.pop_front() {
+            let now = self.now_ms;
+            let member = self.members.get_mut(&to).unwrap();
+            member
+                .replicator
+                .handle_message(from, msg, &mut member.store, now);
+            self.collect();
+        }
+    }
+
+    fn write(&mut self, key: &str, value: Option<&str>, level: Level) -> Result<Ticket, Refusal> {
+        let now = self.now_ms;
+        let head = self.chain.head();
+        let member = self.members.get_mut(&head).unwrap();
+        member.replicator.admit_write(VNODE)?;
+        let entry = member.store.write(key.as_bytes(), value.map(str::as_bytes));
+        let ticket =
+            member
+                .replicator
+                .handle_head_write(VNODE, entry, level, false, &mut member.store, now);
+        self.collect();
+        Ok(ticket)
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now_ms += ms;
+        let now = self.now_ms;
+        for member in self.members.values_mut() {
+            member.replicator.handle_tick(&mut member.store, now);
+        }
+        self.run();
+    }
+
+    fn live(&self, node: NodeId) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.members[&node].store.live()
+    }
+
+    fn assert_converged(&self) {
+        let head = self.live(1);
+        for node in [2, 3] {
+            assert_eq!(self.live(node), head, "node {node} differs from the head");
+            assert_eq!(
+                self.members[&node].store.position,
+                self.members[&1].store.position
+            );
+        }
+    }
+}
+
+#[test]
+fn a_strong_write_is_acknowledged_once_the_whole_chain_has_it() {
+    let mut cluster = Cluster::new(false);
+    let ticket = cluster.write("k", Some("v"), Level::Strong).unwrap();
+    assert!(
+        !cluster.done.contains_key(&ticket),
+        "not before the chain has it"
+    );
+    cluster.run();
+    assert_eq!(cluster.done.get(&ticket), Some(&Ok(())));
+    cluster.assert_converged();
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.members[&node].store.committed, 1,
+            "node {node} knows the commit"
+        );
+    }
+}
+
+#[test]
+fn eventual_and_session_writes_are_acknowledged_earlier() {
+    let mut cluster = Cluster::new(false);
+    // The tail is cut off: eventual is done at once, session once the middle has it, strong
+    // never (and fails at its deadline, outcome unknown).
+    cluster.disconnect(2, 3);
+    let eventual = cluster.write("a", Some("1"), Level::Eventual).unwrap();
+    assert_eq!(cluster.done.get(&eventual), Some(&Ok(())));
+    let session = cluster.write("b", Some("2"), Level::Session).unwrap();
+    let strong = cluster.write("c", Some("3"), Level::Strong).unwrap();
+    cluster.run();
+    assert_eq!(cluster.done.get(&session), Some(&Ok(())));
+    assert!(!cluster.done.contains_key(&strong));
+    cluster.tick(2000);
+    assert_eq!(cluster.done.get(&strong), Some(&Err(WriteFailure::Timeout)));
+    // The tail comes back and catches up from the middle's queue; the chain converges.
+    cluster.connect(2, 3);
+    cluster.run();
+    cluster.assert_converged();
+    assert_eq!(cluster.members[&3].store.committed, 3);
+}
+
+#[test]
+fn a_replica_that_missed_the_queue_gets_the_state_with_deletes() {
+    let mut cluster = Cluster::new(false);
+    for i in 0..20 {
+        cluster
+            .write(&format!("k{i}"), Some("v"), Level::Strong)
+            .unwrap();
+    }
+    cluster.run();
+    cluster.disconnect(2, 3);
+    for i in 0..10 {
+        cluster
+            .write(&format!("k{i}"), None, Level::Eventual)
+            .unwrap();
+    }
+    cluster.write("new", Some("x"), Level::Eventual).unwrap();
+    cluster.run();
+    // The middle's queue for the tail is lost (as after an overflow): a transfer it must be.
+    cluster
+        .members
+        .get_mut(&2)
+        .unwrap()
+        .replicator
+        .trim_all_queues_for_test();
+    cluster.connect(2, 3);
+    cluster.run();
+    cluster.assert_converged();
+    assert_eq!(
+        cluster.live(3).len(),
+        11,
+        "the deletes reached the tail too"
+    );
+}
+
+#[test]
+fn a_head_that_lost_writes_in_a_crash_takes_them_back_before_new_ones() {
+    let mut cluster = Cluster::new(false);
+    // The head stops syncing: what it streams from now on is lost in its crash.
+    cluster.members.get_mut(&1).unwrap().store.auto_durable = false;
+    for i in 0..5 {
+        cluster
+            .write(&format!("k{i}"), Some("v"), Level::Session)
+            .unwrap();
+    }
+    cluster.run();
+    assert_eq!(cluster.members[&2].store.position.seq, 5);
+    cluster.crash_and_restart(1);
+    assert_eq!(
+        cluster.members[&1].store.position.seq, 0,
+        "the head lost them"
+    );
+    cluster.members.get_mut(&1).unwrap().store.auto_durable = true;
+    // Until it has asked the others, it takes no writes; then it pulls what they have.
+    assert_eq!(
+        cluster.members[&1].replicator.admit_write(VNODE),
+        Err(Refusal::Recovering { vnode: VNODE })
+    );
+    cluster.run();
+    assert_eq!(cluster.members[&1].replicator.admit_write(VNODE), Ok(()));
+    assert_eq!(cluster.members[&1].store.position.seq, 5, "pulled back");
+    let ticket = cluster.write("after", Some("v"), Level::Strong).unwrap();
+    cluster.run();
+    assert_eq!(cluster.done.get(&ticket), Some(&Ok(())));
+    assert_eq!(
+        cluster.members[&3].store.position.seq, 6,
+        "numbering went on, no reuse"
+    );
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_middle_that_lost_writes_waits_until_it_is_ahead_of_its_tail_again() {
+    let mut cluster = Cluster::new(false);
+    cluster.members.get_mut(&2).unwrap().store.auto_durable = false;
+    for i in 0..8 {
+        cluster
+            .write(&format!("k{i}"), Some("v"), Level::Strong)
+            .unwrap();
+    }
+    cluster.run();
+    assert_eq!(cluster.members[&3].store.position.seq, 8);
+    cluster.crash_and_restart(2);
+    cluster.members.get_mut(&2).unwrap().store.auto_durable = true;
+    cluster.run();
+    cluster.assert_converged();
+    let ticket = cluster.write("more", Some("v"), Level::Strong).unwrap();
+    cluster.run();
+    assert_eq!(cluster.done.get(&ticket), Some(&Ok(())));
+    cluster.assert_converged();
+}
+
+#[test]
+fn messages_of_another_epoch_are_dropped() {
+    let mut cluster = Cluster::new(false);
+    let stale = PeerMsg {
+        vnode: VNODE,
+        epoch: 0,
+        body: Body::Append {
+            after: 0,
+            entries: vec![Entry {
+                seq: 1,
+                version: 1,
+                expiry_ms: 0,
+                key: b"x".to_vec(),
+                value: Some(b"stale".to_vec()),
+            }],
+            prefix: Watermarks::ALL,
+        },
+    };
+    let member = cluster.members.get_mut(&2).unwrap();
+    member
+        .replicator
+        .handle_message(1, stale, &mut member.store, 0);
+    assert!(
+        cluster.live(2).is_empty(),
+        "another epoch's write is not applied"
+    );
+}
+
+#[test]
+fn a_slow_connected_successor_fills_the_queue_and_writes_are_refused() {
+    let mut cluster = Cluster::new(false);
+    // Messages to the middle are never delivered, but its link stays up.
+    let big = "x".repeat(100_000);
+    let mut refused = None;
+    for i in 0..40 {
+        match cluster.write(&format!("k{i}"), Some(&big), Level::Eventual) {
+            Ok(_) => cluster.in_flight.clear(),
+            Err(refusal) => {
+                refused = Some(refusal);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(Refusal::Overloaded { .. })),
+        "{refused:?}"
+    );
+    // Once the successor is gone instead of slow, its queue gives way and writes go on.
+    cluster.disconnect(1, 2);
+    cluster
+        .members
+        .get_mut(&1)
+        .unwrap()
+        .replicator
+        .trim_all_queues_for_test();
+    assert!(cluster.write("after", Some("v"), Level::Eventual).is_ok());
+}
+
+#[test]
+fn under_durable_commit_nothing_counts_before_it_is_synced() {
+    let mut cluster = Cluster::new(true);
+    for node in 1..=3 {
+        cluster.members.get_mut(&node).unwrap().store.auto_durable = false;
+    }
+    let eventual = cluster.write("k", Some("v"), Level::Eventual).unwrap();
+    cluster.run();
+    assert!(
+        !cluster.done.contains_key(&eventual),
+        "not before the head's sync"
+    );
+    assert_eq!(cluster.members[&3].store.committed, 0);
+    for node in 1..=3 {
+        let member = cluster.members.get_mut(&node).unwrap();
+        member.store.sync();
+        member
+            .replicator
+            .handle_durable(&[VNODE], &mut member.store, 0);
+    }
+    cluster.run();
+    assert_eq!(cluster.done.get(&eventual), Some(&Ok(())));
+    for node in 1..=3 {
+        assert_eq!(cluster.members[&node].store.committed, 1);
+    }
+}

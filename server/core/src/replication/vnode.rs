@@ -1,0 +1,709 @@
+//! One vnode's replication state on one replica.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
+use super::replicator::{Effect, Ticket, VnodeStore, WriteFailure};
+use crate::placement::{Chain, NodeId};
+
+/// Entries per `Append` message at most (bytes are bounded by the caller's batching too).
+const APPEND_BATCH_BYTES: usize = 1 << 20;
+
+/// A client write waiting for its ack point.
+#[derive(Debug)]
+struct Waiter {
+    ticket: Ticket,
+    level: Level,
+    durable: bool,
+    deadline_ms: u64,
+}
+
+/// The head's recovery after a restart: it asks every replica where it stands.
+#[derive(Debug, Default)]
+struct Recovery {
+    answers: BTreeMap<NodeId, Position>,
+    /// A pull from this replica is under way.
+    pulling_from: Option<NodeId>,
+}
+
+/// What this replica knows of its successor.
+#[derive(Debug)]
+struct Downstream {
+    node: NodeId,
+    /// The successor's own watermarks, and its and its successors'.
+    own: Watermarks,
+    suffix: Watermarks,
+    /// The last entry sent (the stream goes on after it); `None`: wait for its `Position`.
+    sent: Option<u64>,
+    /// Entries the successor has not made durable yet, oldest first.
+    queue: VecDeque<Entry>,
+    queue_bytes: usize,
+    /// The entry just before the queue's first: a successor at or after it can be resent to
+    /// from the queue. `None`: the queue lost entries (it overflowed, or this replica
+    /// restarted): a successor behind the queue needs a state transfer.
+    base: Option<Position>,
+    /// A state transfer to the successor is being read (`Effect::ReadState`).
+    transferring: bool,
+    /// The successor is ahead of this replica: stream once caught up past it.
+    deferred: Option<Position>,
+    link_up: bool,
+}
+
+impl Downstream {
+    fn new(node: NodeId, position: Position) -> Downstream {
+        Downstream {
+            node,
+            own: Watermarks::NONE,
+            suffix: Watermarks::NONE,
+            sent: None,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            base: Some(position),
+            transferring: false,
+            deferred: None,
+            link_up: false,
+        }
+    }
+}
+
+/// Bytes freed or taken by a change to a queue (the replicator keeps the shard's total).
+pub(crate) type QueueDelta = isize;
+
+#[derive(Debug)]
+pub(crate) struct VnodeState {
+    pub vnode: u16,
+    pub chain: Chain,
+    pub me: NodeId,
+    /// What every replica from the head to the predecessor has (non-heads).
+    prefix: Watermarks,
+    /// This replica's own watermarks, as its store has them.
+    pub own: Watermarks,
+    pub own_version: u64,
+    down: Option<Downstream>,
+    /// The commit point given to the store.
+    pub committed: u64,
+    /// A head that has not yet checked that no replica is ahead of it.
+    recovery: Option<Recovery>,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// An `Ack` is due to the predecessor, with these watermarks last sent.
+    last_ack: Option<(Watermarks, Watermarks)>,
+    /// The prefix last sent downstream (an empty `Append` carries a change on its own).
+    last_prefix_sent: Option<Watermarks>,
+    /// A `Position` was sent upstream and no stream has answered it yet.
+    awaiting_stream: bool,
+}
+
+/// What a handler needs around it: the store, the effects to emit, and settings.
+pub(crate) struct Ctx<'a> {
+    pub store: &'a mut dyn VnodeStore,
+    pub effects: &'a mut VecDeque<Effect>,
+    pub durable_commit: bool,
+    pub now_ms: u64,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, to: NodeId, vnode: u16, epoch: u64, body: Body) {
+        self.effects.push_back(Effect::Send(Outgoing {
+            to,
+            msg: PeerMsg { vnode, epoch, body },
+        }));
+    }
+}
+
+impl VnodeState {
+    pub fn new(vnode: u16, chain: Chain, me: NodeId, store: &dyn VnodeStore) -> VnodeState {
+        let position = store.position(vnode);
+        let own = Watermarks {
+            applied: position.seq,
+            durable: store.durable_seq(vnode),
+        };
+        let down = chain
+            .successor(me)
+            .map(|node| Downstream::new(node, position));
+        let recovery = (chain.head() == me && chain.replicas.len() > 1).then(Recovery::default);
+        VnodeState {
+            vnode,
+            me,
+            prefix: Watermarks::NONE,
+            own,
+            own_version: position.version,
+            down,
+            committed: 0,
+            recovery,
+            waiters: BTreeMap::new(),
+            last_ack: None,
+            last_prefix_sent: None,
+            awaiting_stream: false,
+            chain,
+        }
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.chain.head() == self.me
+    }
+
+    /// The head takes writes: it has checked that no replica is ahead of it.
+    pub fn takes_writes(&self) -> bool {
+        self.is_head() && self.recovery.is_none()
+    }
+
+    pub fn position(&self) -> Position {
+        Position {
+            seq: self.own.applied,
+            version: self.own_version,
+        }
+    }
+
+    pub fn successor_link_up(&self) -> bool {
+        self.down.as_ref().is_some_and(|d| d.link_up)
+    }
+
+    // ------------------------------------------------------------------ links
+
+    /// The connection to `node` came up: resume whatever this vnode does with it.
+    pub fn handle_link_up(&mut self, node: NodeId, cx: &mut Ctx<'_>) {
+        let epoch = self.chain.epoch;
+        if self.chain.predecessor(self.me) == Some(node) {
+            self.awaiting_stream = true;
+            cx.send(node, self.vnode, epoch, Body::Position(self.position()));
+        }
+        if let Some(recovery) = &self.recovery {
+            if recovery.pulling_from.is_none() && self.chain.position(node).is_some() {
+                cx.send(node, self.vnode, epoch, Body::Probe);
+            }
+        }
+        if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
+            down.link_up = true;
+            down.sent = None; // until it says where it is
+        }
+    }
+
+    /// The connection to `node` broke: what was in flight on it may be lost.
+    pub fn handle_link_down(&mut self, node: NodeId) {
+        if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
+            down.link_up = false;
+            down.sent = None;
+            down.transferring = false;
+        }
+        if let Some(recovery) = &mut self.recovery {
+            if recovery.pulling_from == Some(node) {
+                recovery.pulling_from = None;
+            }
+            recovery.answers.remove(&node);
+        }
+    }
+
+    // ------------------------------------------------------------------ messages
+
+    pub fn handle_message(&mut self, from: NodeId, body: Body, cx: &mut Ctx<'_>) -> QueueDelta {
+        let from_predecessor = self.chain.predecessor(self.me) == Some(from);
+        let from_successor = self.down.as_ref().is_some_and(|d| d.node == from);
+        match body {
+            Body::Append {
+                after,
+                entries,
+                prefix,
+            } if from_predecessor => self.handle_append(after, entries, prefix, cx),
+            Body::Ack { own, suffix } if from_successor => self.handle_ack(own, suffix, cx),
+            Body::Position(position) if self.recovery.is_some() => {
+                self.handle_probe_answer(from, position, cx);
+                if from_successor {
+                    self.handle_successor_position(position, cx);
+                }
+                0
+            }
+            Body::Position(position) if from_successor => {
+                self.handle_successor_position(position, cx);
+                0
+            }
+            Body::Probe if self.chain.head() == from => {
+                cx.send(
+                    from,
+                    self.vnode,
+                    self.chain.epoch,
+                    Body::Position(self.position()),
+                );
+                0
+            }
+            Body::State {
+                through,
+                entries,
+                last,
+            } => self.handle_state(from, through, entries, last, cx),
+            Body::PullState { since } if self.chain.head() == from => {
+                cx.effects.push_back(Effect::ReadState {
+                    vnode: self.vnode,
+                    to: from,
+                    since,
+                });
+                0
+            }
+            // A message from a replica that has no business sending it (a stale chain).
+            _ => 0,
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        after: u64,
+        entries: Vec<Entry>,
+        prefix: Watermarks,
+        cx: &mut Ctx<'_>,
+    ) -> QueueDelta {
+        if after > self.own.applied {
+            // A gap: the stream skipped something (a lost connection, a restart). Ask again,
+            // once until something answers.
+            if !self.awaiting_stream {
+                self.awaiting_stream = true;
+                let predecessor = self.chain.predecessor(self.me).expect("not the head");
+                cx.send(
+                    predecessor,
+                    self.vnode,
+                    self.chain.epoch,
+                    Body::Position(self.position()),
+                );
+            }
+            return 0;
+        }
+        self.awaiting_stream = false;
+        self.prefix = prefix;
+        let mut delta = 0;
+        for entry in entries {
+            if entry.seq <= self.own.applied {
+                continue; // already here: a resend overlapping what arrived before
+            }
+            if entry.seq != self.own.applied + 1 {
+                break; // not contiguous: the next Append after a resync fills it
+            }
+            if cx
+                .store
+                .apply(self.vnode, &entry, self.chain.epoch, cx.now_ms)
+                .is_err()
+            {
+                // The store cannot take it now (full disk, overload): the predecessor resends
+                // from our position once we ask.
+                self.awaiting_stream = false;
+                break;
+            }
+            self.own.applied = entry.seq;
+            self.own_version = entry.version;
+            delta += self.enqueue(entry);
+        }
+        delta
+    }
+
+    /// Queues an entry for the successor (if any) and streams it when the stream is live.
+    fn enqueue(&mut self, entry: Entry) -> QueueDelta {
+        let Some(down) = &mut self.down else {
+            return 0;
+        };
+        let bytes = entry.bytes();
+        down.queue_bytes += bytes;
+        down.queue.push_back(entry);
+        bytes as isize
+    }
+
+    fn handle_ack(&mut self, own: Watermarks, suffix: Watermarks, _cx: &mut Ctx<'_>) -> QueueDelta {
+        let down = self.down.as_mut().expect("acks come from a successor");
+        down.own = Watermarks {
+            applied: down.own.applied.max(own.applied),
+            durable: down.own.durable.max(own.durable),
+        };
+        down.suffix = Watermarks {
+            applied: down.suffix.applied.max(suffix.applied),
+            durable: down.suffix.durable.max(suffix.durable),
+        };
+        // The successor has these durably: they will never be asked for again.
+        let mut freed = 0;
+        while down
+            .queue
+            .front()
+            .is_some_and(|e| e.seq <= down.own.durable)
+        {
+            let entry = down.queue.pop_front().expect("front");
+            down.queue_bytes -= entry.bytes();
+            freed += entry.bytes() as isize;
+            down.base = Some(Position {
+                seq: entry.seq,
+                version: entry.version,
+            });
+        }
+        -freed
+    }
+
+    fn handle_successor_position(&mut self, position: Position, cx: &mut Ctx<'_>) {
+        let own = self.position();
+        let down = self.down.as_mut().expect("a successor");
+        down.link_up = true;
+        down.own.applied = position.seq;
+        down.own.durable = down.own.durable.min(position.seq);
+        if position.seq > own.seq {
+            // It is ahead (this replica lost writes in a crash): stream once caught up.
+            down.deferred = Some(position);
+            down.sent = None;
+            return;
+        }
+        down.deferred = None;
+        let covered = position.seq == own.seq
+            || down.base.is_some_and(|base| base.seq <= position.seq)
+                && down.queue.front().is_none_or(|e| e.seq <= position.seq + 1);
+        if covered {
+            down.sent = Some(position.seq);
+            down.transferring = false;
+        } else if !down.transferring {
+            down.transferring = true;
+            down.sent = None;
+            cx.effects.push_back(Effect::ReadState {
+                vnode: self.vnode,
+                to: down.node,
+                since: position,
+            });
+        }
+    }
+
+    fn handle_probe_answer(&mut self, from: NodeId, position: Position, cx: &mut Ctx<'_>) {
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        recovery.answers.insert(from, position);
+        self.check_recovered(cx);
+    }
+
+    /// A recovering head is done once every other replica answered and it pulled from the one
+    /// furthest ahead, if any was ahead of it.
+    fn check_recovered(&mut self, cx: &mut Ctx<'_>) {
+        let own = self.position();
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        if recovery.pulling_from.is_some() {
+            return;
+        }
+        let others = self.chain.replicas.len() - 1;
+        if recovery.answers.len() < others {
+            return;
+        }
+        let ahead = recovery
+            .answers
+            .iter()
+            .filter(|(_, p)| p.seq > own.seq)
+            .max_by_key(|(node, p)| (p.seq, std::cmp::Reverse(**node)));
+        match ahead {
+            Some((&node, _)) => {
+                recovery.pulling_from = Some(node);
+                cx.send(
+                    node,
+                    self.vnode,
+                    self.chain.epoch,
+                    Body::PullState { since: own },
+                );
+            }
+            None => self.recovery = None,
+        }
+    }
+
+    fn handle_state(
+        &mut self,
+        from: NodeId,
+        through: Position,
+        entries: Vec<Entry>,
+        last: Option<Vec<u128>>,
+        cx: &mut Ctx<'_>,
+    ) -> QueueDelta {
+        let pulling = self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.pulling_from == Some(from));
+        if !pulling && self.chain.predecessor(self.me) != Some(from) {
+            return 0;
+        }
+        for entry in &entries {
+            if entry.seq <= self.own.applied {
+                continue;
+            }
+            if cx
+                .store
+                .apply(self.vnode, entry, self.chain.epoch, cx.now_ms)
+                .is_err()
+            {
+                return 0; // retried by the next Position
+            }
+            self.own.applied = entry.seq;
+            self.own_version = entry.version;
+        }
+        let Some(keep) = last else {
+            return 0;
+        };
+        if cx
+            .store
+            .finish_state(self.vnode, &keep, through, self.chain.epoch, cx.now_ms)
+            .is_err()
+        {
+            return 0;
+        }
+        self.own.applied = self.own.applied.max(through.seq);
+        self.own_version = self.own_version.max(through.version);
+        self.awaiting_stream = false;
+        let through_here = self.position();
+        // What a successor had queued before the transfer no longer lines up with this copy,
+        // which now stands at `through`: a successor there is in step, one behind needs a
+        // transfer of its own.
+        let mut delta = 0;
+        if let Some(down) = &mut self.down {
+            delta = -(down.queue_bytes as isize);
+            down.queue.clear();
+            down.queue_bytes = 0;
+            down.base = Some(through_here);
+        }
+        if pulling {
+            self.recovery = None;
+        }
+        delta
+    }
+
+    /// The shell read the state asked for by `Effect::ReadState`: send it, then stream on.
+    pub fn handle_state_read(
+        &mut self,
+        to: NodeId,
+        through: Position,
+        entries: Vec<Entry>,
+        keep: Vec<u128>,
+        cx: &mut Ctx<'_>,
+    ) {
+        let epoch = self.chain.epoch;
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for entry in entries {
+            chunk_bytes += entry.bytes();
+            chunk.push(entry);
+            if chunk_bytes >= APPEND_BATCH_BYTES {
+                let body = Body::State {
+                    through,
+                    entries: std::mem::take(&mut chunk),
+                    last: None,
+                };
+                cx.send(to, self.vnode, epoch, body);
+                chunk_bytes = 0;
+            }
+        }
+        let last = Body::State {
+            through,
+            entries: chunk,
+            last: Some(keep),
+        };
+        cx.send(to, self.vnode, epoch, last);
+        if let Some(down) = self.down.as_mut().filter(|d| d.node == to) {
+            down.transferring = false;
+            down.sent = Some(through.seq);
+            down.own.applied = through.seq;
+        }
+    }
+
+    // ------------------------------------------------------------------ writes
+
+    /// A client write the shell applied as head: stream it, and wait for its ack point.
+    pub fn handle_head_write(
+        &mut self,
+        entry: Entry,
+        waiter: Option<(Ticket, Level, bool, u64)>,
+        durable_seq: u64,
+    ) -> QueueDelta {
+        self.own.applied = entry.seq;
+        self.own.durable = durable_seq;
+        self.own_version = entry.version;
+        if let Some((ticket, level, durable, deadline_ms)) = waiter {
+            self.waiters.entry(entry.seq).or_default().push(Waiter {
+                ticket,
+                level,
+                durable,
+                deadline_ms,
+            });
+        }
+        self.enqueue(entry)
+    }
+
+    /// The store made writes durable through `seq`.
+    pub fn handle_durable(&mut self, seq: u64) {
+        self.own.durable = self.own.durable.max(seq);
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// After any input: stream what is due, acknowledge upstream, move the commit point,
+    /// answer writers.
+    pub fn flush(&mut self, cx: &mut Ctx<'_>) {
+        self.own.durable = self
+            .own
+            .durable
+            .max(cx.store.durable_seq(self.vnode))
+            .min(self.own.applied);
+        self.stream(cx);
+        self.acknowledge(cx);
+        self.commit(cx);
+        self.settle(cx);
+    }
+
+    fn prefix_through_me(&self) -> Watermarks {
+        if self.is_head() {
+            self.own
+        } else {
+            self.prefix.min(self.own)
+        }
+    }
+
+    fn stream(&mut self, cx: &mut Ctx<'_>) {
+        let prefix = self.prefix_through_me();
+        let applied = self.own.applied;
+        let (vnode, epoch) = (self.vnode, self.chain.epoch);
+        let Some(down) = &mut self.down else {
+            return;
+        };
+        if let Some(deferred) = down.deferred {
+            if applied >= deferred.seq {
+                // Caught up past the successor: it is a prefix of this copy again.
+                down.deferred = None;
+                down.sent = None;
+                if down.base.is_some_and(|b| b.seq <= deferred.seq)
+                    && down.queue.front().is_none_or(|e| e.seq <= deferred.seq + 1)
+                {
+                    down.sent = Some(deferred.seq);
+                } else {
+                    down.transferring = true;
+                    cx.effects.push_back(Effect::ReadState {
+                        vnode,
+                        to: down.node,
+                        since: deferred,
+                    });
+                }
+            }
+        }
+        let Some(mut sent) = down.sent.filter(|_| down.link_up && !down.transferring) else {
+            return;
+        };
+        let mut sent_prefix = false;
+        loop {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for entry in down.queue.iter().filter(|e| e.seq > sent) {
+                if bytes >= APPEND_BATCH_BYTES {
+                    break;
+                }
+                bytes += entry.bytes();
+                batch.push(entry.clone());
+            }
+            let prefix_changed = self.last_prefix_sent != Some(prefix);
+            if batch.is_empty() && (sent_prefix || !prefix_changed) {
+                break;
+            }
+            let after = sent;
+            if let Some(last) = batch.last() {
+                sent = last.seq;
+            }
+            let body = Body::Append {
+                after,
+                entries: batch,
+                prefix,
+            };
+            cx.send(down.node, vnode, epoch, body);
+            self.last_prefix_sent = Some(prefix);
+            sent_prefix = true;
+        }
+        down.sent = Some(sent);
+    }
+
+    fn acknowledge(&mut self, cx: &mut Ctx<'_>) {
+        let Some(predecessor) = self.chain.predecessor(self.me) else {
+            return;
+        };
+        let suffix = match &self.down {
+            Some(down) => self.own.min(down.suffix),
+            None => self.own,
+        };
+        if self.last_ack == Some((self.own, suffix)) {
+            return;
+        }
+        self.last_ack = Some((self.own, suffix));
+        let body = Body::Ack {
+            own: self.own,
+            suffix,
+        };
+        cx.send(predecessor, self.vnode, self.chain.epoch, body);
+    }
+
+    fn commit(&mut self, cx: &mut Ctx<'_>) {
+        let prefix = self.prefix_through_me();
+        let whole = match &self.down {
+            Some(down) => prefix.min(down.suffix),
+            None => prefix,
+        };
+        let committed = whole.pick(cx.durable_commit).min(self.own.applied);
+        if committed > self.committed {
+            self.committed = committed;
+            cx.store.set_committed(self.vnode, committed);
+        }
+    }
+
+    /// Answers the writes whose ack point was reached, and those whose deadline passed.
+    fn settle(&mut self, cx: &mut Ctx<'_>) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let own = self.own;
+        let next = self.down.as_ref().map(|d| (d.own, d.suffix));
+        let reached = |level: Level, durable: bool, seq: u64| {
+            let mine = own.pick(durable) >= seq;
+            let (next_own, all) = match next {
+                Some((next_own, suffix)) => {
+                    (next_own.pick(durable) >= seq, suffix.pick(durable) >= seq)
+                }
+                None => (true, true),
+            };
+            match level {
+                Level::Eventual => mine,
+                Level::Session => mine && next_own,
+                Level::Strong => mine && all,
+            }
+        };
+        let mut done = Vec::new();
+        for (&seq, waiters) in &mut self.waiters {
+            waiters.retain(|w| {
+                let result = if reached(w.level, w.durable, seq) {
+                    Ok(())
+                } else if cx.now_ms >= w.deadline_ms {
+                    Err(WriteFailure::Timeout)
+                } else {
+                    return true;
+                };
+                done.push((w.ticket, result));
+                false
+            });
+        }
+        self.waiters.retain(|_, w| !w.is_empty());
+        for (ticket, result) in done {
+            cx.effects.push_back(Effect::WriteDone { ticket, result });
+        }
+    }
+
+    /// Drops the retention queue (its successor is down and the shard's queues are full): the
+    /// successor gets a state transfer when it returns. Returns the bytes freed.
+    pub fn drop_queue(&mut self) -> usize {
+        let Some(down) = &mut self.down else {
+            return 0;
+        };
+        let freed = down.queue_bytes;
+        down.queue.clear();
+        down.queue_bytes = 0;
+        down.base = None;
+        freed
+    }
+
+    /// Fails every waiting write (the store failed, the node stops).
+    pub fn fail_waiters(&mut self, failure: WriteFailure, cx: &mut Ctx<'_>) {
+        for waiter in std::mem::take(&mut self.waiters).into_values().flatten() {
+            cx.effects.push_back(Effect::WriteDone {
+                ticket: waiter.ticket,
+                result: Err(failure.clone()),
+            });
+        }
+    }
+}
