@@ -57,6 +57,7 @@ fn build_log(keys: u64) -> Vec<Vec<u8>> {
             seq: i + 1,
             epoch: 1,
             format: tessera_store::ondisk::RECORD_FORMAT_V2,
+            digest_key: false,
         };
         if segments.last().unwrap().len() + header.record_len() > SEGMENT_BYTES {
             segments.push(Vec::with_capacity(SEGMENT_BYTES));

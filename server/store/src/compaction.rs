@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use crate::index::{digest, Digest, Entry};
+use crate::index::{Digest, Entry};
 use crate::ondisk::{parse_record, Parsed, RecordHeader};
 use crate::store::{CorruptRecord, Store};
 
@@ -145,7 +145,7 @@ impl Store {
         value: &[u8],
         now_ms: u64,
     ) {
-        let digest = digest(key);
+        let digest = crate::ondisk::record_digest(header, key);
         // The newest record of its vnode holds the vnode's sequence number for recovery: it is
         // never dropped, only turned into a tombstone if its value is gone.
         let keep_as_tombstone = self.oldest_segment() < victim || self.holds_vnode_seq(header);
@@ -214,6 +214,7 @@ impl Store {
                 seq,
                 epoch,
                 format: crate::ondisk::RECORD_FORMAT_V2,
+                digest_key: false,
             };
             self.append(&tombstone, key, digest, &[]);
         }

@@ -10,6 +10,8 @@
 //! - [`store`]: the state machine: index, versions, compare-and-set, TTL, group commit.
 //! - [`log`]: the in-memory log tail and flush plans.
 //! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
+//! - [`replica`]: the store as chain replication sees it (tessera-core's `VnodeStore`) and
+//!   the snapshots a state transfer sends.
 //! - [`testing`]: the fault-injecting in-memory disk.
 //! - [`visibility`]: which writes an answer may reveal (visible once durable through seq S).
 
@@ -22,6 +24,7 @@ pub mod index;
 pub mod log;
 pub mod ondisk;
 pub mod recovery;
+pub mod replica;
 pub mod store;
 pub mod testing;
 pub mod visibility;
@@ -30,6 +33,7 @@ pub use config::{FsyncPolicy, StoreConfig};
 pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};
 pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
+pub use replica::{finish_state_read, StateItem, StateSnapshot};
 pub use store::{
     finish_key_read, finish_read, DiskRead, Lookup, ReplicatedWrite, ScanItem, ScanKey, Store,
     StoreStats, Write, WriteAck, WriteError,

@@ -10,7 +10,9 @@
 //!   offset size field
 //!        0    4 crc32c over bytes 4..48, then the key, then the value
 //!        4    1 format version (RECORD_FORMAT_V2); 0 never starts a record, so zeros end the log
-//!        5    1 flags: bit 0 = tombstone (value_len is 0); other bits must be 0
+//!        5    1 flags: bit 0 = tombstone (value_len is 0); bit 1 = the key field holds the
+//!                key's 16-byte digest, not the key (a tombstone written by a replica that
+//!                never had the key's bytes: a state transfer's delete); other bits must be 0
 //!        6    2 key length (1..=MAX_KEY_BYTES)
 //!        8    4 value length (0..=MAX_VALUE_BYTES)
 //!       12    2 vnode
@@ -44,6 +46,8 @@ pub const RECORD_HEADER_BYTES_V1: usize = 32;
 /// Header bytes of the records written now (format 2); no format has a longer header.
 pub const RECORD_HEADER_BYTES: usize = 48;
 pub const FLAG_TOMBSTONE: u8 = 1;
+/// The key field holds the key's digest (tombstones only, format 2).
+pub const FLAG_DIGEST_KEY: u8 = 2;
 /// Alignment of every O_DIRECT write and of segment sizes.
 pub const BLOCK_BYTES: u64 = 4096;
 /// The largest record the format allows.
@@ -64,6 +68,8 @@ pub struct RecordHeader {
     pub epoch: u32,
     /// The record's format: the header of a format 1 record is shorter.
     pub format: u8,
+    /// A tombstone whose key field is the key's digest (`FLAG_DIGEST_KEY`).
+    pub digest_key: bool,
 }
 
 impl RecordHeader {
@@ -106,7 +112,9 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(RECORD_FORMAT_V2);
-    out.push(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
+    let flags =
+        u8::from(header.tombstone) * FLAG_TOMBSTONE + u8::from(header.digest_key) * FLAG_DIGEST_KEY;
+    out.push(flags);
     out.extend_from_slice(&header.key_len.to_le_bytes());
     out.extend_from_slice(&header.value_len.to_le_bytes());
     out.extend_from_slice(&header.vnode.to_le_bytes());
@@ -188,7 +196,11 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
         }
         _ => return Err("unknown record format version"),
     };
-    if head[5] & !FLAG_TOMBSTONE != 0 || le_u16(head, 14) != 0 {
+    let known_flags = match format {
+        RECORD_FORMAT_V1 => FLAG_TOMBSTONE,
+        _ => FLAG_TOMBSTONE | FLAG_DIGEST_KEY,
+    };
+    if head[5] & !known_flags != 0 || le_u16(head, 14) != 0 {
         return Err("unknown flags");
     }
     let header = RecordHeader {
@@ -201,6 +213,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
         seq,
         epoch,
         format,
+        digest_key: head[5] & FLAG_DIGEST_KEY != 0,
     };
     let key_len = usize::from(header.key_len);
     if key_len == 0 || key_len > MAX_KEY_BYTES || header.value_len as usize > MAX_VALUE_BYTES {
@@ -208,6 +221,9 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
     }
     if header.tombstone && header.value_len != 0 {
         return Err("tombstone with a value");
+    }
+    if header.digest_key && (!header.tombstone || key_len != 16) {
+        return Err("a digest key on something other than a tombstone");
     }
     Ok(Some(header))
 }
@@ -222,6 +238,16 @@ pub fn parse_key(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), &'static str> {
         .get(start..start + usize::from(header.key_len))
         .ok_or("key runs past the bytes read")?;
     Ok((header, key))
+}
+
+/// The index digest of a record: of its key, or the digest its key field holds.
+pub fn record_digest(header: &RecordHeader, key: &[u8]) -> crate::index::Digest {
+    if header.digest_key {
+        let bytes: [u8; 16] = key.try_into().expect("parse_header checked the length");
+        u128::from_le_bytes(bytes)
+    } else {
+        crate::index::digest(key)
+    }
 }
 
 pub fn align_down(offset: u64) -> u64 {
@@ -247,7 +273,33 @@ mod tests {
             seq: 0x0304,
             epoch: 5,
             format: RECORD_FORMAT_V2,
+            digest_key: false,
         }
+    }
+
+    #[test]
+    fn a_digest_tombstone_names_its_key_by_digest() {
+        let digest = crate::index::digest(b"some key");
+        let key = digest.to_le_bytes();
+        let header = RecordHeader {
+            tombstone: true,
+            key_len: 16,
+            value_len: 0,
+            digest_key: true,
+            ..header(b"", b"")
+        };
+        let mut out = Vec::new();
+        encode_record(&mut out, &header, &key, b"");
+        let Parsed::Record { header, key, .. } = parse_record(&out) else {
+            panic!()
+        };
+        assert_eq!(record_digest(&header, key), digest);
+        // Only a tombstone may carry one.
+        let mut value = out.clone();
+        value[5] = FLAG_DIGEST_KEY;
+        let crc = crc32c::crc32c(&value[4..]);
+        value[..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(parse_record(&value), Parsed::Corrupt(_)));
     }
 
     #[test]

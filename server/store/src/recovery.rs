@@ -14,7 +14,7 @@
 
 use crate::config::StoreConfig;
 use crate::hint::{HintEntry, HintFile};
-use crate::index::{digest, Digest, Entry};
+use crate::index::{Digest, Entry};
 use crate::log::Chunk;
 use crate::ondisk::{self, align_down, Parsed, RecordHeader};
 
@@ -139,7 +139,7 @@ impl Recovery {
                     key,
                     value: _,
                 } => {
-                    let digest = digest(key);
+                    let digest = ondisk::record_digest(&header, key);
                     self.store.indexes[usize::from(header.vnode)].prefetch(digest);
                     batch.push((header, digest, offset));
                     if batch.len() == PREFETCH_RECORDS {
@@ -272,9 +272,8 @@ impl Recovery {
 
     /// The recovered store, and the repairs to make before it serves.
     /// Everything recovered is durable (the shell syncs the newest segment first, see
-    /// `RecoveryAction::Sync`). On a single node it is visible too; in a cluster it may not be
-    /// committed yet, so reads of a vnode wait until its committed sequence number reaches what
-    /// recovery found (`VnodeLog::settled_floor`).
+    /// `RecoveryAction::Sync`). On a single node it is visible too; in a cluster reads of every
+    /// vnode wait until the replication core releases them (`VnodeLog::read_floor`).
     pub fn finish(self, now_ms: u64) -> (Store, Vec<RecoveryAction>) {
         let mut store = self.store;
         store.set_bulk_load(false);
@@ -285,7 +284,7 @@ impl Recovery {
             if durable_visible {
                 log.visible_seq = log.applied_seq;
             } else {
-                log.settled_floor = log.applied_seq;
+                log.read_floor = None;
             }
         }
         (store, self.actions)

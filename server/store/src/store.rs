@@ -28,7 +28,7 @@ use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{
     self, encode_record, Parsed, RecordHeader, RECORD_FORMAT_V2, RECORD_HEADER_BYTES,
 };
-use crate::visibility::{Barrier, Unsettled, Visibility, VnodeLog};
+use crate::visibility::{Barrier, Unsettled, Visibility, VnodeLog, FLOOR};
 use tessera_schema::limits::MAX_KEY_BYTES;
 
 /// A PUT (`value: Some`) or DELETE (`value: None`).
@@ -361,7 +361,21 @@ impl Store {
 
     /// Whether `barrier` is passed.
     pub fn is_visible(&self, barrier: Barrier) -> bool {
-        self.vnode_logs[usize::from(barrier.vnode)].visible_seq >= barrier.seq
+        let log = &self.vnode_logs[usize::from(barrier.vnode)];
+        match barrier.seq {
+            FLOOR => log.read_floor.is_some_and(|floor| log.visible_seq >= floor),
+            seq => log.visible_seq >= seq,
+        }
+    }
+
+    /// The replication core's word that this replica's copy of `vnode` is whole: reads may go
+    /// once the vnode's visible sequence number reaches `floor`.
+    pub fn release_reads(&mut self, vnode: u16, floor: u64) {
+        let log = &mut self.vnode_logs[usize::from(vnode)];
+        if log.read_floor.is_none_or(|old| floor > old) {
+            log.read_floor = Some(floor);
+            self.unsettled.mark_changed(vnode);
+        }
     }
 
     /// A reader waits for `barrier`: make sure a sync is on its way, whatever the fsync policy
@@ -382,16 +396,18 @@ impl Store {
     /// keys alike: the newest unsettled write of each vnode in the range.
     pub fn unsettled_in_vnodes(&self, vnodes: std::ops::RangeInclusive<u16>) -> Vec<Barrier> {
         let mut barriers = self.unsettled.vnodes_barriers(vnodes.clone());
-        for vnode in vnodes {
-            let log = &self.vnode_logs[usize::from(vnode)];
-            if log.settled_floor > log.visible_seq {
-                barriers.push(Barrier {
-                    vnode,
-                    seq: log.settled_floor,
-                });
-            }
-        }
+        barriers.extend(vnodes.filter_map(|vnode| self.floor_barrier(vnode)));
         barriers
+    }
+
+    /// The barrier every read of `vnode` waits for while the replica's copy is not whole.
+    fn floor_barrier(&self, vnode: u16) -> Option<Barrier> {
+        let log = &self.vnode_logs[usize::from(vnode)];
+        match log.read_floor {
+            None => Some(Barrier { vnode, seq: FLOOR }),
+            Some(floor) if floor > log.visible_seq => Some(Barrier { vnode, seq: floor }),
+            Some(_) => None,
+        }
     }
 
     /// Writes applied but not yet visible.
@@ -577,6 +593,7 @@ impl Store {
             seq: write.seq,
             epoch: write.epoch,
             format: RECORD_FORMAT_V2,
+            digest_key: false,
         };
         let (segment, offset, record_len) =
             self.append(&header, write.key, digest, write.value.unwrap_or(&[]));
@@ -721,15 +738,11 @@ impl Store {
         )
     }
 
-    /// The key's newest unsettled write, or, in a cluster just after a restart, the vnode's
-    /// recovered sequence number until it is committed.
+    /// The key's newest unsettled write, or, while the replica's copy is not whole, the
+    /// vnode's floor (`VnodeLog::read_floor`).
     fn barrier(&self, vnode: u16, digest: Digest) -> Option<Barrier> {
-        let log = &self.vnode_logs[usize::from(vnode)];
-        let floor = (log.settled_floor > log.visible_seq).then_some(Barrier {
-            vnode,
-            seq: log.settled_floor,
-        });
-        floor.max(self.unsettled.barrier(digest))
+        self.floor_barrier(vnode)
+            .max(self.unsettled.barrier(digest))
     }
 
     fn lookup(&self, vnode: u16, key: &[u8], digest: Digest, now_ms: u64) -> Lookup<'_> {

@@ -52,7 +52,7 @@ pub enum Visibility {
 }
 
 /// A vnode's sequence numbers on this store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VnodeLog {
     /// The newest write applied, and its version.
     pub applied_seq: u64,
@@ -61,11 +61,28 @@ pub struct VnodeLog {
     pub durable_seq: u64,
     /// Every write up to this one may be shown.
     pub visible_seq: u64,
-    /// In a cluster, what recovery found: any key of the vnode may hold a write up to here
-    /// that is not committed yet, so every read of the vnode waits until `visible_seq`
-    /// reaches it (on a single node recovery makes everything visible and this stays 0).
-    pub settled_floor: u64,
+    /// In a cluster, every read of the vnode waits until `visible_seq` reaches this floor;
+    /// `None`: reads wait until the replication core sets one (`Store::release_reads`). After
+    /// a restart a replica may hold writes that are not committed yet, and (when writes count
+    /// before they are durable) may have lost committed ones that its chain still has: only
+    /// the core can tell when its copy is whole again. On a single node this stays `Some(0)`.
+    pub read_floor: Option<u64>,
 }
+
+impl Default for VnodeLog {
+    fn default() -> VnodeLog {
+        VnodeLog {
+            applied_seq: 0,
+            applied_version: 0,
+            durable_seq: 0,
+            visible_seq: 0,
+            read_floor: Some(0),
+        }
+    }
+}
+
+/// A barrier that passes once its vnode's reads are released and its floor is visible.
+pub const FLOOR: u64 = u64::MAX;
 
 /// The writes that are not yet visible, by key, per vnode, and in the store's append order.
 #[derive(Debug, Default)]
@@ -153,6 +170,11 @@ impl Unsettled {
             .collect();
         barriers.sort_unstable();
         barriers
+    }
+
+    /// Something about `vnode`'s readers changed (its reads were released).
+    pub fn mark_changed(&mut self, vnode: u16) {
+        self.changed.insert(vnode);
     }
 
     /// Vnodes whose durable or visible sequence number moved since the last call.

@@ -59,6 +59,9 @@ pub enum Body {
         after: u64,
         entries: Vec<Entry>,
         prefix: Watermarks,
+        /// The sender's commit point: a replica that restarted holds reads until its copy
+        /// reaches it (it may have lost committed writes that were not durable).
+        committed: u64,
     },
     /// Successor -> predecessor: what the successor has (`own`) and what it and every replica
     /// after it have (`suffix`).

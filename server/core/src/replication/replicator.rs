@@ -27,6 +27,9 @@ pub trait VnodeStore {
     ) -> Result<(), String>;
     /// The chain has committed the vnode's writes through `seq`: `strong` reads may show them.
     fn set_committed(&mut self, vnode: u16, seq: u64);
+    /// This replica's copy holds every committed write again (after a restart): reads may go
+    /// once the commit point reaches `floor`. Until then every read of the vnode waits.
+    fn release_reads(&mut self, vnode: u16, floor: u64);
 }
 
 #[derive(Clone, Debug)]
@@ -330,6 +333,11 @@ impl Replicator {
     /// The commit point this replica knows for `vnode`.
     pub fn committed(&self, vnode: u16) -> Option<u64> {
         self.vnodes.get(&vnode).map(|s| s.committed)
+    }
+
+    /// The whole state of one vnode, for a failing simulation's report.
+    pub fn describe(&self, vnode: u16) -> Option<String> {
+        self.vnodes.get(&vnode).map(|s| s.describe())
     }
 
     pub fn queued_bytes(&self) -> usize {

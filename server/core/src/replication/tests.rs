@@ -24,6 +24,8 @@ struct MapStore {
     position: Position,
     durable: u64,
     committed: u64,
+    /// The floor the replicator released reads at, if it did.
+    released: Option<u64>,
     auto_durable: bool,
     /// What was durable at the last `sync`: a crash goes back to it.
     durable_copy: Option<Box<MapStore>>,
@@ -41,6 +43,7 @@ impl MapStore {
     fn crash(&self) -> MapStore {
         let mut back = self.durable_copy.as_deref().cloned().unwrap_or_default();
         back.committed = 0;
+        back.released = None;
         back.auto_durable = self.auto_durable;
         back.durable_copy = Some(Box::new(back.clone()));
         back
@@ -142,6 +145,9 @@ impl VnodeStore for MapStore {
     fn set_committed(&mut self, _vnode: u16, seq: u64) {
         assert!(seq >= self.committed, "the commit point never goes back");
         self.committed = seq;
+    }
+    fn release_reads(&mut self, _vnode: u16, floor: u64) {
+        self.released = Some(floor);
     }
 }
 
@@ -492,6 +498,7 @@ fn messages_of_another_epoch_are_dropped() {
                 value: Some(b"stale".to_vec()),
             }],
             prefix: Watermarks::ALL,
+            committed: 0,
         },
     };
     let member = cluster.members.get_mut(&2).unwrap();
@@ -559,4 +566,42 @@ fn under_durable_commit_nothing_counts_before_it_is_synced() {
     for node in 1..=3 {
         assert_eq!(cluster.members[&node].store.committed, 1);
     }
+}
+
+#[test]
+fn a_replica_that_lost_committed_writes_holds_reads_until_it_has_them_again() {
+    // Writes count once applied (no durable commit): the tail applies, the chain commits, and
+    // the tail loses them in a crash before its sync.
+    let mut cluster = Cluster::new(false);
+    cluster.members.get_mut(&3).unwrap().store.auto_durable = false;
+    for i in 0..4 {
+        cluster
+            .write(&format!("k{i}"), Some("v"), Level::Strong)
+            .unwrap();
+    }
+    cluster.run();
+    assert_eq!(cluster.members[&3].store.committed, 4);
+    cluster.crash_and_restart(3);
+    assert_eq!(
+        cluster.members[&3].store.position.seq, 0,
+        "lost in the crash"
+    );
+    assert_eq!(
+        cluster.members[&3].store.released, None,
+        "no read of its stale copy before it hears from its chain"
+    );
+    cluster.run();
+    let tail = &cluster.members[&3].store;
+    assert_eq!(tail.position.seq, 4, "caught up");
+    assert_eq!(
+        tail.released,
+        Some(4),
+        "reads go once the copy reaches the commit point"
+    );
+    // With durable commit nothing committed can be lost: a restarted replica releases at once.
+    let mut durable = Cluster::new(true);
+    durable.write("k", Some("v"), Level::Strong).unwrap();
+    durable.run();
+    durable.crash_and_restart(3);
+    assert_eq!(durable.members[&3].store.released, Some(1));
 }

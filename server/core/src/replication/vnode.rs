@@ -46,6 +46,8 @@ struct Downstream {
     transferring: bool,
     /// The successor is ahead of this replica: stream once caught up past it.
     deferred: Option<Position>,
+    /// The last position the successor reported (it is at least there).
+    reported: Option<Position>,
     link_up: bool,
 }
 
@@ -61,6 +63,7 @@ impl Downstream {
             base: Some(position),
             transferring: false,
             deferred: None,
+            reported: None,
             link_up: false,
         }
     }
@@ -87,10 +90,16 @@ pub(crate) struct VnodeState {
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// An `Ack` is due to the predecessor, with these watermarks last sent.
     last_ack: Option<(Watermarks, Watermarks)>,
-    /// The prefix last sent downstream (an empty `Append` carries a change on its own).
+    /// The prefix and commit point last sent downstream (an empty `Append` carries a change
+    /// on its own).
     last_prefix_sent: Option<Watermarks>,
+    last_committed_sent: u64,
     /// A `Position` was sent upstream and no stream has answered it yet.
     awaiting_stream: bool,
+    /// The store's reads of this vnode are released (`VnodeStore::release_reads`).
+    clean: bool,
+    /// The commit point the predecessor last told of.
+    upstream_committed: Option<u64>,
 }
 
 /// What a handler needs around it: the store, the effects to emit, and settings.
@@ -133,7 +142,10 @@ impl VnodeState {
             waiters: BTreeMap::new(),
             last_ack: None,
             last_prefix_sent: None,
+            last_committed_sent: 0,
             awaiting_stream: false,
+            clean: false,
+            upstream_committed: None,
             chain,
         }
     }
@@ -203,7 +215,15 @@ impl VnodeState {
                 after,
                 entries,
                 prefix,
-            } if from_predecessor => self.handle_append(after, entries, prefix, cx),
+                committed,
+            } if from_predecessor => {
+                let delta = self.handle_append(after, entries, prefix, cx);
+                if after <= self.own.applied {
+                    let known = self.upstream_committed.unwrap_or(0);
+                    self.upstream_committed = Some(known.max(committed));
+                }
+                delta
+            }
             Body::Ack { own, suffix } if from_successor => self.handle_ack(own, suffix, cx),
             Body::Position(position) if self.recovery.is_some() => {
                 self.handle_probe_answer(from, position, cx);
@@ -335,6 +355,7 @@ impl VnodeState {
         let own = self.position();
         let down = self.down.as_mut().expect("a successor");
         down.link_up = true;
+        down.reported = Some(position);
         down.own.applied = position.seq;
         down.own.durable = down.own.durable.min(position.seq);
         if position.seq > own.seq {
@@ -344,6 +365,9 @@ impl VnodeState {
             return;
         }
         down.deferred = None;
+        // Tell it where the chain stands even if nothing new is due.
+        self.last_prefix_sent = None;
+        let down = self.down.as_mut().expect("a successor");
         let covered = position.seq == own.seq
             || down.base.is_some_and(|base| base.seq <= position.seq)
                 && down.queue.front().is_none_or(|e| e.seq <= position.seq + 1);
@@ -449,14 +473,28 @@ impl VnodeState {
         // which now stands at `through`: a successor there is in step, one behind needs a
         // transfer of its own.
         let mut delta = 0;
+        let mut resync = None;
         if let Some(down) = &mut self.down {
             delta = -(down.queue_bytes as isize);
             down.queue.clear();
             down.queue_bytes = 0;
             down.base = Some(through_here);
+            // A successor being streamed to from the old queue: decide again from where it
+            // said it was (at least there; a transfer from there is safe).
+            if down.link_up && (down.sent.is_some() || down.transferring) {
+                resync = down.reported;
+                down.sent = None;
+            }
         }
         if pulling {
             self.recovery = None;
+        }
+        // The copy equals the sender's as of `through`, which holds every write the sender
+        // knew committed.
+        let known = self.upstream_committed.unwrap_or(0);
+        self.upstream_committed = Some(known.max(through.seq));
+        if let Some(reported) = resync {
+            self.handle_successor_position(reported, cx);
         }
         delta
     }
@@ -540,7 +578,29 @@ impl VnodeState {
         self.stream(cx);
         self.acknowledge(cx);
         self.commit(cx);
+        self.release_reads(cx);
         self.settle(cx);
+    }
+
+    /// Releases the store's reads of this vnode once its copy holds every committed write:
+    /// at once when writes count only once durable everywhere (a crash loses none) or the
+    /// chain is this replica alone; for a head once it has checked the others; for the rest
+    /// once the predecessor's commit point is reached.
+    fn release_reads(&mut self, cx: &mut Ctx<'_>) {
+        if self.clean {
+            return;
+        }
+        let floor = if cx.durable_commit || self.chain.replicas.len() == 1 {
+            Some(self.own.applied)
+        } else if self.is_head() {
+            self.recovery.is_none().then_some(self.own.applied)
+        } else {
+            self.upstream_committed.filter(|&c| self.own.applied >= c)
+        };
+        if let Some(floor) = floor {
+            self.clean = true;
+            cx.store.release_reads(self.vnode, floor);
+        }
     }
 
     fn prefix_through_me(&self) -> Watermarks {
@@ -554,6 +614,7 @@ impl VnodeState {
     fn stream(&mut self, cx: &mut Ctx<'_>) {
         let prefix = self.prefix_through_me();
         let applied = self.own.applied;
+        let committed = self.committed;
         let (vnode, epoch) = (self.vnode, self.chain.epoch);
         let Some(down) = &mut self.down else {
             return;
@@ -591,7 +652,8 @@ impl VnodeState {
                 bytes += entry.bytes();
                 batch.push(entry.clone());
             }
-            let prefix_changed = self.last_prefix_sent != Some(prefix);
+            let prefix_changed =
+                self.last_prefix_sent != Some(prefix) || committed > self.last_committed_sent;
             if batch.is_empty() && (sent_prefix || !prefix_changed) {
                 break;
             }
@@ -603,9 +665,11 @@ impl VnodeState {
                 after,
                 entries: batch,
                 prefix,
+                committed,
             };
             cx.send(down.node, vnode, epoch, body);
             self.last_prefix_sent = Some(prefix);
+            self.last_committed_sent = committed;
             sent_prefix = true;
         }
         down.sent = Some(sent);
@@ -682,6 +746,40 @@ impl VnodeState {
         for (ticket, result) in done {
             cx.effects.push_back(Effect::WriteDone { ticket, result });
         }
+    }
+
+    pub fn describe(&self) -> String {
+        let down = self.down.as_ref().map(|d| {
+            format!(
+                "down(node {} up {} sent {:?} base {:?} queue {}..{} ({} entries) transferring {} deferred {:?} own {:?} suffix {:?})",
+                d.node,
+                d.link_up,
+                d.sent,
+                d.base,
+                d.queue.front().map_or(0, |e| e.seq),
+                d.queue.back().map_or(0, |e| e.seq),
+                d.queue.len(),
+                d.transferring,
+                d.deferred,
+                d.own,
+                d.suffix
+            )
+        });
+        format!(
+            "vnode {} epoch {} chain {:?} me {} own {:?} version {} prefix {:?} committed {} recovery {:?} awaiting {} waiters {} {}",
+            self.vnode,
+            self.chain.epoch,
+            self.chain.replicas,
+            self.me,
+            self.own,
+            self.own_version,
+            self.prefix,
+            self.committed,
+            self.recovery,
+            self.awaiting_stream,
+            self.waiters.len(),
+            down.unwrap_or_default()
+        )
     }
 
     /// Drops the retention queue (its successor is down and the shard's queues are full): the

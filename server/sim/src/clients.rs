@@ -1,0 +1,590 @@
+//! Simulated clients and what is checked of their answers.
+//!
+//! Two kinds of keys:
+//! - shared keys: every client reads and writes them at `strong` (with compare-and-set and
+//!   deletes); their history must be linearizable (`tessera-lincheck`);
+//! - owned keys: each is written by one client only, at random levels, and read by it at
+//!   `session`: every read must show the client's last write acknowledged at `session` or
+//!   `strong` or a later one (read-your-writes), and at the end each key must hold that write
+//!   or a later one (no acknowledged `session` or `strong` write is lost to a single-node
+//!   failure).
+//!
+//! Writes go to the vnode's head and are answered by the replicator's `WriteDone`; reads go
+//! to a random live replica and, as the node does, wait for what they reveal: a `strong` read
+//! for the key's newest write to be committed, a `session` read for the replica to have
+//! applied the client's token. An answer a node gives is taken as of the moment it was asked
+//! (the value it read then), and given once its barrier is passed.
+
+use std::collections::BTreeMap;
+
+use tessera_core::placement::NodeId;
+use tessera_core::replication::{Entry, Level, Refusal, Ticket};
+use tessera_lincheck::{Call, Op, Outcome};
+use tessera_schema::placement::vnode_of;
+use tessera_store::visibility::FLOOR;
+use tessera_store::{finish_read, Barrier, Lookup, Write, WriteError};
+
+use crate::world::World;
+
+/// How long a read may wait for its barrier before the client gives up on it.
+const READ_TIMEOUT_MS: u64 = 3_000;
+
+#[derive(Debug)]
+enum Pending {
+    Write {
+        node: NodeId,
+        ticket: Ticket,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        version: u64,
+        level: Level,
+        call: Call,
+        call_ms: u64,
+    },
+    /// An answer read at `call_ms`, held until `barrier` is passed.
+    Answer {
+        node: NodeId,
+        key: Vec<u8>,
+        level: Level,
+        outcome: Outcome,
+        barrier: Option<Barrier>,
+        call: Call,
+        call_ms: u64,
+    },
+    /// A `session` read waiting for the replica to apply the client's token.
+    SessionRead {
+        node: NodeId,
+        key: Vec<u8>,
+        token: u64,
+        call_ms: u64,
+    },
+}
+
+struct Client {
+    id: u32,
+    pending: Option<Pending>,
+    /// The newest sequence number per vnode this client wrote or read (its session token).
+    tokens: BTreeMap<u16, u64>,
+    /// Per owned key: the version of its last write acknowledged at `session` or `strong`.
+    floor: BTreeMap<Vec<u8>, u64>,
+    written: u64,
+}
+
+pub struct Clients {
+    clients: Vec<Client>,
+    shared_keys: Vec<Vec<u8>>,
+    /// Strong operations on shared keys, for the linearizability check.
+    pub history: Vec<Op>,
+    /// Per owned key, every write its owner issued: (version if known, value, acked at
+    /// session or strong).
+    issued: BTreeMap<Vec<u8>, Vec<Issued>>,
+    pub violations: Vec<String>,
+    pub acked_writes: u64,
+    pub reads: u64,
+}
+
+/// A write its owner issued: (its version, its value or `None` for a delete, acknowledged at
+/// `session` or `strong`).
+type Issued = (Option<u64>, Option<Vec<u8>>, bool);
+
+fn owned_key(client: u32, i: u64) -> Vec<u8> {
+    format!("c{client}-k{i}").into_bytes()
+}
+
+impl Clients {
+    pub fn new(count: u32, shared_keys: u32) -> Clients {
+        Clients {
+            clients: (0..count)
+                .map(|id| Client {
+                    id,
+                    pending: None,
+                    tokens: BTreeMap::new(),
+                    floor: BTreeMap::new(),
+                    written: 0,
+                })
+                .collect(),
+            shared_keys: (0..shared_keys)
+                .map(|i| format!("shared-{i}").into_bytes())
+                .collect(),
+            history: Vec::new(),
+            issued: BTreeMap::new(),
+            violations: Vec::new(),
+            acked_writes: 0,
+            reads: 0,
+        }
+    }
+
+    fn ns(ms: u64) -> u64 {
+        ms * 1_000_000
+    }
+
+    /// Idle clients may start an operation.
+    pub fn start_some(&mut self, world: &mut World) {
+        for index in 0..self.clients.len() {
+            if self.clients[index].pending.is_some() || world.rng.below(4) != 0 {
+                continue;
+            }
+            let shared = world.rng.below(2) == 0;
+            let pending = if shared {
+                self.start_shared(index, world)
+            } else {
+                self.start_owned(index, world)
+            };
+            self.clients[index].pending = pending;
+        }
+    }
+
+    fn start_shared(&mut self, index: usize, world: &mut World) -> Option<Pending> {
+        let key = self.shared_keys[world.rng.below(self.shared_keys.len() as u64) as usize].clone();
+        let id = self.clients[index].id;
+        let call = match world.rng.below(10) {
+            0..=3 => Call::Get,
+            4..=6 => Call::Put {
+                value: format!("c{id}-{}", world.now_ms).into_bytes(),
+                if_version: None,
+            },
+            7 => Call::Put {
+                value: format!("c{id}-cas-{}", world.now_ms).into_bytes(),
+                if_version: Some(world.rng.below(2)),
+            },
+            _ => Call::Delete { if_version: None },
+        };
+        match call {
+            Call::Get => self.read(index, world, key, Level::Strong, Call::Get),
+            _ => self.write(index, world, key, Level::Strong, call),
+        }
+    }
+
+    fn start_owned(&mut self, index: usize, world: &mut World) -> Option<Pending> {
+        let id = self.clients[index].id;
+        let key = owned_key(id, world.rng.below(3));
+        if world.rng.below(2) == 0 {
+            return self.read(index, world, key, Level::Session, Call::Get);
+        }
+        let level = match world.rng.below(3) {
+            0 => Level::Eventual,
+            1 => Level::Session,
+            _ => Level::Strong,
+        };
+        self.clients[index].written += 1;
+        let value = (world.rng.below(5) != 0)
+            .then(|| format!("c{id}-w{}", self.clients[index].written).into_bytes());
+        let call = match value {
+            Some(value) => Call::Put {
+                value,
+                if_version: None,
+            },
+            None => Call::Delete { if_version: None },
+        };
+        self.write(index, world, key, level, call)
+    }
+
+    fn vnode(world: &World, key: &[u8]) -> u16 {
+        vnode_of(key, world.config.vnodes)
+    }
+
+    fn write(
+        &mut self,
+        index: usize,
+        world: &mut World,
+        key: Vec<u8>,
+        level: Level,
+        call: Call,
+    ) -> Option<Pending> {
+        let vnode = Self::vnode(world, &key);
+        let head = world.table.chain(u32::from(vnode)).head();
+        let epoch = world.table.chain(u32::from(vnode)).epoch as u32;
+        let now = world.now_ms;
+        let running = world.running(head)?;
+        match running.replicator.admit_write(vnode) {
+            Ok(()) => {}
+            Err(Refusal::Recovering { .. } | Refusal::Overloaded { .. }) => return None,
+            Err(other) => panic!("a write sent to its head was refused: {other}"),
+        }
+        let (value, if_version) = match &call {
+            Call::Put { value, if_version } => (Some(value.clone()), *if_version),
+            Call::Delete { if_version } => (None, *if_version),
+            Call::Get => unreachable!("a write"),
+        };
+        let write = Write {
+            vnode,
+            key: &key,
+            value: value.as_deref(),
+            ttl_ms: 0,
+            if_version,
+            sync: false,
+            epoch,
+        };
+        let id = self.clients[index].id;
+        match running.store.handle_write(write, now) {
+            Ok(ack) => {
+                let entry = Entry {
+                    seq: ack.vnode_seq,
+                    version: ack.version,
+                    expiry_ms: ack.expiry_ms,
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                let ticket = running.replicator.handle_head_write(
+                    vnode,
+                    entry,
+                    level,
+                    false,
+                    &mut running.store,
+                    now,
+                );
+                world.drain(head);
+                self.clients[index].tokens.insert(vnode, ack.vnode_seq);
+                if !key.starts_with(b"shared") {
+                    self.issued.entry(key.clone()).or_default().push((
+                        Some(ack.version),
+                        value.clone(),
+                        false,
+                    ));
+                }
+                Some(Pending::Write {
+                    node: head,
+                    ticket,
+                    key,
+                    value,
+                    version: ack.version,
+                    level,
+                    call,
+                    call_ms: now,
+                })
+            }
+            Err(error @ (WriteError::VersionMismatch { .. } | WriteError::NotFound)) => {
+                // A refusal reveals the key's state: it waits until that state is committed.
+                let outcome = match error {
+                    WriteError::VersionMismatch { current } => Outcome::VersionMismatch { current },
+                    _ => Outcome::NotFound,
+                };
+                let barrier = running.store.unsettled_barrier(vnode, &key);
+                Some(Pending::Answer {
+                    node: head,
+                    key,
+                    level,
+                    outcome,
+                    barrier,
+                    call,
+                    call_ms: now,
+                })
+            }
+            Err(other) => {
+                let _ = id;
+                panic!("the simulated store refused a write: {other}")
+            }
+        }
+    }
+
+    fn read(
+        &mut self,
+        index: usize,
+        world: &mut World,
+        key: Vec<u8>,
+        level: Level,
+        call: Call,
+    ) -> Option<Pending> {
+        let vnode = Self::vnode(world, &key);
+        let replicas = world.table.chain(u32::from(vnode)).replicas.clone();
+        let node = replicas[world.rng.below(replicas.len() as u64) as usize];
+        if !world.is_up(node) {
+            return None;
+        }
+        let now = world.now_ms;
+        if level == Level::Session {
+            let token = self.clients[index].tokens.get(&vnode).copied().unwrap_or(0);
+            return Some(Pending::SessionRead {
+                node,
+                key,
+                token,
+                call_ms: now,
+            });
+        }
+        let (outcome, barrier) = read_now(world, node, vnode, &key);
+        Some(Pending::Answer {
+            node,
+            key,
+            level,
+            outcome,
+            barrier,
+            call,
+            call_ms: now,
+        })
+    }
+
+    /// Finishes what can be finished: writes answered, reads whose barrier passed.
+    pub fn progress(&mut self, world: &mut World) {
+        let completions = std::mem::take(&mut world.completions);
+        for completion in completions {
+            self.complete_write(
+                completion.node,
+                completion.ticket,
+                completion.result.is_ok(),
+                world,
+            );
+        }
+        for index in 0..self.clients.len() {
+            let Some(pending) = self.clients[index].pending.take() else {
+                continue;
+            };
+            self.clients[index].pending = self.advance(index, pending, world);
+        }
+    }
+
+    fn complete_write(&mut self, node: NodeId, ticket: Ticket, ok: bool, world: &World) {
+        let Some(index) = self.clients.iter().position(|c| {
+            matches!(&c.pending, Some(Pending::Write { node: n, ticket: t, .. }) if *n == node && *t == ticket)
+        }) else {
+            return;
+        };
+        let Some(Pending::Write {
+            key,
+            value,
+            version,
+            level,
+            call,
+            call_ms,
+            ..
+        }) = self.clients[index].pending.take()
+        else {
+            unreachable!()
+        };
+        let id = self.clients[index].id;
+        if key.starts_with(b"shared") {
+            let outcome = match (ok, &call) {
+                (false, _) => Outcome::Unknown,
+                (true, Call::Put { .. }) => Outcome::Written { version },
+                (true, _) => Outcome::Deleted,
+            };
+            let return_ns = if ok { Self::ns(world.now_ms) } else { u64::MAX };
+            self.history.push(Op {
+                client: id,
+                key,
+                call,
+                outcome,
+                call_ns: Self::ns(call_ms),
+                return_ns,
+            });
+        } else if ok && level != Level::Eventual {
+            self.clients[index].floor.insert(key.clone(), version);
+            if let Some(last) = self.issued.get_mut(&key).and_then(|w| w.last_mut()) {
+                if last.0 == Some(version) && last.1 == value {
+                    last.2 = true;
+                }
+            }
+        }
+        if ok {
+            self.acked_writes += 1;
+        }
+    }
+
+    fn advance(&mut self, index: usize, pending: Pending, world: &mut World) -> Option<Pending> {
+        let now = world.now_ms;
+        match pending {
+            Pending::Write { node, .. } if !world.is_up(node) => {
+                // The head died under it: the outcome is unknown, and may still come true
+                // (the write may be in its log and be committed after the restart).
+                if let Pending::Write {
+                    key, call, call_ms, ..
+                } = pending
+                {
+                    if key.starts_with(b"shared") {
+                        self.history.push(Op {
+                            client: self.clients[index].id,
+                            key,
+                            call,
+                            outcome: Outcome::Unknown,
+                            call_ns: Self::ns(call_ms),
+                            return_ns: u64::MAX,
+                        });
+                    }
+                }
+                None
+            }
+            Pending::Write { .. } => Some(pending),
+            Pending::SessionRead { node, .. } | Pending::Answer { node, .. }
+                if !world.is_up(node) =>
+            {
+                None // the read died with its node: it has no effect
+            }
+            Pending::SessionRead {
+                node,
+                key,
+                token,
+                call_ms,
+            } => {
+                let vnode = Self::vnode(world, &key);
+                let running = world.running(node).expect("up");
+                let applied = running.replicator.applied(vnode).unwrap_or(0);
+                if applied < token {
+                    return (now < call_ms + READ_TIMEOUT_MS).then_some(Pending::SessionRead {
+                        node,
+                        key,
+                        token,
+                        call_ms,
+                    });
+                }
+                let (outcome, _) = read_now(world, node, vnode, &key);
+                self.check_session_read(index, &key, &outcome);
+                let tokens = &mut self.clients[index].tokens;
+                let token = tokens.entry(vnode).or_default();
+                *token = (*token).max(applied);
+                self.reads += 1;
+                None
+            }
+            Pending::Answer {
+                node,
+                key,
+                level,
+                outcome,
+                barrier,
+                call,
+                call_ms,
+            } => {
+                let running = world.running(node).expect("up");
+                let passed = barrier.is_none_or(|b| running.store.is_visible(b));
+                if passed && barrier.is_some_and(|b| b.seq == FLOOR) && call == Call::Get {
+                    // The replica's copy was not whole when this was read (a restart): read
+                    // again now that it is.
+                    let vnode = Self::vnode(world, &key);
+                    let (outcome, barrier) = read_now(world, node, vnode, &key);
+                    return Some(Pending::Answer {
+                        node,
+                        key,
+                        level,
+                        outcome,
+                        barrier,
+                        call,
+                        call_ms,
+                    });
+                }
+                if !passed {
+                    return (now < call_ms + READ_TIMEOUT_MS).then_some(Pending::Answer {
+                        node,
+                        key,
+                        level,
+                        outcome,
+                        barrier,
+                        call,
+                        call_ms,
+                    });
+                }
+                self.reads += 1;
+                self.history.push(Op {
+                    client: self.clients[index].id,
+                    key,
+                    call,
+                    outcome,
+                    call_ns: Self::ns(call_ms),
+                    return_ns: Self::ns(now),
+                });
+                None
+            }
+        }
+    }
+
+    fn check_session_read(&mut self, index: usize, key: &[u8], outcome: &Outcome) {
+        let Some(&floor) = self.clients[index].floor.get(key) else {
+            return;
+        };
+        // What the client wrote from its floor write on: any of them may be what it sees.
+        let writes = &self.issued[key];
+        let from = writes
+            .iter()
+            .position(|(version, _, _)| *version == Some(floor))
+            .expect("the floor write was issued");
+        let ok = match outcome {
+            Outcome::Found { version, .. } => *version >= floor,
+            _ => writes[from..].iter().any(|(_, value, _)| value.is_none()),
+        };
+        if !ok {
+            self.violations.push(format!(
+                "client {}: a session read of {} showed {outcome}, older than its own write {floor}",
+                self.clients[index].id,
+                String::from_utf8_lossy(key)
+            ));
+        }
+    }
+
+    /// Stops every client: operations still in flight end with an unknown outcome.
+    pub fn stop(&mut self) {
+        for client in &mut self.clients {
+            if let Some(Pending::Write {
+                key, call, call_ms, ..
+            }) = client.pending.take()
+            {
+                if key.starts_with(b"shared") {
+                    self.history.push(Op {
+                        client: client.id,
+                        key,
+                        call,
+                        outcome: Outcome::Unknown,
+                        call_ns: call_ms * 1_000_000,
+                        return_ns: u64::MAX,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every owned key holds its last write acknowledged at `session` or `strong`, or a later
+    /// one its owner issued.
+    pub fn check_nothing_lost(&mut self, final_values: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>) {
+        for (key, writes) in &self.issued {
+            let Some(last_acked) = writes.iter().rposition(|(_, _, acked)| *acked) else {
+                continue;
+            };
+            let found = final_values.get(key);
+            let allowed =
+                writes[last_acked..]
+                    .iter()
+                    .any(|(version, value, _)| match (found, value) {
+                        (Some((found_value, found_version)), Some(value)) => {
+                            found_value == value && Some(*found_version) == *version
+                        }
+                        (None, None) => true,
+                        _ => false,
+                    });
+            if !allowed {
+                self.violations.push(format!(
+                    "{}: holds {:?}, but a write acknowledged at session or strong was {:?}",
+                    String::from_utf8_lossy(key),
+                    found.map(|(v, ver)| (String::from_utf8_lossy(v).into_owned(), *ver)),
+                    writes[last_acked]
+                        .1
+                        .as_ref()
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                ));
+            }
+        }
+    }
+}
+
+/// A read on a replica now: the answer, and the barrier of the key's newest write (a
+/// `strong` read leaves once it is committed).
+fn read_now(world: &mut World, node: NodeId, vnode: u16, key: &[u8]) -> (Outcome, Option<Barrier>) {
+    let now_ms = world.now_ms;
+    let slot = &mut world.nodes[node as usize];
+    let running = slot.running.as_mut().expect("up");
+    let (lookup, barrier) = running.store.read(vnode, key, now_ms);
+    let outcome = match lookup {
+        Lookup::NotFound => Outcome::NotFound,
+        Lookup::InMemory { value, version } => Outcome::Found {
+            value: value.to_vec(),
+            version,
+        },
+        Lookup::OnDisk(read) => {
+            let bytes = slot.disk.read(&read);
+            let value = finish_read(&read, key, &bytes).expect("intact records");
+            running
+                .store
+                .handle_read_done(vnode, key, &read, &value, now_ms);
+            Outcome::Found {
+                value,
+                version: read.version,
+            }
+        }
+    };
+    (outcome, barrier)
+}

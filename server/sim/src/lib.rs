@@ -1,0 +1,263 @@
+//! tessera-sim: deterministic simulation of a whole cluster (DESIGN.md, "Simulation").
+//!
+//! N nodes, each a real `tessera-store` on an in-memory disk (`MemDisk`: a crash drops, keeps
+//! or tears unsynced writes) and a real `tessera-core` replicator, in one thread, with one
+//! seeded generator and a virtual clock. The network delays messages, keeps each link FIFO and
+//! interleaves links in any order; faults crash nodes (one at a time) and restart them after a
+//! while, and cut links (losing what was in flight on them). Clients run operations at every
+//! consistency level (`clients.rs`).
+//!
+//! After the run every fault heals and the cluster is left to settle; then:
+//! - every vnode's replicas hold the same data and the same position (`converged`);
+//! - no write acknowledged at `session` or `strong` is lost;
+//! - every `session` read showed the reader's own acknowledged writes;
+//! - the `strong` history of the shared keys is linearizable (`tessera-lincheck`);
+//! - and a seed gives the same trace digest every time it runs.
+//!
+//! `cargo test -p tessera-sim` runs a fixed set of seeds; `cargo run --release -p tessera-sim
+//! -- --seeds 500` runs more; a failing seed prints the command that replays it.
+
+mod clients;
+pub mod world;
+
+use std::collections::BTreeMap;
+
+use tessera_core::placement::NodeId;
+use tessera_lincheck::Verdict;
+use tessera_store::{finish_state_read, StateItem};
+
+use crate::clients::Clients;
+use crate::world::World;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub vnodes: u32,
+    pub replication: usize,
+    pub clients: u32,
+    pub shared_keys: u32,
+    /// Milliseconds of client traffic (one step each).
+    pub steps: u64,
+    /// `--fsync always` (writes count once durable) or `interval`.
+    pub fsync_always: bool,
+    pub faults: bool,
+    /// The longest a message may wait on its link (each seed picks 1, 4, 16 or this).
+    pub max_delay_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            nodes: 3,
+            vnodes: 8,
+            replication: 3,
+            clients: 6,
+            shared_keys: 4,
+            steps: 3_000,
+            fsync_always: true,
+            faults: true,
+            max_delay_ms: 30,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub trace: u64,
+    pub violations: Vec<String>,
+    pub acked_writes: u64,
+    pub reads: u64,
+    pub strong_ops: usize,
+    pub crashes: u64,
+    pub messages: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The command that replays this run.
+    pub fn replay(&self, config: &SimConfig) -> String {
+        format!(
+            "cargo run --release -p tessera-sim -- --seed {} --steps {}{}{}",
+            self.seed,
+            config.steps,
+            if config.fsync_always {
+                ""
+            } else {
+                " --interval"
+            },
+            if config.faults { "" } else { " --no-faults" }
+        )
+    }
+}
+
+/// Runs one seed and checks it.
+pub fn run(seed: u64, config: &SimConfig) -> Report {
+    let mut world = World::new(seed, config.clone());
+    let mut clients = Clients::new(config.clients, config.shared_keys);
+    for step in 0..config.steps {
+        world.now_ms += 1;
+        world.heal_due();
+        world.deliver_due();
+        world.flush(false);
+        if step % 10 == 0 {
+            world.tick();
+        }
+        clients.progress(&mut world);
+        clients.start_some(&mut world);
+        if config.faults {
+            inject_fault(&mut world);
+        }
+    }
+    clients.stop();
+    world.heal_all();
+    let settled = settle(&mut world, &mut clients);
+    let mut violations = std::mem::take(&mut clients.violations);
+    if !settled {
+        violations.push("the cluster did not settle within 60 s of healing".into());
+        for vnode in 0..config.vnodes as u16 {
+            let positions = world.positions(vnode);
+            if positions.windows(2).all(|w| w[0].1 == w[1].1) {
+                continue;
+            }
+            for node in world.table.chain(u32::from(vnode)).replicas.clone() {
+                if let Some(running) = world.running(node) {
+                    let state = running.replicator.describe(vnode).unwrap_or_default();
+                    violations.push(format!("  node {node}: {state}"));
+                }
+            }
+        }
+    }
+    violations.extend(converged(&mut world));
+    let finals = owned_values(&mut world);
+    clients.check_nothing_lost(&finals);
+    violations.extend(std::mem::take(&mut clients.violations));
+    match tessera_lincheck::check(&clients.history) {
+        Verdict::Linearizable { .. } => {}
+        Verdict::Violation { key, report } => violations.push(format!(
+            "strong operations on {} are not linearizable:\n{report}",
+            String::from_utf8_lossy(&key)
+        )),
+        Verdict::TooHard { key } => violations.push(format!(
+            "the linearizability check gave up on {}",
+            String::from_utf8_lossy(&key)
+        )),
+    }
+    Report {
+        seed,
+        trace: world.trace,
+        violations,
+        acked_writes: clients.acked_writes,
+        reads: clients.reads,
+        strong_ops: clients.history.len(),
+        crashes: world.crashes,
+        messages: world.messages_delivered,
+    }
+}
+
+/// Now and then: crash a node (only while all run: one failure at a time), or cut a link.
+fn inject_fault(world: &mut World) {
+    let nodes = world.nodes.len() as u64;
+    match world.rng.below(1000) {
+        0 | 1 => {
+            let all_up = (0..nodes as NodeId).all(|n| world.is_up(n));
+            if all_up {
+                let node = world.rng.below(nodes) as NodeId;
+                let down_ms = 50 + world.rng.below(500);
+                world.crash(node, down_ms);
+            }
+        }
+        2 | 3 => {
+            let a = world.rng.below(nodes) as NodeId;
+            let b = (a + 1 + world.rng.below(nodes - 1) as NodeId) % nodes as NodeId;
+            let ms = 20 + world.rng.below(300);
+            world.cut(a, b, ms);
+        }
+        _ => {}
+    }
+}
+
+/// Lets the healed cluster run until every replica of every vnode stands at the same
+/// position with nothing in flight.
+fn settle(world: &mut World, clients: &mut Clients) -> bool {
+    for step in 0..60_000u64 {
+        world.now_ms += 1;
+        world.heal_due();
+        world.deliver_due();
+        world.flush(true);
+        if step % 10 == 0 {
+            world.tick();
+        }
+        clients.progress(world);
+        if step % 50 == 0 && world.quiet() && all_positions_equal(world) {
+            return true;
+        }
+    }
+    false
+}
+
+fn all_positions_equal(world: &World) -> bool {
+    (0..world.config.vnodes as u16).all(|vnode| {
+        let positions = world.positions(vnode);
+        positions.windows(2).all(|w| w[0].1 == w[1].1)
+    })
+}
+
+/// A replica's copy of a vnode: key -> (value, version).
+fn contents(world: &mut World, node: NodeId, vnode: u16) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+    let now = world.now_ms;
+    let slot = &mut world.nodes[node as usize];
+    let running = slot.running.as_mut().expect("healed");
+    let snapshot = running.store.state_since(vnode, 0, now);
+    snapshot
+        .items
+        .into_iter()
+        .map(|item| match item {
+            StateItem::Ready(entry) => entry,
+            StateItem::OnDisk { digest, read } => {
+                finish_state_read(&read, digest, &slot.disk.read(&read)).expect("intact")
+            }
+        })
+        .map(|entry| (entry.key, (entry.value.unwrap_or_default(), entry.version)))
+        .collect()
+}
+
+/// Every vnode's replicas hold the same keys, values and versions.
+fn converged(world: &mut World) -> Vec<String> {
+    let mut violations = Vec::new();
+    for vnode in 0..world.config.vnodes as u16 {
+        let replicas = world.table.chain(u32::from(vnode)).replicas.clone();
+        let head = contents(world, replicas[0], vnode);
+        for &node in &replicas[1..] {
+            let copy = contents(world, node, vnode);
+            if copy != head {
+                let differing: Vec<String> = head
+                    .keys()
+                    .chain(copy.keys())
+                    .filter(|k| head.get(*k) != copy.get(*k))
+                    .take(3)
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                violations.push(format!(
+                    "vnode {vnode}: node {node} differs from its head node {} on {differing:?}",
+                    replicas[0]
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// The values of every key, as the heads hold them.
+fn owned_values(world: &mut World) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+    let mut values = BTreeMap::new();
+    for vnode in 0..world.config.vnodes as u16 {
+        let head = world.table.chain(u32::from(vnode)).head();
+        values.extend(contents(world, head, vnode));
+    }
+    values
+}

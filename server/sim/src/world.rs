@@ -1,0 +1,415 @@
+//! The simulated cluster: nodes with real stores on in-memory disks and real replicators,
+//! a network of FIFO links with delays, and faults (crashes, restarts, cut links).
+//!
+//! One thread, one seeded generator, a virtual clock in milliseconds: a seed replays exactly.
+//! Each node runs one shard. A crash is a power loss (`MemDisk::crash`: unsynced writes are
+//! kept, dropped or torn); a restart recovers the store from the disk and starts a fresh
+//! replicator, as the real node does.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use tessera_core::placement::{ChainTable, NodeId};
+use tessera_core::replication::{
+    Config, Effect, PeerMsg, Replicator, StateRead, Ticket, VnodeStore, WriteFailure,
+};
+use tessera_store::testing::{MemDisk, Rng};
+use tessera_store::{finish_state_read, FsyncPolicy, StateItem, Store, StoreConfig, Visibility};
+
+use crate::SimConfig;
+
+pub struct Running {
+    pub store: Store,
+    pub replicator: Replicator,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub disk: MemDisk,
+    pub running: Option<Running>,
+    pub restart_at_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Link {
+    up: bool,
+    /// Cut by a fault until then.
+    cut_until_ms: u64,
+    queue: VecDeque<(u64, PeerMsg)>,
+}
+
+/// A client write finished at a node.
+pub struct Completion {
+    pub node: NodeId,
+    pub ticket: Ticket,
+    pub result: Result<(), WriteFailure>,
+}
+
+pub struct World {
+    pub now_ms: u64,
+    pub rng: Rng,
+    pub config: SimConfig,
+    pub table: ChainTable,
+    pub nodes: Vec<Node>,
+    links: BTreeMap<(NodeId, NodeId), Link>,
+    pub completions: Vec<Completion>,
+    /// A digest of everything that happened, in order: a seed must give the same one.
+    pub trace: u64,
+    pub messages_delivered: u64,
+    pub crashes: u64,
+}
+
+fn store_config(config: &SimConfig) -> StoreConfig {
+    StoreConfig {
+        segment_size_bytes: 4 * 1024 * 1024,
+        fsync: match config.fsync_always {
+            true => FsyncPolicy::Always,
+            false => FsyncPolicy::Interval {
+                interval_ms: 20,
+                max_writes: 50,
+            },
+        },
+        cache_bytes: 64 * 1024,
+        vnodes: config.vnodes,
+        visibility: Visibility::Committed,
+        ..StoreConfig::default()
+    }
+}
+
+impl World {
+    pub fn new(seed: u64, mut config: SimConfig) -> World {
+        // Seeds differ in how slow the network is, up to the configured bound: a slow one
+        // keeps a restarted replica behind its chain for longer.
+        let mut rng = Rng::new(seed);
+        config.max_delay_ms =
+            [1, 4, 16, config.max_delay_ms][rng.below(4) as usize].min(config.max_delay_ms);
+        let members: Vec<tessera_core::placement::Member> = (0..config.nodes as NodeId)
+            .map(|id| tessera_core::placement::Member {
+                id,
+                weight: 1,
+                zone: None,
+            })
+            .collect();
+        let table = tessera_core::placement::plan(&members, config.vnodes, config.replication)
+            .expect("a valid plan");
+        let mut world = World {
+            now_ms: 1_000_000,
+            rng,
+            nodes: (0..config.nodes as NodeId)
+                .map(|id| Node {
+                    id,
+                    disk: MemDisk::new(),
+                    running: None,
+                    restart_at_ms: None,
+                })
+                .collect(),
+            config,
+            table,
+            links: BTreeMap::new(),
+            completions: Vec::new(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            messages_delivered: 0,
+            crashes: 0,
+        };
+        for node in 0..world.nodes.len() as NodeId {
+            world.start(node);
+        }
+        world.connect_all();
+        world
+    }
+
+    pub fn note(&mut self, words: &[u64]) {
+        for word in words {
+            self.trace = (self.trace ^ word).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn replicator_config(&self, me: NodeId) -> Config {
+        Config {
+            me,
+            durable_commit: self.config.fsync_always,
+            queue_limit_bytes: 256 * 1024,
+            write_timeout_ms: 2_000,
+        }
+    }
+
+    /// Starts (or restarts) a node from its disk.
+    fn start(&mut self, node: NodeId) {
+        let config = store_config(&self.config);
+        let now = self.now_ms;
+        let disk = &mut self.nodes[node as usize].disk;
+        let (store, _) = disk.recover(config, false, now).expect("recovery");
+        let held: Vec<(u16, tessera_core::placement::Chain)> = (0..self.config.vnodes)
+            .filter(|&v| self.table.chain(v).position(node).is_some())
+            .map(|v| (v as u16, self.table.chain(v).clone()))
+            .collect();
+        let replicator = Replicator::new(self.replicator_config(node), held, &store);
+        let slot = &mut self.nodes[node as usize];
+        slot.running = Some(Running { store, replicator });
+        slot.restart_at_ms = None;
+    }
+
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.nodes[node as usize].running.is_some()
+    }
+
+    /// Brings up every link whose ends run and that no fault cuts.
+    pub fn connect_all(&mut self) {
+        let n = self.nodes.len() as NodeId;
+        for a in 0..n {
+            for b in 0..n {
+                if a < b {
+                    self.try_link_up(a, b);
+                }
+            }
+        }
+    }
+
+    fn try_link_up(&mut self, a: NodeId, b: NodeId) {
+        let now = self.now_ms;
+        let both_up = self.is_up(a) && self.is_up(b);
+        let link = self.links.entry((a, b)).or_default();
+        if link.up || link.cut_until_ms > now || !both_up {
+            return;
+        }
+        link.up = true;
+        self.links.entry((b, a)).or_default().up = true;
+        self.note(&[1, u64::from(a), u64::from(b)]);
+        for (me, other) in [(a, b), (b, a)] {
+            let running = self.nodes[me as usize].running.as_mut().expect("up");
+            running
+                .replicator
+                .handle_link_up(other, &mut running.store, now);
+            self.drain(me);
+        }
+    }
+
+    /// Cuts the link between `a` and `b` (both directions) for `ms`: what was in flight is lost.
+    pub fn cut(&mut self, a: NodeId, b: NodeId, ms: u64) {
+        let until = self.now_ms + ms;
+        self.note(&[2, u64::from(a), u64::from(b), ms]);
+        for (me, other) in [(a, b), (b, a)] {
+            let link = self.links.entry((me, other)).or_default();
+            link.cut_until_ms = until;
+            let was_up = std::mem::take(&mut link.up);
+            link.queue.clear();
+            if was_up {
+                if let Some(running) = self.nodes[me as usize].running.as_mut() {
+                    running.replicator.handle_link_down(other);
+                }
+            }
+        }
+    }
+
+    /// Power loss of `node`; it restarts after `down_ms`.
+    pub fn crash(&mut self, node: NodeId, down_ms: u64) {
+        self.note(&[3, u64::from(node), down_ms]);
+        self.crashes += 1;
+        let n = self.nodes.len() as NodeId;
+        for other in (0..n).filter(|&o| o != node) {
+            for (me, them) in [(node, other), (other, node)] {
+                let link = self.links.entry((me, them)).or_default();
+                let was_up = std::mem::take(&mut link.up);
+                link.queue.clear();
+                if was_up && me == other {
+                    if let Some(running) = self.nodes[me as usize].running.as_mut() {
+                        running.replicator.handle_link_down(them);
+                    }
+                }
+            }
+        }
+        let slot = &mut self.nodes[node as usize];
+        slot.running = None;
+        slot.disk.crash(&mut self.rng);
+        slot.restart_at_ms = Some(self.now_ms + down_ms);
+    }
+
+    /// Restarts nodes whose time has come, heals cuts whose time has come.
+    pub fn heal_due(&mut self) {
+        let now = self.now_ms;
+        for node in 0..self.nodes.len() as NodeId {
+            if self.nodes[node as usize]
+                .restart_at_ms
+                .is_some_and(|at| at <= now)
+            {
+                self.note(&[4, u64::from(node)]);
+                self.start(node);
+            }
+        }
+        self.connect_all();
+    }
+
+    /// Restarts every node and heals every cut now.
+    pub fn heal_all(&mut self) {
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].restart_at_ms.is_some() {
+                self.nodes[node].restart_at_ms = Some(self.now_ms);
+            }
+        }
+        for link in self.links.values_mut() {
+            link.cut_until_ms = 0;
+        }
+        self.heal_due();
+    }
+
+    /// Takes a node's replication effects: messages onto links, state reads served.
+    pub fn drain(&mut self, node: NodeId) {
+        loop {
+            let Some(running) = self.nodes[node as usize].running.as_mut() else {
+                return;
+            };
+            let Some(effect) = running.replicator.poll_effect() else {
+                return;
+            };
+            match effect {
+                Effect::Send(out) => self.send(node, out.to, out.msg),
+                Effect::ReadState { vnode, to, since } => self.serve_state(node, vnode, to, since),
+                Effect::WriteDone { ticket, result } => {
+                    self.note(&[5, u64::from(node), ticket, u64::from(result.is_ok())]);
+                    self.completions.push(Completion {
+                        node,
+                        ticket,
+                        result,
+                    });
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: PeerMsg) {
+        let delay = self.rng.below(self.config.max_delay_ms + 1);
+        let now = self.now_ms;
+        let link = self.links.entry((from, to)).or_default();
+        if !link.up {
+            return;
+        }
+        // FIFO per link: never before what was sent on it earlier.
+        let after = link.queue.back().map_or(0, |(at, _)| *at);
+        link.queue.push_back(((now + delay).max(after), msg));
+    }
+
+    fn serve_state(
+        &mut self,
+        node: NodeId,
+        vnode: u16,
+        to: NodeId,
+        since: tessera_core::replication::Position,
+    ) {
+        let now = self.now_ms;
+        let slot = &mut self.nodes[node as usize];
+        let running = slot.running.as_mut().expect("up");
+        let snapshot = running.store.state_since(vnode, since.version, now);
+        let entries = snapshot
+            .items
+            .into_iter()
+            .map(|item| match item {
+                StateItem::Ready(entry) => entry,
+                StateItem::OnDisk { digest, read } => {
+                    let bytes = slot.disk.read(&read);
+                    finish_state_read(&read, digest, &bytes).expect("intact records")
+                }
+            })
+            .collect();
+        let read = StateRead {
+            vnode,
+            to,
+            through: snapshot.through,
+            entries,
+            keep: snapshot.keep,
+        };
+        running
+            .replicator
+            .handle_state_read(read, &mut running.store, now);
+    }
+
+    /// Delivers, on every link in a random order, the first message that is due.
+    pub fn deliver_due(&mut self) {
+        let now = self.now_ms;
+        let mut due: Vec<(NodeId, NodeId)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.up && l.queue.front().is_some_and(|(at, _)| *at <= now))
+            .map(|(&k, _)| k)
+            .collect();
+        // Shuffle (Fisher-Yates): links interleave in any order; each link stays FIFO.
+        for i in (1..due.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            due.swap(i, j);
+        }
+        for (from, to) in due {
+            let Some((_, msg)) = self
+                .links
+                .get_mut(&(from, to))
+                .and_then(|l| l.queue.pop_front())
+            else {
+                continue;
+            };
+            self.messages_delivered += 1;
+            self.note(&[6, u64::from(from), u64::from(to), u64::from(msg.vnode)]);
+            let Some(running) = self.nodes[to as usize].running.as_mut() else {
+                continue;
+            };
+            running
+                .replicator
+                .handle_message(from, msg, &mut running.store, now);
+            self.drain(to);
+        }
+    }
+
+    /// Runs each node's flusher (with some probability, so that syncs take a few steps) and
+    /// tells replication what became durable.
+    pub fn flush(&mut self, always: bool) {
+        let now = self.now_ms;
+        for node in 0..self.nodes.len() as NodeId {
+            if !always && self.rng.below(2) == 0 {
+                continue;
+            }
+            let slot = &mut self.nodes[node as usize];
+            let Some(running) = slot.running.as_mut() else {
+                continue;
+            };
+            slot.disk
+                .flush_due(&mut running.store, now)
+                .expect("the simulated disk does not fail");
+            let changed = running.store.take_log_changes();
+            if !changed.is_empty() {
+                running
+                    .replicator
+                    .handle_durable(&changed, &mut running.store, now);
+                self.drain(node);
+            }
+        }
+    }
+
+    /// Time passes for every replicator (write deadlines).
+    pub fn tick(&mut self) {
+        let now = self.now_ms;
+        for node in 0..self.nodes.len() as NodeId {
+            if let Some(running) = self.nodes[node as usize].running.as_mut() {
+                running.replicator.handle_tick(&mut running.store, now);
+            }
+            self.drain(node);
+        }
+    }
+
+    /// Whether no message is in flight.
+    pub fn quiet(&self) -> bool {
+        self.links.values().all(|l| l.queue.is_empty())
+    }
+
+    pub fn running(&mut self, node: NodeId) -> Option<&mut Running> {
+        self.nodes[node as usize].running.as_mut()
+    }
+
+    /// Every replica of `vnode` that runs: (node, its position).
+    pub fn positions(&self, vnode: u16) -> Vec<(NodeId, u64)> {
+        self.table
+            .chain(u32::from(vnode))
+            .replicas
+            .iter()
+            .filter_map(|&n| {
+                let running = self.nodes[n as usize].running.as_ref()?;
+                Some((n, running.store.position(vnode).seq))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,233 @@
+//! The store as chain replication sees it: `tessera_core::replication::VnodeStore`, and the
+//! snapshot a state transfer sends.
+//!
+//! A state transfer sends each key's newest write of a vnode newer than the receiver's
+//! position, as of one moment (`state_since`): writes already in the log tail come with it,
+//! the others are read back from disk by the shell (`finish_state_read`). The receiver applies
+//! them in version order and then drops every key the sender does not hold (`finish_state`):
+//! it writes a tombstone per dropped key, naming the key by its digest, since the index keeps
+//! no keys and reading each one back would be I/O (`ondisk::FLAG_DIGEST_KEY`).
+
+use std::collections::HashSet;
+
+use tessera_core::replication::{Entry, Position, VnodeStore};
+
+use crate::index::{Digest, Entry as IndexEntry};
+use crate::ondisk::{self, Parsed, RecordHeader, RECORD_FORMAT_V2};
+use crate::store::{CorruptRecord, DiskRead, ReplicatedWrite, Store, WriteError};
+
+/// One key of a state snapshot: its write, or where to read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateItem {
+    Ready(Entry),
+    /// Read the record, then `finish_state_read`.
+    OnDisk {
+        digest: Digest,
+        read: DiskRead,
+    },
+}
+
+/// A vnode's state newer than some position, as of `through`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateSnapshot {
+    pub through: Position,
+    /// In version order.
+    pub items: Vec<StateItem>,
+    /// Every live key digest of the vnode.
+    pub keep: Vec<u128>,
+}
+
+impl Store {
+    /// The vnode's live keys whose newest write is newer than `since_version`, and every live
+    /// key digest, as of now.
+    pub fn state_since(&self, vnode: u16, since_version: u64, now_ms: u64) -> StateSnapshot {
+        let mut newer: Vec<(Digest, IndexEntry)> = Vec::new();
+        let mut keep = Vec::new();
+        for (digest, _) in self.indexes[usize::from(vnode)].iter_after(None) {
+            let Some(entry) = self.entry(vnode, digest).filter(|e| e.is_live(now_ms)) else {
+                continue;
+            };
+            keep.push(digest);
+            if entry.version > since_version {
+                newer.push((digest, entry));
+            }
+        }
+        newer.sort_by_key(|(_, entry)| entry.version);
+        let items = newer
+            .into_iter()
+            .map(|(digest, entry)| self.state_item(digest, &entry))
+            .collect();
+        let log = self.vnode_log(vnode);
+        StateSnapshot {
+            through: Position {
+                seq: log.applied_seq,
+                version: log.applied_version,
+            },
+            items,
+            keep,
+        }
+    }
+
+    fn state_item(&self, digest: Digest, entry: &IndexEntry) -> StateItem {
+        let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
+        let in_tail = self
+            .tail
+            .record_bytes(entry.segment, offset, len)
+            .and_then(|bytes| entry_of_record(bytes, entry.version, digest).ok());
+        match in_tail {
+            Some(entry) => StateItem::Ready(entry),
+            None => StateItem::OnDisk {
+                digest,
+                read: DiskRead {
+                    segment: entry.segment,
+                    offset,
+                    len,
+                    version: entry.version,
+                },
+            },
+        }
+    }
+
+    /// Where `digest`'s newest write in `vnode` is now, if its version is still `version` (a
+    /// state transfer reading late looks again: compaction may have moved the record).
+    pub fn locate(&self, vnode: u16, digest: Digest, version: u64) -> Option<StateItem> {
+        let entry = self.entry(vnode, digest)?;
+        (entry.version == version).then(|| self.state_item(digest, &entry))
+    }
+
+    /// Raises the vnode's position to `through` (a state transfer brought it there).
+    fn raise_position(&mut self, vnode: u16, through: Position) {
+        let log = &mut self.vnode_logs[usize::from(vnode)];
+        if through.seq > log.applied_seq {
+            log.applied_seq = through.seq;
+            log.applied_version = through.version;
+        }
+        self.last_version = self.last_version.max(through.version);
+    }
+
+    /// Writes a tombstone of `digest` that names it by digest (see the module header).
+    fn drop_by_digest(
+        &mut self,
+        vnode: u16,
+        digest: Digest,
+        entry: IndexEntry,
+        seq: u64,
+        epoch: u32,
+    ) {
+        let key = digest.to_le_bytes();
+        let header = RecordHeader {
+            tombstone: true,
+            key_len: key.len() as u16,
+            value_len: 0,
+            vnode,
+            version: entry.version,
+            expiry_ms: 0,
+            seq,
+            epoch,
+            format: RECORD_FORMAT_V2,
+            digest_key: true,
+        };
+        self.append(&header, &key, digest, &[]);
+        self.apply_to_index(vnode, digest, true, entry);
+        self.cache.remove(digest);
+        self.seq += 1;
+        self.unsettled.record(self.seq, digest, vnode, seq);
+    }
+}
+
+/// The write a record holds, checked against the index's version and digest.
+fn entry_of_record(bytes: &[u8], version: u64, digest: Digest) -> Result<Entry, &'static str> {
+    let Parsed::Record { header, key, value } = ondisk::parse_record(bytes) else {
+        return Err("not a whole record");
+    };
+    if header.version != version
+        || header.tombstone
+        || ondisk::record_digest(&header, key) != digest
+    {
+        return Err("record does not match the index");
+    }
+    Ok(Entry {
+        seq: header.seq,
+        version: header.version,
+        expiry_ms: header.expiry_ms,
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+    })
+}
+
+/// Checks a record read for a `StateItem::OnDisk` and returns its write.
+pub fn finish_state_read(
+    read: &DiskRead,
+    digest: Digest,
+    bytes: &[u8],
+) -> Result<Entry, CorruptRecord> {
+    entry_of_record(bytes, read.version, digest).map_err(|reason| CorruptRecord {
+        segment: read.segment,
+        offset: read.offset,
+        reason: reason.to_string(),
+    })
+}
+
+impl VnodeStore for Store {
+    fn position(&self, vnode: u16) -> Position {
+        let log = self.vnode_log(vnode);
+        Position {
+            seq: log.applied_seq,
+            version: log.applied_version,
+        }
+    }
+
+    fn durable_seq(&self, vnode: u16) -> u64 {
+        self.vnode_log(vnode).durable_seq
+    }
+
+    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, now_ms: u64) -> Result<(), String> {
+        let write = ReplicatedWrite {
+            vnode,
+            key: &entry.key,
+            value: entry.value.as_deref(),
+            version: entry.version,
+            expiry_ms: entry.expiry_ms,
+            seq: entry.seq,
+            epoch: epoch as u32,
+        };
+        match self.handle_replicated_write(write, now_ms) {
+            Ok(_) => Ok(()),
+            // Already here (a resend overlapping a transfer): nothing to do.
+            Err(WriteError::OutOfOrder { .. }) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn finish_state(
+        &mut self,
+        vnode: u16,
+        keep: &[u128],
+        through: Position,
+        epoch: u64,
+        _now_ms: u64,
+    ) -> Result<(), String> {
+        if let Some(reason) = self.failure() {
+            return Err(reason.to_string());
+        }
+        let keep: HashSet<u128> = keep.iter().copied().collect();
+        let absent: Vec<(Digest, IndexEntry)> = self.indexes[usize::from(vnode)]
+            .iter_after(None)
+            .filter(|(digest, entry)| !keep.contains(digest) && entry.version <= through.version)
+            .collect();
+        for (digest, _) in absent {
+            let entry = self.entry(vnode, digest).expect("listed just now");
+            self.drop_by_digest(vnode, digest, entry, through.seq, epoch as u32);
+        }
+        self.raise_position(vnode, through);
+        Ok(())
+    }
+
+    fn set_committed(&mut self, vnode: u16, seq: u64) {
+        Store::set_committed(self, vnode, seq);
+    }
+
+    fn release_reads(&mut self, vnode: u16, floor: u64) {
+        Store::release_reads(self, vnode, floor);
+    }
+}
