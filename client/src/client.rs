@@ -1,28 +1,38 @@
 //! The async client for tokio applications.
 //!
-//! Each connection pipelines: many requests share it, each with its own id, and a reader task
-//! hands each response to its caller whatever the order. A pool keeps `pool_size` connections to
-//! the node's client port and, when shard-aware, as many to each shard's own port, so a request
-//! goes straight to the core that owns its key (the node forwards it anyway if the table is
-//! stale). Requests that cannot change data (`Request::is_idempotent`) are retried on transport
-//! errors, timeouts, OVERLOADED and UNAVAILABLE, with a short backoff; writes are never retried,
-//! because a write that timed out may have been applied.
+//! The client bootstraps from any of the addresses it is given: it asks for the TOPOLOGY (a
+//! node alone, or a cluster's members and chain table) and from then on sends each request
+//! where it belongs (`routing.rs`): a key's write to its vnode's head, a read to one of its
+//! replicas, each straight to the shard port of the core that owns it when shard-aware. A
+//! request answered MOVED (the client's table is stale) was not executed: the client fetches
+//! the topology again and resends it, whatever it is. A BATCH in a cluster is split by
+//! owner, its parts sent at once, and the results put back in the caller's order; SCAN pages
+//! walk every vnode, each page asked of a node that holds the cursor's vnode.
+//!
+//! Pools keep `pool_size` pipelined connections per address (`conn.rs`). Requests that cannot
+//! change data (`Request::is_idempotent`) are retried on transport errors, timeouts,
+//! OVERLOADED and UNAVAILABLE, with a short backoff; writes are never retried, because a write
+//! that timed out may have been applied.
+//!
+//! Consistency: every request carries the configured level (`ClientConfig::level`, default:
+//! the node's, `strong`); a client handle keeps the session token of every vnode it wrote or
+//! read, and `session` reads carry theirs, so a handle reads its own writes from any replica.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-
 use tessera_schema::msg::*;
+use tessera_schema::placement::decode_scan_cursor;
 use tessera_schema::verify::{check_request, Refusal};
 
-use crate::session::{Routing, Session};
+use crate::conn::Pool;
+use crate::routing::{Routing, Target, Tokens};
+
+/// How many times a request answered MOVED is sent again after a topology refresh.
+const MOVED_RETRIES: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -34,6 +44,11 @@ pub struct ClientConfig {
     pub retries: u32,
     /// Route key requests to the owning shard's port.
     pub shard_aware: bool,
+    /// The consistency level of every request (`Level::Default`: the node's, `strong`).
+    pub level: Level,
+    /// Reads go to the node of the first address given when it holds a replica of the key
+    /// (the CLI: "read through this node"); otherwise they rotate over each chain.
+    pub prefer_first_address: bool,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +58,8 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(5),
             retries: 2,
             shard_aware: true,
+            level: Level::Default,
+            prefer_first_address: false,
         }
     }
 }
@@ -80,6 +97,19 @@ impl ClientError {
         }
     }
 
+    /// The error as one operation's result (a batch part that failed as a whole).
+    fn to_result(&self) -> OpResult {
+        match self {
+            ClientError::Status {
+                status, message, ..
+            } => OpResult::error(*status, message.clone()),
+            ClientError::Io(_) | ClientError::Timeout(_) => {
+                OpResult::error(Status::Unavailable, format!("{self}; outcome unknown"))
+            }
+            ClientError::Protocol(_) => OpResult::error(Status::Internal, self.to_string()),
+        }
+    }
+
     fn retryable(&self) -> bool {
         match self {
             ClientError::Status { status, .. } => {
@@ -101,198 +131,74 @@ impl From<Refusal> for ClientError {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Response, ClientError>>;
-
-#[derive(Default)]
-struct ConnState {
-    session: Session,
-    waiters: HashMap<u64, Waiter>,
-    /// Frames encoded and not yet written. Concurrent callers append here and one flusher task
-    /// writes them all at once, so a pipelined connection makes one write per batch, not one
-    /// per request.
-    outgoing: Vec<u8>,
-    /// A flusher task is running.
-    flushing: bool,
+/// The pools of one member: its main port and each shard's.
+struct MemberPools {
+    main: Arc<Pool>,
+    shards: Vec<Arc<Pool>>,
 }
 
-/// One pipelined connection.
-struct Conn {
-    state: Mutex<ConnState>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    broken: Arc<AtomicBool>,
+/// The topology the client routes by, with a pool for every address it names.
+struct View {
+    routing: Arc<Routing>,
+    members: Vec<MemberPools>,
 }
 
-impl Conn {
-    async fn connect(address: SocketAddr) -> Result<Arc<Conn>, ClientError> {
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| ClientError::Io(format!("cannot connect to {address}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
-        let conn = Arc::new(Conn {
-            state: Mutex::new(ConnState {
-                session: Session::new(),
-                ..ConnState::default()
-            }),
-            writer: tokio::sync::Mutex::new(writer),
-            broken: Arc::new(AtomicBool::new(false)),
-        });
-        let weak = Arc::downgrade(&conn);
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                let read = reader.read(&mut buffer).await;
-                let Some(conn) = weak.upgrade() else { return };
-                match read {
-                    Ok(n) if n > 0 => {
-                        if let Err(error) = conn.dispatch(&buffer[..n]) {
-                            conn.fail_all(error);
-                            return;
-                        }
-                    }
-                    Ok(_) => {
-                        return conn
-                            .fail_all(ClientError::Io("connection closed by the node".into()))
-                    }
-                    Err(e) => return conn.fail_all(ClientError::Io(e.to_string())),
-                }
-            }
-        });
-        Ok(conn)
-    }
-
-    fn dispatch(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut state = self.state.lock().expect("connection state lock");
-        state.session.handle_bytes(bytes);
-        loop {
-            match state.session.poll_response() {
-                Ok(Some((0, response))) => {
-                    let message = match response {
-                        Response::Error { status, message } => format!("{status}: {message}"),
-                        other => format!("{other:?}"),
-                    };
-                    return Err(ClientError::Protocol(format!(
-                        "the node closed the connection: {message}"
-                    )));
-                }
-                Ok(Some((id, response))) => {
-                    if let Some(waiter) = state.waiters.remove(&id) {
-                        let _ = waiter.send(Ok(response));
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(error) => return Err(ClientError::Protocol(error.to_string())),
+impl View {
+    /// Pools of `old` are kept for the addresses that stay.
+    fn new(routing: Routing, pool_size: usize, old: Option<&View>) -> View {
+        let mut reuse: HashMap<SocketAddr, Arc<Pool>> = HashMap::new();
+        for member in old.map_or(&[][..], |v| &v.members[..]) {
+            for pool in std::iter::once(&member.main).chain(&member.shards) {
+                reuse.insert(pool.address(), pool.clone());
             }
         }
-    }
-
-    fn fail_all(&self, error: ClientError) {
-        self.broken.store(true, Ordering::SeqCst);
-        let mut state = self.state.lock().expect("connection state lock");
-        for (_, waiter) in state.waiters.drain() {
-            let _ = waiter.send(Err(error.clone()));
-        }
-    }
-
-    /// Writes everything queued, until the queue is empty. Runs in its own task, so that a
-    /// caller's timeout can never cancel a write halfway through a frame.
-    async fn flush(self: Arc<Self>) {
-        loop {
-            // Let the tasks that are ready now queue their requests first. Without this the
-            // runtime ran the freshly spawned flusher before the other lanes woken by the same
-            // read (tokio's LIFO slot), and every request went out in its own write: one
-            // `sendto` per request at pipeline 16, which made the client the bottleneck.
-            tokio::task::yield_now().await;
-            let batch = {
-                let mut state = self.state.lock().expect("connection state lock");
-                if state.outgoing.is_empty() {
-                    state.flushing = false;
-                    return;
-                }
-                std::mem::take(&mut state.outgoing)
-            };
-            let mut writer = self.writer.lock().await;
-            if let Err(e) = writer.write_all(&batch).await {
-                drop(writer);
-                self.fail_all(ClientError::Io(e.to_string()));
-                self.state.lock().expect("connection state lock").flushing = false;
-                return;
-            }
-        }
-    }
-
-    async fn call(
-        self: &Arc<Self>,
-        request: &Request,
-        timeout: Duration,
-    ) -> Result<Response, ClientError> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(ClientError::Io("connection is closed".into()));
-        }
-        let (id, receiver) = {
-            let mut guard = self.state.lock().expect("connection state lock");
-            let state = &mut *guard;
-            let id = state.session.encode(request, &mut state.outgoing);
-            let (sender, receiver) = oneshot::channel();
-            state.waiters.insert(id, sender);
-            if !state.flushing {
-                state.flushing = true;
-                tokio::spawn(self.clone().flush());
-            }
-            (id, receiver)
+        let mut pool = |addr: SocketAddr| {
+            reuse
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Pool::new(addr, pool_size)))
+                .clone()
         };
-        let attempt = async {
-            receiver
-                .await
-                .unwrap_or_else(|_| Err(ClientError::Io("connection dropped".into())))
-        };
-        let outcome = tokio::time::timeout(timeout, attempt).await;
-        let result = outcome.unwrap_or(Err(ClientError::Timeout(timeout)));
-        if result.is_err() {
-            let mut state = self.state.lock().expect("connection state lock");
-            state.session.abandon(id);
-            state.waiters.remove(&id);
-        }
-        result
-    }
-}
-
-/// `pool_size` connections to one address, used round-robin, replaced when broken.
-struct Pool {
-    address: SocketAddr,
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
-    next: AtomicUsize,
-}
-
-impl Pool {
-    fn new(address: SocketAddr, size: usize) -> Pool {
-        Pool {
-            address,
-            slots: (0..size.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            next: AtomicUsize::new(0),
+        let members = (0..routing.member_count())
+            .map(|m| MemberPools {
+                main: pool(routing.addr(m)),
+                shards: (0..routing.shard_count(m))
+                    .map(|s| pool(routing.shard_addr(m, s)))
+                    .collect(),
+            })
+            .collect();
+        View {
+            routing: Arc::new(routing),
+            members,
         }
     }
 
-    async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| !c.broken.load(Ordering::SeqCst)) {
-            return Ok(conn.clone());
+    fn pool(&self, target: Target) -> &Arc<Pool> {
+        let member = &self.members[target.member];
+        match target.shard {
+            Some(shard) => &member.shards[usize::from(shard)],
+            None => &member.main,
         }
-        let conn = Conn::connect(self.address).await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+    }
+
+    fn find_pool(&self, addr: SocketAddr) -> Option<Arc<Pool>> {
+        self.members
+            .iter()
+            .find(|m| m.main.address() == addr)
+            .map(|m| m.main.clone())
     }
 }
 
-/// A client of one Tessera node.
+/// A client of a Tessera node or cluster.
 pub struct Client {
     config: ClientConfig,
-    main: Pool,
-    routing: Option<Routing>,
-    shard_pools: Vec<Pool>,
+    /// The addresses the client was given: asked again when no member answers.
+    seeds: Vec<SocketAddr>,
+    view: RwLock<Arc<View>>,
+    tokens: Mutex<Tokens>,
+    /// Rotates reads over each chain.
+    spread: AtomicUsize,
+    /// The member at the first address given, if it is one.
+    first_member: RwLock<Option<usize>>,
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, ClientError> {
@@ -304,87 +210,397 @@ fn resolve(address: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Io(format!("{address} resolves to nothing")))
 }
 
+/// Sends `request` once on a connection of `pool`; an error status is an `Err`.
+async fn call(
+    pool: &Pool,
+    request: &Request,
+    options: &RequestOptions,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let conn = pool.conn().await?;
+    match conn.call(request, options, timeout).await? {
+        Response::Error { status, message } => Err(ClientError::Status {
+            status,
+            message,
+            version: 0,
+        }),
+        response => Ok(response),
+    }
+}
+
+/// Asks each address in turn for the topology; the first good answer makes the view.
+async fn fetch_view(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    old: Option<&View>,
+) -> Result<View, ClientError> {
+    let mut last_error = ClientError::Io("no address to ask for the topology".into());
+    for &addr in addrs {
+        let pool = old
+            .and_then(|v| v.find_pool(addr))
+            .unwrap_or_else(|| Arc::new(Pool::new(addr, config.pool_size)));
+        let answer = call(
+            &pool,
+            &Request::Topology,
+            &RequestOptions::default(),
+            config.timeout,
+        )
+        .await;
+        last_error = match answer {
+            Ok(Response::Topology(topology)) => match Routing::new(topology, addr) {
+                Ok(routing) => return Ok(View::new(routing, config.pool_size, old)),
+                Err(why) => ClientError::Protocol(format!("{addr}: {why}")),
+            },
+            Ok(other) => ClientError::Protocol(format!("{addr} answered TOPOLOGY with {other:?}")),
+            Err(error) => error,
+        };
+    }
+    Err(last_error)
+}
+
+/// The member whose client address is `addr`.
+fn member_at(routing: &Routing, addr: SocketAddr) -> Option<usize> {
+    (0..routing.member_count()).find(|&m| routing.addr(m) == addr)
+}
+
+/// Whether an answer says the request went to a node that does not own it.
+fn is_moved(result: &Result<Response, ClientError>) -> bool {
+    match result {
+        Ok(response) => response.status() == Status::Moved,
+        Err(error) => error.status() == Some(Status::Moved),
+    }
+}
+
 impl Client {
     /// Connects with the default configuration.
-    pub async fn connect(address: &str) -> Result<Client, ClientError> {
-        Client::connect_with(address, ClientConfig::default()).await
+    pub async fn connect(addresses: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addresses, ClientConfig::default()).await
     }
 
-    pub async fn connect_with(address: &str, config: ClientConfig) -> Result<Client, ClientError> {
-        let address = resolve(address)?;
-        let mut client = Client {
-            main: Pool::new(address, config.pool_size),
+    /// Connects to a node, or to a cluster through any of the comma-separated `addresses`.
+    pub async fn connect_with(
+        addresses: &str,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let seeds = addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(resolve)
+            .collect::<Result<Vec<_>, _>>()?;
+        let view = fetch_view(&seeds, &config, None).await?;
+        let first_member = RwLock::new(member_at(&view.routing, seeds[0]));
+        // Clients start their rotation at different replicas, so that heads are not every
+        // client's first choice.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+        Ok(Client {
             config,
-            routing: None,
-            shard_pools: Vec::new(),
-        };
-        client.main.conn().await?;
-        if client.config.shard_aware {
-            if let Response::Topology(topology) = client.request(Request::Topology).await? {
-                client.routing = Routing::new(topology);
-            }
-            if let Some(routing) = &client.routing {
-                client.shard_pools = (0..routing.shard_count())
-                    .map(|shard| {
-                        let shard_address = SocketAddr::new(address.ip(), routing.port_of(shard));
-                        Pool::new(shard_address, client.config.pool_size)
-                    })
-                    .collect();
+            seeds,
+            view: RwLock::new(Arc::new(view)),
+            tokens: Mutex::new(Tokens::default()),
+            spread: AtomicUsize::new(start),
+            first_member,
+        })
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    /// The node's or cluster's table, when the client routes by shard.
+    pub fn routing(&self) -> Option<Arc<Routing>> {
+        self.config.shard_aware.then(|| self.topology())
+    }
+
+    /// The topology the client routes by.
+    pub fn topology(&self) -> Arc<Routing> {
+        self.view().routing.clone()
+    }
+
+    /// Asks the members (then the addresses the client was given) for the topology again.
+    pub async fn refresh_topology(&self) -> Result<(), ClientError> {
+        let old = self.view();
+        let mut addrs: Vec<SocketAddr> = (0..old.routing.member_count())
+            .map(|m| old.routing.addr(m))
+            .collect();
+        for seed in &self.seeds {
+            if !addrs.contains(seed) {
+                addrs.push(*seed);
             }
         }
-        Ok(client)
+        let view = fetch_view(&addrs, &self.config, Some(&old)).await?;
+        *self.first_member.write().expect("lock") = member_at(&view.routing, self.seeds[0]);
+        if old.routing.cluster_id() != view.routing.cluster_id() {
+            return Err(ClientError::Protocol(format!(
+                "the nodes now belong to cluster {:016x}, not {:016x}",
+                view.routing.cluster_id(),
+                old.routing.cluster_id()
+            )));
+        }
+        *self.view.write().expect("view lock") = Arc::new(view);
+        Ok(())
     }
 
-    /// The node's vnode table, when the client routes by shard.
-    pub fn routing(&self) -> Option<&Routing> {
-        self.routing.as_ref()
-    }
-
-    fn pool_for(&self, request: &Request) -> &Pool {
-        let key = match request {
-            Request::Get { key } => key,
-            Request::Put(put) => &put.key,
-            Request::Delete(delete) => &delete.key,
-            _ => return &self.main,
-        };
-        match &self.routing {
-            Some(routing) => &self.shard_pools[usize::from(routing.shard_of(key))],
-            None => &self.main,
+    fn options(&self, routing: &Routing, vnodes: impl IntoIterator<Item = u16>) -> RequestOptions {
+        let level = self.config.level;
+        RequestOptions {
+            cluster_id: routing.cluster_id(),
+            level,
+            tokens: self
+                .tokens
+                .lock()
+                .expect("tokens lock")
+                .for_request(level, vnodes),
         }
     }
 
-    /// Sends any request and returns the node's response. Limits are checked here first, so an
-    /// over-limit request fails without a round trip, with the status the node would give.
-    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
-        check_request(&request)?;
+    fn observe(&self, vnode: u16, result: &OpResult) {
+        let token = Token {
+            vnode,
+            epoch: result.token_epoch,
+            seq: result.token_seq,
+        };
+        self.tokens.lock().expect("tokens lock").observe(token);
+    }
+
+    /// Where `request` goes, and the vnode of its key (if it has one).
+    fn place(&self, routing: &Routing, request: &Request) -> (Target, Option<u16>) {
+        let keyed = |key: &[u8], write: bool| {
+            let vnode = routing.vnode_of(key);
+            (
+                self.target(routing, vnode, write, self.config.shard_aware),
+                Some(vnode),
+            )
+        };
+        match request {
+            Request::Get { key } => keyed(key, false),
+            Request::Put(put) => keyed(&put.key, true),
+            Request::Delete(delete) => keyed(&delete.key, true),
+            Request::Scan(scan) => {
+                let vnode = decode_scan_cursor(&scan.cursor, routing.vnodes()).map_or(0, |c| c.0);
+                (self.target(routing, vnode as u16, false, false), None)
+            }
+            _ => {
+                let member = routing.answering_member();
+                (
+                    Target {
+                        member,
+                        shard: None,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Where an operation on `vnode` goes (`Routing::target`, with this client's preference).
+    fn target(&self, routing: &Routing, vnode: u16, write: bool, shard_aware: bool) -> Target {
+        let preferred = self
+            .config
+            .prefer_first_address
+            .then(|| *self.first_member.read().expect("lock"))
+            .flatten()
+            .filter(|m| !write && routing.replicas(vnode).contains(m));
+        if let Some(member) = preferred {
+            return Target {
+                member,
+                shard: shard_aware.then(|| routing.shard_on(member, vnode)),
+            };
+        }
+        let spread = self.spread.fetch_add(1, Ordering::Relaxed);
+        routing.target(vnode, write, spread, shard_aware)
+    }
+
+    /// Sends `request` to `target`, retrying what is safe to retry (not MOVED: the caller
+    /// refreshes its view for that).
+    async fn send(
+        &self,
+        view: &View,
+        target: Target,
+        request: &Request,
+        options: &RequestOptions,
+    ) -> Result<Response, ClientError> {
         let attempts = if request.is_idempotent() {
             self.config.retries + 1
         } else {
             1
         };
         let mut backoff = Duration::from_millis(5);
-        let mut last_error = None;
-        for _ in 0..attempts {
-            let result = match self.pool_for(&request).conn().await {
-                Ok(conn) => conn.call(&request, self.config.timeout).await,
-                Err(error) => Err(error),
-            };
-            let result = result.and_then(|response| match response {
-                Response::Error { status, message } => Err(ClientError::Status {
-                    status,
-                    message,
-                    version: 0,
-                }),
-                response => Ok(response),
-            });
-            match result {
-                Err(error) if error.retryable() => last_error = Some(error),
-                other => return other,
+        let mut result = Err(ClientError::Io("no attempt".into()));
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
             }
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            result = call(view.pool(target), request, options, self.config.timeout).await;
+            match &result {
+                Err(error) if error.retryable() => continue,
+                _ => break,
+            }
         }
-        Err(last_error.expect("at least one attempt"))
+        result
+    }
+
+    /// Sends any request and returns the node's response. Limits are checked here first, so an
+    /// over-limit request fails without a round trip, with the status the node would give.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        check_request(&request)?;
+        if let Request::Batch(ops) = request {
+            return self.batch_parts(ops).await.map(Response::Batch);
+        }
+        let mut refreshes = 0;
+        loop {
+            let view = self.view();
+            let (target, vnode) = self.place(&view.routing, &request);
+            let options = self.options(&view.routing, vnode);
+            let result = self.send(&view, target, &request, &options).await;
+            if is_moved(&result) && refreshes < MOVED_RETRIES {
+                refreshes += 1;
+                self.refresh_topology().await?;
+                continue;
+            }
+            if let (Ok(Response::Op(op)), Some(vnode)) = (&result, vnode) {
+                self.observe(vnode, op);
+            }
+            return result;
+        }
+    }
+
+    /// Sends `request` to member `member` (its main port): STATS, VERIFY, PING of one node.
+    pub async fn request_to(
+        &self,
+        member: usize,
+        request: Request,
+    ) -> Result<Response, ClientError> {
+        check_request(&request)?;
+        let view = self.view();
+        if member >= view.members.len() {
+            return Err(ClientError::Protocol(format!(
+                "no member {member} (the cluster has {})",
+                view.members.len()
+            )));
+        }
+        let options = self.options(&view.routing, None);
+        let target = Target {
+            member,
+            shard: None,
+        };
+        self.send(&view, target, &request, &options).await
+    }
+
+    /// A BATCH: whole to a node alone (it splits it by shard); in a cluster, split by owner,
+    /// the parts sent at once, results in the caller's order. An item answered MOVED is sent
+    /// again after a topology refresh; a part that fails as a whole gives each of its items
+    /// that failure.
+    async fn batch_parts(&self, ops: Vec<BatchOp>) -> Result<Vec<OpResult>, ClientError> {
+        let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+        let mut pending: Vec<usize> = (0..ops.len()).collect();
+        for round in 0..=MOVED_RETRIES {
+            if round > 0 {
+                self.refresh_topology().await?;
+            }
+            let view = self.view();
+            let parts = self.split(&view.routing, &ops, &pending);
+            let sends = parts.iter().map(|(target, items)| {
+                let part: Vec<BatchOp> = items.iter().map(|&i| ops[i].clone()).collect();
+                let vnodes: Vec<u16> = part
+                    .iter()
+                    .map(|op| view.routing.vnode_of(op.key()))
+                    .collect();
+                let options = self.options(&view.routing, vnodes);
+                let view = &view;
+                async move {
+                    self.send(view, *target, &Request::Batch(part), &options)
+                        .await
+                }
+            });
+            let outcomes = futures::future::join_all(sends).await;
+            pending.clear();
+            for ((_, items), outcome) in parts.into_iter().zip(outcomes) {
+                pending.extend(self.take_part(&view.routing, &ops, &items, outcome, &mut results));
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        for i in pending {
+            results[i] = Some(OpResult::error(
+                Status::Moved,
+                "the cluster's topology kept changing; not executed",
+            ));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item answered"))
+            .collect())
+    }
+
+    /// Groups the items `pending` of `ops` by where they go.
+    fn split(
+        &self,
+        routing: &Routing,
+        ops: &[BatchOp],
+        pending: &[usize],
+    ) -> Vec<(Target, Vec<usize>)> {
+        if !routing.is_cluster() {
+            let target = Target {
+                member: 0,
+                shard: None,
+            };
+            return vec![(target, pending.to_vec())];
+        }
+        let mut parts: Vec<(Target, Vec<usize>)> = Vec::new();
+        for &i in pending {
+            let write = !matches!(ops[i], BatchOp::Get { .. });
+            let vnode = routing.vnode_of(ops[i].key());
+            let target = self.target(routing, vnode, write, self.config.shard_aware);
+            match parts.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, items)) => items.push(i),
+                None => parts.push((target, vec![i])),
+            }
+        }
+        parts
+    }
+
+    /// Files a part's answer under its items; returns the items to send again (MOVED).
+    fn take_part(
+        &self,
+        routing: &Routing,
+        ops: &[BatchOp],
+        items: &[usize],
+        outcome: Result<Response, ClientError>,
+        results: &mut [Option<OpResult>],
+    ) -> Vec<usize> {
+        let answers = match outcome {
+            Ok(Response::Batch(answers)) if answers.len() == items.len() => answers,
+            other if is_moved(&other) => return items.to_vec(),
+            Ok(other) => {
+                let error =
+                    ClientError::Protocol(format!("unexpected answer to a batch: {other:?}"));
+                items
+                    .iter()
+                    .for_each(|&i| results[i] = Some(error.to_result()));
+                return Vec::new();
+            }
+            Err(error) => {
+                items
+                    .iter()
+                    .for_each(|&i| results[i] = Some(error.to_result()));
+                return Vec::new();
+            }
+        };
+        let mut again = Vec::new();
+        for (&i, answer) in items.iter().zip(answers) {
+            if answer.status == Status::Moved {
+                again.push(i);
+                continue;
+            }
+            self.observe(routing.vnode_of(ops[i].key()), &answer);
+            results[i] = Some(answer);
+        }
+        again
     }
 
     async fn op(&self, request: Request) -> Result<OpResult, ClientError> {
@@ -441,7 +657,7 @@ impl Client {
         .await
     }
 
-    /// Runs many operations in one frame; one result per op, in order.
+    /// Runs many operations; one result per op, in order.
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<Vec<OpResult>, ClientError> {
         match self.request(Request::Batch(ops)).await? {
             Response::Batch(results) => Ok(results),
@@ -451,7 +667,9 @@ impl Client {
         }
     }
 
-    /// One page of a scan; pass `next_cursor` back for the next page (empty = done).
+    /// One page of a scan; pass `next_cursor` back for the next page (empty = done). In a
+    /// cluster a page covers what the node asked holds from the cursor on, and may be empty
+    /// with a cursor to go on from.
     pub async fn scan(&self, scan: ScanRequest) -> Result<ScanPage, ClientError> {
         match self.request(Request::Scan(scan)).await? {
             Response::Scan(page) => Ok(page),
@@ -461,9 +679,34 @@ impl Client {
         }
     }
 
+    /// Per-shard counters of the node the client bootstrapped from (`stats_of` for another).
     pub async fn stats(&self) -> Result<Vec<ShardStats>, ClientError> {
-        match self.request(Request::Stats).await? {
+        let member = self.topology().answering_member();
+        self.stats_of(member).await
+    }
+
+    pub async fn stats_of(&self, member: usize) -> Result<Vec<ShardStats>, ClientError> {
+        match self.request_to(member, Request::Stats).await? {
             Response::Stats(shards) => Ok(shards),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// What member `member` reports for the vnodes of `from_vnode .. from_vnode + count` it
+    /// holds (`tessera verify`).
+    pub async fn verify_of(
+        &self,
+        member: usize,
+        from_vnode: u32,
+        count: u32,
+    ) -> Result<Vec<VnodeCheck>, ClientError> {
+        match self
+            .request_to(member, Request::Verify { from_vnode, count })
+            .await?
+        {
+            Response::Verify(checks) => Ok(checks),
             other => Err(ClientError::Protocol(format!(
                 "unexpected response {other:?}"
             ))),

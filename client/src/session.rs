@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 
 use tessera_schema::frame::{FrameError, FrameEvent, FrameReader};
-use tessera_schema::msg::{Opcode, Request, Response, Topology};
-use tessera_schema::placement::vnode_of;
-use tessera_schema::wire::{decode_response, encode_request_frame};
+use tessera_schema::msg::{Opcode, Request, RequestOptions, Response};
+use tessera_schema::wire::{decode_response, encode_request_frame_with};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -37,9 +36,19 @@ impl Session {
 
     /// Appends the request's frame to `out` and returns its id.
     pub fn encode(&mut self, request: &Request, out: &mut Vec<u8>) -> u64 {
+        self.encode_with(request, &RequestOptions::default(), out)
+    }
+
+    /// As `encode`, with a cluster id, a level and session tokens.
+    pub fn encode_with(
+        &mut self,
+        request: &Request,
+        options: &RequestOptions,
+        out: &mut Vec<u8>,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        encode_request_frame(out, id, request);
+        encode_request_frame_with(out, id, request, options);
         self.in_flight.insert(id, request.opcode());
         id
     }
@@ -75,44 +84,6 @@ impl Session {
             }
             // A response to an abandoned request: drop it and look at the next.
         }
-    }
-}
-
-/// Which shard port serves each key, from a node's TOPOLOGY answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Routing {
-    topology: Topology,
-}
-
-impl Routing {
-    pub fn new(topology: Topology) -> Option<Routing> {
-        let vnodes = topology.vnode_shard.len();
-        let valid = topology.shard_count > 0
-            && (1..=tessera_schema::placement::MAX_VNODES as usize).contains(&vnodes)
-            && topology
-                .vnode_shard
-                .iter()
-                .all(|&s| s < topology.shard_count);
-        valid.then_some(Routing { topology })
-    }
-
-    pub fn shard_count(&self) -> u16 {
-        self.topology.shard_count
-    }
-
-    /// The cluster's vnode count.
-    pub fn vnodes(&self) -> u32 {
-        self.topology.vnode_shard.len() as u32
-    }
-
-    /// The shard that owns `key`.
-    pub fn shard_of(&self, key: &[u8]) -> u16 {
-        self.topology.vnode_shard[usize::from(vnode_of(key, self.vnodes()))]
-    }
-
-    /// The port of shard `shard`.
-    pub fn port_of(&self, shard: u16) -> u16 {
-        self.topology.shard_port_base + shard
     }
 }
 
@@ -157,28 +128,5 @@ mod tests {
         assert_eq!(session.poll_response().unwrap().unwrap().0, a);
         assert_eq!(session.poll_response().unwrap(), None);
         assert_eq!(session.in_flight(), 0);
-    }
-
-    #[test]
-    fn routing_follows_the_table() {
-        let table = tessera_schema::placement::shard_table(4, 4096);
-        let routing = Routing::new(Topology {
-            shard_count: 4,
-            shard_port_base: 7001,
-            vnode_shard: table.clone(),
-        })
-        .unwrap();
-        let key = b"user:42";
-        assert_eq!(
-            routing.shard_of(key),
-            table[usize::from(vnode_of(key, 4096))]
-        );
-        assert_eq!(routing.port_of(3), 7004);
-        assert!(Routing::new(Topology {
-            shard_count: 1,
-            shard_port_base: 1,
-            vnode_shard: vec![]
-        })
-        .is_none());
     }
 }

@@ -79,6 +79,7 @@ pub struct Options {
     pub key_size: usize,
     pub timeout: Duration,
     pub shard_aware: bool,
+    pub level: tessera_client::Level,
 }
 
 impl Conn {
@@ -90,6 +91,8 @@ impl Conn {
                     timeout: options.timeout,
                     retries: 0,
                     shard_aware: options.shard_aware,
+                    level: options.level,
+                    prefer_first_address: false,
                 };
                 let client = Client::connect_with(address, config)
                     .await

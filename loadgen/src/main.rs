@@ -67,11 +67,22 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Consistency {
+    Eventual,
+    Session,
+    Strong,
+}
+
 #[derive(Args)]
 struct RunArgs {
-    /// tessera://HOST:PORT or redis://HOST:PORT.
+    /// tessera://HOST:PORT or redis://HOST:PORT; for a Tessera cluster, any of its members
+    /// (tessera://HOST:PORT,HOST:PORT,...).
     #[arg(long, default_value = "tessera://127.0.0.1:7000")]
     target: String,
+    /// Tessera: the consistency level of every request (default: the node's, strong).
+    #[arg(long, value_enum)]
+    consistency: Option<Consistency>,
     #[arg(long, value_enum, default_value_t = WorkloadName::Getset)]
     workload: WorkloadName,
     /// Keys in the key space (filled by the load phase).
@@ -200,6 +211,12 @@ async fn run_async(args: &RunArgs, target: &Target) -> Result<RunResult, String>
         key_size: args.key_size,
         timeout: args.timeout,
         shard_aware: args.shard_aware,
+        level: match args.consistency {
+            None => tessera_client::Level::Default,
+            Some(Consistency::Eventual) => tessera_client::Level::Eventual,
+            Some(Consistency::Session) => tessera_client::Level::Session,
+            Some(Consistency::Strong) => tessera_client::Level::Strong,
+        },
     });
     let mut conns = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {

@@ -19,10 +19,11 @@ pub enum Status {
     Internal = 9,
     MemoryLimit = 10,
     DiskFull = 11,
+    Moved = 12,
 }
 
 impl Status {
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::NotFound,
         Status::VersionMismatch,
@@ -35,6 +36,7 @@ impl Status {
         Status::Internal,
         Status::MemoryLimit,
         Status::DiskFull,
+        Status::Moved,
     ];
 
     pub fn from_wire(value: u8) -> Option<Status> {
@@ -56,6 +58,7 @@ impl Status {
             Status::Internal => "INTERNAL",
             Status::MemoryLimit => "MEMORY_LIMIT",
             Status::DiskFull => "DISK_FULL",
+            Status::Moved => "MOVED",
         }
     }
 }
@@ -74,6 +77,47 @@ pub enum Durability {
     Default,
     /// Acknowledge only after an fdatasync covers the write.
     Sync,
+}
+
+/// How much an operation asks of a cluster (DESIGN.md): what a write waits for and which
+/// replica may answer a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Level {
+    /// The node's default (`strong`).
+    #[default]
+    Default,
+    Eventual,
+    Session,
+    Strong,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Default => "default",
+            Level::Eventual => "eventual",
+            Level::Session => "session",
+            Level::Strong => "strong",
+        }
+    }
+}
+
+/// A session token: `seq` of `vnode` at `epoch` must be applied before a session read answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct Token {
+    pub vnode: u16,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// What travels with every request besides the operation.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RequestOptions {
+    /// The cluster the client talks to (0: whichever).
+    pub cluster_id: u64,
+    pub level: Level,
+    /// Session tokens for the vnodes the request touches.
+    pub tokens: Vec<Token>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,13 +167,20 @@ impl BatchOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Ping,
-    Get { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
     Put(PutRequest),
     Delete(DeleteRequest),
     Batch(Vec<BatchOp>),
     Scan(ScanRequest),
     Stats,
     Topology,
+    /// Per held vnode of `from_vnode .. from_vnode + count`: applied sequence and a digest.
+    Verify {
+        from_vnode: u32,
+        count: u32,
+    },
 }
 
 impl Request {
@@ -144,6 +195,7 @@ impl Request {
             Request::Scan(_) => Opcode::Scan,
             Request::Stats => Opcode::Stats,
             Request::Topology => Opcode::Topology,
+            Request::Verify { .. } => Opcode::Verify,
         }
     }
 
@@ -151,7 +203,7 @@ impl Request {
     pub fn is_idempotent(&self) -> bool {
         match self {
             Request::Ping | Request::Get { .. } | Request::Scan(_) => true,
-            Request::Stats | Request::Topology => true,
+            Request::Stats | Request::Topology | Request::Verify { .. } => true,
             Request::Batch(ops) => ops.iter().all(|op| matches!(op, BatchOp::Get { .. })),
             Request::Put(_) | Request::Delete(_) => false,
         }
@@ -170,6 +222,7 @@ pub enum Opcode {
     Scan = 6,
     Stats = 7,
     Topology = 8,
+    Verify = 9,
 }
 
 impl Opcode {
@@ -185,6 +238,7 @@ impl Opcode {
             6 => Opcode::Scan,
             7 => Opcode::Stats,
             8 => Opcode::Topology,
+            9 => Opcode::Verify,
             _ => return None,
         })
     }
@@ -200,6 +254,9 @@ pub struct OpResult {
     pub value: Option<Vec<u8>>,
     /// The key's version after a PUT, at a GET, or the current version on VERSION_MISMATCH.
     pub version: u64,
+    /// The session token of the key's vnode after this operation (`seq` 0: none).
+    pub token_epoch: u64,
+    pub token_seq: u64,
 }
 
 impl OpResult {
@@ -209,15 +266,15 @@ impl OpResult {
             message: String::new(),
             value: None,
             version,
+            token_epoch: 0,
+            token_seq: 0,
         }
     }
 
     pub fn found(value: Vec<u8>, version: u64) -> OpResult {
         OpResult {
-            status: Status::Ok,
-            message: String::new(),
             value: Some(value),
-            version,
+            ..OpResult::ok(version)
         }
     }
 
@@ -225,9 +282,15 @@ impl OpResult {
         OpResult {
             status,
             message: message.into(),
-            value: None,
-            version: 0,
+            ..OpResult::ok(0)
         }
+    }
+
+    /// The same result, carrying a session token.
+    pub fn with_token(mut self, epoch: u64, seq: u64) -> OpResult {
+        self.token_epoch = epoch;
+        self.token_seq = seq;
+        self
     }
 }
 
@@ -274,13 +337,54 @@ pub struct ShardStats {
     pub synced_writes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A member of a cluster, as TOPOLOGY describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MemberInfo {
+    pub id: u32,
+    /// Its client address (`--listen`).
+    pub addr: String,
+    pub shard_count: u16,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Topology {
     pub shard_count: u16,
     /// Shard i listens on `shard_port_base + i`.
     pub shard_port_base: u16,
     /// vnode -> shard.
     pub vnode_shard: Vec<u16>,
+    /// 0 for a node that is not in a cluster.
+    pub cluster_id: u64,
+    /// The answering node.
+    pub node_id: u32,
+    /// Empty for a node that is not in a cluster.
+    pub members: Vec<MemberInfo>,
+    /// Replicas per chain; vnode v's chain is `chain_replicas[v * w..(v + 1) * w]`.
+    pub chain_width: u16,
+    pub chain_replicas: Vec<u32>,
+    pub chain_epochs: Vec<u64>,
+}
+
+impl Topology {
+    /// Vnode `vnode`'s replicas, head first (empty for a node not in a cluster).
+    pub fn chain(&self, vnode: u16) -> &[u32] {
+        let width = usize::from(self.chain_width);
+        let start = usize::from(vnode) * width;
+        self.chain_replicas.get(start..start + width).unwrap_or(&[])
+    }
+}
+
+/// One replica of one vnode, as VERIFY reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VnodeCheck {
+    pub vnode: u16,
+    /// The vnode's sequence number applied at this replica.
+    pub applied: u64,
+    /// Live keys.
+    pub keys: u64,
+    /// Order-independent digest of the live keys' (key digest, version, expiry).
+    pub digest: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +399,7 @@ pub enum Response {
     Scan(ScanPage),
     Stats(Vec<ShardStats>),
     Topology(Topology),
+    Verify(Vec<VnodeCheck>),
 }
 
 impl Response {

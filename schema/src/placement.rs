@@ -24,8 +24,41 @@ pub fn vnode_of(key: &[u8], vnodes: u32) -> u16 {
 pub fn shard_table(shard_count: u16, vnodes: u32) -> Vec<u16> {
     assert!(shard_count >= 1 && u32::from(shard_count) <= vnodes && vnodes <= MAX_VNODES);
     (0..vnodes)
-        .map(|vnode| (u64::from(vnode) * u64::from(shard_count) / u64::from(vnodes)) as u16)
+        .map(|vnode| shard_of_vnode(vnode as u16, shard_count, vnodes))
         .collect()
+}
+
+/// The shard of a node with `shard_count` shards that holds `vnode` (as `shard_table`).
+pub fn shard_of_vnode(vnode: u16, shard_count: u16, vnodes: u32) -> u16 {
+    (u64::from(vnode) * u64::from(shard_count) / u64::from(vnodes)) as u16
+}
+
+/// A SCAN cursor: the vnode to go on in and the key digest to go on after (`None`: from the
+/// vnode's start). Clients read the vnode to send the next page to a node that holds it.
+/// Layout: vnode u16 LE, then 0, or 1 and the digest u128 LE; empty = the start.
+pub fn decode_scan_cursor(cursor: &[u8], vnodes: u32) -> Option<(u32, Option<u128>)> {
+    let (vnode, after) = match cursor {
+        [] => (0, None),
+        [lo, hi, 0] => (u16::from_le_bytes([*lo, *hi]), None),
+        [lo, hi, 1, digest @ ..] => {
+            let digest = u128::from_le_bytes(digest.try_into().ok()?);
+            (u16::from_le_bytes([*lo, *hi]), Some(digest))
+        }
+        _ => return None,
+    };
+    (u32::from(vnode) < vnodes).then_some((u32::from(vnode), after))
+}
+
+pub fn encode_scan_cursor(vnode: u16, after: Option<u128>) -> Vec<u8> {
+    let mut cursor = vnode.to_le_bytes().to_vec();
+    match after {
+        Some(digest) => {
+            cursor.push(1);
+            cursor.extend_from_slice(&digest.to_le_bytes());
+        }
+        None => cursor.push(0),
+    }
+    cursor
 }
 
 #[cfg(test)]
@@ -58,5 +91,20 @@ mod tests {
             let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
             assert!(max - min <= 1, "{shards}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn scan_cursors_roundtrip_and_refuse_garbage() {
+        for (vnode, after) in [(0u16, None), (4095, Some(7u128)), (17, Some(u128::MAX))] {
+            let cursor = encode_scan_cursor(vnode, after);
+            assert_eq!(
+                decode_scan_cursor(&cursor, 4096),
+                Some((u32::from(vnode), after))
+            );
+        }
+        assert_eq!(decode_scan_cursor(&[], 16), Some((0, None)));
+        assert_eq!(decode_scan_cursor(&encode_scan_cursor(16, None), 16), None);
+        assert_eq!(decode_scan_cursor(&[1, 0, 2], 16), None);
+        assert_eq!(decode_scan_cursor(&[1, 0, 1, 5], 16), None);
     }
 }

@@ -52,15 +52,53 @@ fn durability_from_wire(durability: fb::Durability) -> Result<Durability, WireEr
 
 // ---------------------------------------------------------------- requests
 
-/// Appends a whole request frame (header and body) to `out`.
+/// Appends a whole request frame (header and body) to `out`, with default options.
 pub fn encode_request_frame(out: &mut Vec<u8>, request_id: u64, request: &Request) {
+    encode_request_frame_with(out, request_id, request, &RequestOptions::default());
+}
+
+fn level_to_wire(level: Level) -> fb::Level {
+    match level {
+        Level::Default => fb::Level::Default,
+        Level::Eventual => fb::Level::Eventual,
+        Level::Session => fb::Level::Session,
+        Level::Strong => fb::Level::Strong,
+    }
+}
+
+fn level_from_wire(level: fb::Level) -> Result<Level, WireError> {
+    match level {
+        fb::Level::Default => Ok(Level::Default),
+        fb::Level::Eventual => Ok(Level::Eventual),
+        fb::Level::Session => Ok(Level::Session),
+        fb::Level::Strong => Ok(Level::Strong),
+        other => Err(WireError(format!("unknown level {}", other.0))),
+    }
+}
+
+/// Appends a whole request frame with its options (cluster, level, session tokens).
+pub fn encode_request_frame_with(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    request: &Request,
+    options: &RequestOptions,
+) {
     let mut builder = FlatBufferBuilder::with_capacity(request_size_hint(request));
     let (kind, body) = build_request(&mut builder, request);
+    let tokens: Vec<fb::Token> = options
+        .tokens
+        .iter()
+        .map(|t| fb::Token::new(t.vnode, t.epoch, t.seq))
+        .collect();
+    let tokens = (!tokens.is_empty()).then(|| builder.create_vector(&tokens));
     let root = fb::RequestBody::create(
         &mut builder,
         &fb::RequestBodyArgs {
             request_type: kind,
             request: Some(body),
+            cluster_id: options.cluster_id,
+            level: level_to_wire(options.level),
+            tokens,
         },
     );
     builder.finish(root, None);
@@ -126,6 +164,16 @@ fn build_request(builder: &mut FlatBufferBuilder<'_>, request: &Request) -> (fb:
             fb::Request::Topology,
             fb::Topology::create(builder, &fb::TopologyArgs {}).as_union_value(),
         ),
+        Request::Verify { from_vnode, count } => {
+            let args = fb::VerifyArgs {
+                from_vnode: *from_vnode,
+                count: *count,
+            };
+            (
+                fb::Request::Verify,
+                fb::Verify::create(builder, &args).as_union_value(),
+            )
+        }
     }
 }
 
@@ -222,6 +270,7 @@ pub fn encode_shared_value_batch_frame(
         &fb::RequestBodyArgs {
             request_type: fb::Request::Batch,
             request: Some(batch.as_union_value()),
+            ..Default::default()
         },
     );
     builder.finish(root, None);
@@ -235,10 +284,32 @@ pub fn encode_shared_value_batch_frame(
 
 /// Decodes a request body.
 pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    decode_request_with_options(body).map(|(request, _)| request)
+}
+
+/// Decodes a request body and the options that came with it.
+pub fn decode_request_with_options(body: &[u8]) -> Result<(Request, RequestOptions), DecodeError> {
     let root = flatbuffers::root::<fb::RequestBody<'_>>(body)
         .map_err(|error| WireError(error.to_string()))?;
     check_decoded_size(&root).map_err(DecodeError::Refused)?;
-    Ok(copy_request(root)?)
+    let options = RequestOptions {
+        cluster_id: root.cluster_id(),
+        level: level_from_wire(root.level())?,
+        tokens: root
+            .tokens()
+            .map(|tokens| {
+                tokens
+                    .iter()
+                    .map(|t| Token {
+                        vnode: t.vnode(),
+                        epoch: t.epoch(),
+                        seq: t.seq(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    Ok((copy_request(root)?, options))
 }
 
 /// Refuses, before anything is copied, a batch with too many items or whose items would decode
@@ -306,6 +377,13 @@ fn copy_request(root: fb::RequestBody<'_>) -> Result<Request, WireError> {
         }
         fb::Request::Stats => Request::Stats,
         fb::Request::Topology => Request::Topology,
+        fb::Request::Verify => {
+            let verify = root.request_as_verify().ok_or_else(missing)?;
+            Request::Verify {
+                from_vnode: verify.from_vnode(),
+                count: verify.count(),
+            }
+        }
         other => return Err(WireError(format!("unknown operation {}", other.0))),
     })
 }
@@ -399,6 +477,7 @@ fn response_size_hint(response: &Response) -> usize {
                 + 64
         }
         Response::Scan(page) => page.entries.iter().map(|e| e.key.len() + 32).sum::<usize>() + 64,
+        Response::Verify(checks) => checks.len() * 32 + 64,
         _ => 256,
     }
 }
@@ -461,16 +540,57 @@ fn build_response<'r>(
         }
         Response::Topology(topology) => {
             let table = builder.create_vector(&topology.vnode_shard);
+            let members: Vec<_> = topology
+                .members
+                .iter()
+                .map(|m| {
+                    let addr = builder.create_string(&m.addr);
+                    let zone = builder.create_string(&m.zone);
+                    let args = fb::MemberArgs {
+                        id: m.id,
+                        addr: Some(addr),
+                        shard_count: m.shard_count,
+                        zone: Some(zone),
+                    };
+                    fb::Member::create(builder, &args)
+                })
+                .collect();
+            let members = builder.create_vector(&members);
+            let replicas = builder.create_vector(&topology.chain_replicas);
+            let epochs = builder.create_vector(&topology.chain_epochs);
             let args = fb::TopologyResultArgs {
                 shard_count: topology.shard_count,
                 shard_port_base: topology.shard_port_base,
                 vnode_shard: Some(table),
+                cluster_id: topology.cluster_id,
+                node_id: topology.node_id,
+                members: Some(members),
+                chain_width: topology.chain_width,
+                chain_replicas: Some(replicas),
+                chain_epochs: Some(epochs),
             };
             let reply = fb::TopologyResult::create(builder, &args);
             (
                 Status::Ok,
                 None,
                 fb::Reply::TopologyResult,
+                Some(reply.as_union_value()),
+            )
+        }
+        Response::Verify(checks) => {
+            let items: Vec<fb::VnodeCheck> = checks
+                .iter()
+                .map(|c| fb::VnodeCheck::new(c.vnode, c.applied, c.keys, c.digest))
+                .collect();
+            let vnodes = builder.create_vector(&items);
+            let args = fb::VerifyResultArgs {
+                vnodes: Some(vnodes),
+            };
+            let reply = fb::VerifyResult::create(builder, &args);
+            (
+                Status::Ok,
+                None,
+                fb::Reply::VerifyResult,
                 Some(reply.as_union_value()),
             )
         }
@@ -489,6 +609,8 @@ fn build_op_result<'b>(
         message,
         value,
         version: result.version,
+        token_epoch: result.token_epoch,
+        token_seq: result.token_seq,
     };
     fb::OpResult::create(builder, &args)
 }
@@ -604,6 +726,17 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
         }
         fb::Reply::TopologyResult => {
             let topology = root.reply_as_topology_result().ok_or_else(missing)?;
+            let members = topology.members().map(|members| {
+                members
+                    .iter()
+                    .map(|m| MemberInfo {
+                        id: m.id(),
+                        addr: m.addr().unwrap_or("").to_string(),
+                        shard_count: m.shard_count(),
+                        zone: m.zone().unwrap_or("").to_string(),
+                    })
+                    .collect()
+            });
             Response::Topology(Topology {
                 shard_count: topology.shard_count(),
                 shard_port_base: topology.shard_port_base(),
@@ -611,7 +744,33 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
                     .vnode_shard()
                     .map(|v| v.iter().collect())
                     .unwrap_or_default(),
+                cluster_id: topology.cluster_id(),
+                node_id: topology.node_id(),
+                members: members.unwrap_or_default(),
+                chain_width: topology.chain_width(),
+                chain_replicas: topology
+                    .chain_replicas()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+                chain_epochs: topology
+                    .chain_epochs()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
             })
+        }
+        fb::Reply::VerifyResult => {
+            let verify = root.reply_as_verify_result().ok_or_else(missing)?;
+            let checks = verify.vnodes().map(|v| {
+                v.iter()
+                    .map(|c| VnodeCheck {
+                        vnode: c.vnode(),
+                        applied: c.applied(),
+                        keys: c.keys(),
+                        digest: c.digest(),
+                    })
+                    .collect()
+            });
+            Response::Verify(checks.unwrap_or_default())
         }
         other => return Err(WireError(format!("unknown reply {}", other.0))),
     })
@@ -623,6 +782,8 @@ fn decode_op_result(result: fb::OpResult<'_>) -> Result<OpResult, WireError> {
         message: result.message().unwrap_or("").to_string(),
         value: result.value().map(|v| v.bytes().to_vec()),
         version: result.version(),
+        token_epoch: result.token_epoch(),
+        token_seq: result.token_seq(),
     })
 }
 
@@ -693,6 +854,32 @@ mod tests {
     }
 
     #[test]
+    fn request_options_roundtrip() {
+        let options = RequestOptions {
+            cluster_id: 0xabc,
+            level: Level::Session,
+            tokens: vec![Token {
+                vnode: 7,
+                epoch: 2,
+                seq: 99,
+            }],
+        };
+        let mut out = Vec::new();
+        let request = Request::Get { key: b"k".to_vec() };
+        encode_request_frame_with(&mut out, 1, &request, &options);
+        let body = &out[crate::frame::HEADER_BYTES..];
+        assert_eq!(
+            decode_request_with_options(body).unwrap(),
+            (request, options)
+        );
+        // A request without options decodes to the defaults.
+        let mut out = Vec::new();
+        encode_request_frame(&mut out, 1, &Request::Ping);
+        let decoded = decode_request_with_options(&out[crate::frame::HEADER_BYTES..]).unwrap();
+        assert_eq!(decoded.1, RequestOptions::default());
+    }
+
+    #[test]
     fn every_request_roundtrips() {
         roundtrip_request(Request::Ping);
         roundtrip_request(Request::Get { key: b"k".to_vec() });
@@ -718,6 +905,10 @@ mod tests {
         }));
         roundtrip_request(Request::Stats);
         roundtrip_request(Request::Topology);
+        roundtrip_request(Request::Verify {
+            from_vnode: 7,
+            count: 4089,
+        });
     }
 
     #[test]
@@ -742,11 +933,38 @@ mod tests {
             keys: 5,
             ..Default::default()
         }]));
+        roundtrip_response(Response::Verify(vec![
+            VnodeCheck {
+                vnode: 3,
+                applied: 99,
+                keys: 12,
+                digest: u64::MAX - 5,
+            },
+            VnodeCheck::default(),
+        ]));
         roundtrip_response(Response::Topology(Topology {
             shard_count: 2,
             shard_port_base: 7001,
             vnode_shard: crate::placement::shard_table(2, 4096),
+            ..Topology::default()
         }));
+        roundtrip_response(Response::Topology(Topology {
+            shard_count: 1,
+            shard_port_base: 7001,
+            vnode_shard: vec![0; 4],
+            cluster_id: 0xfeed,
+            node_id: 1,
+            members: vec![MemberInfo {
+                id: 1,
+                addr: "127.0.0.1:7000".into(),
+                shard_count: 1,
+                zone: "a".into(),
+            }],
+            chain_width: 1,
+            chain_replicas: vec![1, 1, 1, 1],
+            chain_epochs: vec![1, 2, 3, 4],
+        }));
+        roundtrip_response(Response::Op(OpResult::ok(3).with_token(2, 99)));
     }
 
     #[test]

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 11;
+pub const ENUM_MAX_STATUS: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 12] = [
+pub const ENUM_VALUES_STATUS: [Status; 13] = [
   Status::Ok,
   Status::NotFound,
   Status::VersionMismatch,
@@ -29,6 +29,7 @@ pub const ENUM_VALUES_STATUS: [Status; 12] = [
   Status::Internal,
   Status::MemoryLimit,
   Status::DiskFull,
+  Status::Moved,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -51,9 +52,13 @@ impl Status {
   pub const MemoryLimit: Self = Self(10);
   /// The disk is full: writes are refused until space returns; reads go on.
   pub const DiskFull: Self = Self(11);
+  /// The request reached a node that is not where it goes (a write at a replica that is not
+  /// its vnode's head, or a key whose vnode the node does not hold): refresh the topology and
+  /// send it where the message says.
+  pub const Moved: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::NotFound,
@@ -67,6 +72,7 @@ impl Status {
     Self::Internal,
     Self::MemoryLimit,
     Self::DiskFull,
+    Self::Moved,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -83,6 +89,7 @@ impl Status {
       Self::Internal => Some("Internal"),
       Self::MemoryLimit => Some("MemoryLimit"),
       Self::DiskFull => Some("DiskFull"),
+      Self::Moved => Some("Moved"),
       _ => None,
     }
   }
@@ -137,6 +144,104 @@ impl<'a> ::flatbuffers::Verifiable for Status {
 }
 
 impl ::flatbuffers::SimpleToVerifyInSlice for Status {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_LEVEL: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_LEVEL: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_LEVEL: [Level; 4] = [
+  Level::Default,
+  Level::Eventual,
+  Level::Session,
+  Level::Strong,
+];
+
+/// How much an operation asks of a cluster (DESIGN.md, "Consistency per operation").
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Level(pub u8);
+#[allow(non_upper_case_globals)]
+impl Level {
+  /// The node's default (strong).
+  pub const Default: Self = Self(0);
+  /// Write acknowledged once the head has it; read served by the replica reached.
+  pub const Eventual: Self = Self(1);
+  /// Write acknowledged once head and middle have it; read served by a replica that has
+  /// applied the session token sent with it.
+  pub const Session: Self = Self(2);
+  /// Write acknowledged once the whole chain has it; read shows only committed writes.
+  pub const Strong: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Default,
+    Self::Eventual,
+    Self::Session,
+    Self::Strong,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Default => Some("Default"),
+      Self::Eventual => Some("Eventual"),
+      Self::Session => Some("Session"),
+      Self::Strong => Some("Strong"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Level {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Level {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Level {
+    type Output = Level;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Level {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Level {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Level {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_DURABILITY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
@@ -321,10 +426,10 @@ pub struct BatchOpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 8;
+pub const ENUM_MAX_REQUEST: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 9] = [
+pub const ENUM_VALUES_REQUEST: [Request; 10] = [
   Request::NONE,
   Request::Ping,
   Request::Get,
@@ -334,6 +439,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 9] = [
   Request::Scan,
   Request::Stats,
   Request::Topology,
+  Request::Verify,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -350,9 +456,10 @@ impl Request {
   pub const Scan: Self = Self(6);
   pub const Stats: Self = Self(7);
   pub const Topology: Self = Self(8);
+  pub const Verify: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -363,6 +470,7 @@ impl Request {
     Self::Scan,
     Self::Stats,
     Self::Topology,
+    Self::Verify,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -376,6 +484,7 @@ impl Request {
       Self::Scan => Some("Scan"),
       Self::Stats => Some("Stats"),
       Self::Topology => Some("Topology"),
+      Self::Verify => Some("Verify"),
       _ => None,
     }
   }
@@ -435,16 +544,17 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 5;
+pub const ENUM_MAX_REPLY: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 6] = [
+pub const ENUM_VALUES_REPLY: [Reply; 7] = [
   Reply::NONE,
   Reply::OpResult,
   Reply::BatchResult,
   Reply::ScanResult,
   Reply::StatsResult,
   Reply::TopologyResult,
+  Reply::VerifyResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -458,9 +568,10 @@ impl Reply {
   pub const ScanResult: Self = Self(3);
   pub const StatsResult: Self = Self(4);
   pub const TopologyResult: Self = Self(5);
+  pub const VerifyResult: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::OpResult,
@@ -468,6 +579,7 @@ impl Reply {
     Self::ScanResult,
     Self::StatsResult,
     Self::TopologyResult,
+    Self::VerifyResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -478,6 +590,7 @@ impl Reply {
       Self::ScanResult => Some("ScanResult"),
       Self::StatsResult => Some("StatsResult"),
       Self::TopologyResult => Some("TopologyResult"),
+      Self::VerifyResult => Some("VerifyResult"),
       _ => None,
     }
   }
@@ -533,6 +646,361 @@ impl<'a> ::flatbuffers::Verifiable for Reply {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for Reply {}
 pub struct ReplyUnionTableOffset {}
+
+/// A session token: a vnode's epoch and the sequence number a session read must find applied.
+// struct Token, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Token(pub [u8; 24]);
+impl Default for Token { 
+  fn default() -> Self { 
+    Self([0; 24])
+  }
+}
+impl ::core::fmt::Debug for Token {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("Token")
+      .field("vnode", &self.vnode())
+      .field("epoch", &self.epoch())
+      .field("seq", &self.seq())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Token {}
+impl<'a> ::flatbuffers::Follow<'a> for Token {
+  type Inner = &'a Token;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a Token>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a Token {
+  type Inner = &'a Token;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<Token>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for Token {
+    type Output = Token;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const Token as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Token {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> Token {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    vnode: u16,
+    epoch: u64,
+    seq: u64,
+  ) -> Self {
+    let mut s = Self([0; 24]);
+    s.set_vnode(vnode);
+    s.set_epoch(epoch);
+    s.set_seq(seq);
+    s
+  }
+
+  pub fn vnode(&self) -> u16 {
+    let mut mem = ::core::mem::MaybeUninit::<<u16 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u16 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_vnode(&mut self, x: u16) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u16 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn epoch(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_epoch(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn seq(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_seq(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+/// One replica of one vnode, as VERIFY reports it.
+// struct VnodeCheck, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct VnodeCheck(pub [u8; 32]);
+impl Default for VnodeCheck { 
+  fn default() -> Self { 
+    Self([0; 32])
+  }
+}
+impl ::core::fmt::Debug for VnodeCheck {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("VnodeCheck")
+      .field("vnode", &self.vnode())
+      .field("applied", &self.applied())
+      .field("keys", &self.keys())
+      .field("digest", &self.digest())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for VnodeCheck {}
+impl<'a> ::flatbuffers::Follow<'a> for VnodeCheck {
+  type Inner = &'a VnodeCheck;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a VnodeCheck>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a VnodeCheck {
+  type Inner = &'a VnodeCheck;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<VnodeCheck>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for VnodeCheck {
+    type Output = VnodeCheck;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const VnodeCheck as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for VnodeCheck {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> VnodeCheck {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    vnode: u16,
+    applied: u64,
+    keys: u64,
+    digest: u64,
+  ) -> Self {
+    let mut s = Self([0; 32]);
+    s.set_vnode(vnode);
+    s.set_applied(applied);
+    s.set_keys(keys);
+    s.set_digest(digest);
+    s
+  }
+
+  pub fn vnode(&self) -> u16 {
+    let mut mem = ::core::mem::MaybeUninit::<<u16 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u16 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_vnode(&mut self, x: u16) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u16 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The vnode's sequence number applied here.
+  pub fn applied(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_applied(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// Live keys.
+  pub fn keys(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_keys(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// Order-independent digest of the live keys' (key digest, version, expiry).
+  pub fn digest(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[24..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_digest(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[24..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
 
 pub enum PingOffset {}
 #[derive(Copy, Clone, PartialEq)]
@@ -1613,6 +2081,121 @@ impl ::core::fmt::Debug for Topology<'_> {
       ds.finish()
   }
 }
+pub enum VerifyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a cluster node, for each vnode of `from_vnode .. from_vnode + count` it holds, what its
+/// replica has applied and a digest of its contents (`tessera verify`).
+pub struct Verify<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Verify<'a> {
+  type Inner = Verify<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Verify<'a> {
+  pub const VT_FROM_VNODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Verify { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args VerifyArgs
+  ) -> ::flatbuffers::WIPOffset<Verify<'bldr>> {
+    let mut builder = VerifyBuilder::new(_fbb);
+    builder.add_count(args.count);
+    builder.add_from_vnode(args.from_vnode);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_vnode(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Verify::VT_FROM_VNODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Verify::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Verify<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("from_vnode", Self::VT_FROM_VNODE, false)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct VerifyArgs {
+    pub from_vnode: u32,
+    pub count: u32,
+}
+impl<'a> Default for VerifyArgs {
+  #[inline]
+  fn default() -> Self {
+    VerifyArgs {
+      from_vnode: 0,
+      count: 0,
+    }
+  }
+}
+
+pub struct VerifyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VerifyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_vnode(&mut self, from_vnode: u32) {
+    self.fbb_.push_slot::<u32>(Verify::VT_FROM_VNODE, from_vnode, 0);
+  }
+  #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(Verify::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VerifyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    VerifyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Verify<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Verify<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Verify");
+      ds.field("from_vnode", &self.from_vnode());
+      ds.field("count", &self.count());
+      ds.finish()
+  }
+}
 pub enum RequestBodyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1631,6 +2214,9 @@ impl<'a> ::flatbuffers::Follow<'a> for RequestBody<'a> {
 impl<'a> RequestBody<'a> {
   pub const VT_REQUEST_TYPE: ::flatbuffers::VOffsetT = 4;
   pub const VT_REQUEST: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEVEL: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOKENS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1639,10 +2225,13 @@ impl<'a> RequestBody<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args RequestBodyArgs
+    args: &'args RequestBodyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<RequestBody<'bldr>> {
     let mut builder = RequestBodyBuilder::new(_fbb);
+    builder.add_cluster_id(args.cluster_id);
+    if let Some(x) = args.tokens { builder.add_tokens(x); }
     if let Some(x) = args.request { builder.add_request(x); }
+    builder.add_level(args.level);
     builder.add_request_type(args.request_type);
     builder.finish()
   }
@@ -1661,6 +2250,30 @@ impl<'a> RequestBody<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(RequestBody::VT_REQUEST, None)}
+  }
+  /// The cluster the client believes it talks to (0: any); a node of another cluster refuses.
+  #[inline]
+  pub fn cluster_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RequestBody::VT_CLUSTER_ID, Some(0)).unwrap()}
+  }
+  /// The level of every operation of the request.
+  #[inline]
+  pub fn level(&self) -> Level {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Level>(RequestBody::VT_LEVEL, Some(Level::Default)).unwrap()}
+  }
+  /// The client's session tokens for the vnodes the request touches (session reads).
+  #[inline]
+  pub fn tokens(&self) -> Option<::flatbuffers::Vector<'a, Token>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Token>>>(RequestBody::VT_TOKENS, None)}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -1782,6 +2395,21 @@ impl<'a> RequestBody<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_verify(&self) -> Option<Verify<'a>> {
+    if self.request_type() == Request::Verify {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Verify::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestBody<'_> {
@@ -1800,23 +2428,33 @@ impl ::flatbuffers::Verifiable for RequestBody<'_> {
           Request::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Request::Scan", pos),
           Request::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Request::Stats", pos),
           Request::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("Request::Topology", pos),
+          Request::Verify => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Verify>>("Request::Verify", pos),
           _ => Ok(()),
         }
      })?
+     .visit_field::<u64>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<Level>("level", Self::VT_LEVEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Token>>>("tokens", Self::VT_TOKENS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct RequestBodyArgs {
+pub struct RequestBodyArgs<'a> {
     pub request_type: Request,
     pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub cluster_id: u64,
+    pub level: Level,
+    pub tokens: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Token>>>,
 }
-impl<'a> Default for RequestBodyArgs {
+impl<'a> Default for RequestBodyArgs<'a> {
   #[inline]
   fn default() -> Self {
     RequestBodyArgs {
       request_type: Request::NONE,
       request: None,
+      cluster_id: 0,
+      level: Level::Default,
+      tokens: None,
     }
   }
 }
@@ -1833,6 +2471,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBodyBuilder<'a, 'b, A>
   #[inline]
   pub fn add_request(&mut self, request: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RequestBody::VT_REQUEST, request);
+  }
+  #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: u64) {
+    self.fbb_.push_slot::<u64>(RequestBody::VT_CLUSTER_ID, cluster_id, 0);
+  }
+  #[inline]
+  pub fn add_level(&mut self, level: Level) {
+    self.fbb_.push_slot::<Level>(RequestBody::VT_LEVEL, level, Level::Default);
+  }
+  #[inline]
+  pub fn add_tokens(&mut self, tokens: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Token>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RequestBody::VT_TOKENS, tokens);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBodyBuilder<'a, 'b, A> {
@@ -1910,11 +2560,21 @@ impl ::core::fmt::Debug for RequestBody<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Request::Verify => {
+          if let Some(x) = self.request_as_verify() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
         },
       };
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("level", &self.level());
+      ds.field("tokens", &self.tokens());
       ds.finish()
   }
 }
@@ -1939,6 +2599,8 @@ impl<'a> OpResult<'a> {
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOKEN_EPOCH: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TOKEN_SEQ: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1950,6 +2612,8 @@ impl<'a> OpResult<'a> {
     args: &'args OpResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<OpResult<'bldr>> {
     let mut builder = OpResultBuilder::new(_fbb);
+    builder.add_token_seq(args.token_seq);
+    builder.add_token_epoch(args.token_epoch);
     builder.add_version(args.version);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.message { builder.add_message(x); }
@@ -1986,6 +2650,22 @@ impl<'a> OpResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(OpResult::VT_VERSION, Some(0)).unwrap()}
   }
+  /// Session token: the key's vnode epoch and the sequence number a later session read of it
+  /// must find applied (0 when the node is not in a cluster).
+  #[inline]
+  pub fn token_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(OpResult::VT_TOKEN_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn token_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(OpResult::VT_TOKEN_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for OpResult<'_> {
@@ -1998,6 +2678,8 @@ impl ::flatbuffers::Verifiable for OpResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("token_epoch", Self::VT_TOKEN_EPOCH, false)?
+     .visit_field::<u64>("token_seq", Self::VT_TOKEN_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -2007,6 +2689,8 @@ pub struct OpResultArgs<'a> {
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub version: u64,
+    pub token_epoch: u64,
+    pub token_seq: u64,
 }
 impl<'a> Default for OpResultArgs<'a> {
   #[inline]
@@ -2016,6 +2700,8 @@ impl<'a> Default for OpResultArgs<'a> {
       message: None,
       value: None,
       version: 0,
+      token_epoch: 0,
+      token_seq: 0,
     }
   }
 }
@@ -2042,6 +2728,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OpResultBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(OpResult::VT_VERSION, version, 0);
   }
   #[inline]
+  pub fn add_token_epoch(&mut self, token_epoch: u64) {
+    self.fbb_.push_slot::<u64>(OpResult::VT_TOKEN_EPOCH, token_epoch, 0);
+  }
+  #[inline]
+  pub fn add_token_seq(&mut self, token_seq: u64) {
+    self.fbb_.push_slot::<u64>(OpResult::VT_TOKEN_SEQ, token_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OpResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     OpResultBuilder {
@@ -2063,6 +2757,8 @@ impl ::core::fmt::Debug for OpResult<'_> {
       ds.field("message", &self.message());
       ds.field("value", &self.value());
       ds.field("version", &self.version());
+      ds.field("token_epoch", &self.token_epoch());
+      ds.field("token_seq", &self.token_seq());
       ds.finish()
   }
 }
@@ -2921,6 +3617,155 @@ impl ::core::fmt::Debug for StatsResult<'_> {
       ds.finish()
   }
 }
+pub enum MemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A member of the cluster.
+pub struct Member<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Member<'a> {
+  type Inner = Member<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Member<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADDR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ZONE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Member { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Member<'bldr>> {
+    let mut builder = MemberBuilder::new(_fbb);
+    if let Some(x) = args.zone { builder.add_zone(x); }
+    if let Some(x) = args.addr { builder.add_addr(x); }
+    builder.add_id(args.id);
+    builder.add_shard_count(args.shard_count);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Member::VT_ID, Some(0)).unwrap()}
+  }
+  /// Its client address (its --listen), "host:port".
+  #[inline]
+  pub fn addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Member::VT_ADDR, None)}
+  }
+  #[inline]
+  pub fn shard_count(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Member::VT_SHARD_COUNT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn zone(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Member::VT_ZONE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Member<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("addr", Self::VT_ADDR, false)?
+     .visit_field::<u16>("shard_count", Self::VT_SHARD_COUNT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("zone", Self::VT_ZONE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberArgs<'a> {
+    pub id: u32,
+    pub addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shard_count: u16,
+    pub zone: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for MemberArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MemberArgs {
+      id: 0,
+      addr: None,
+      shard_count: 0,
+      zone: None,
+    }
+  }
+}
+
+pub struct MemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u32) {
+    self.fbb_.push_slot::<u32>(Member::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_addr(&mut self, addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Member::VT_ADDR, addr);
+  }
+  #[inline]
+  pub fn add_shard_count(&mut self, shard_count: u16) {
+    self.fbb_.push_slot::<u16>(Member::VT_SHARD_COUNT, shard_count, 0);
+  }
+  #[inline]
+  pub fn add_zone(&mut self, zone: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Member::VT_ZONE, zone);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Member<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Member<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Member");
+      ds.field("id", &self.id());
+      ds.field("addr", &self.addr());
+      ds.field("shard_count", &self.shard_count());
+      ds.field("zone", &self.zone());
+      ds.finish()
+  }
+}
 pub enum TopologyResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2940,6 +3785,12 @@ impl<'a> TopologyResult<'a> {
   pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 4;
   pub const VT_SHARD_PORT_BASE: ::flatbuffers::VOffsetT = 6;
   pub const VT_VNODE_SHARD: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_CHAIN_WIDTH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_CHAIN_REPLICAS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_CHAIN_EPOCHS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2951,7 +3802,13 @@ impl<'a> TopologyResult<'a> {
     args: &'args TopologyResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TopologyResult<'bldr>> {
     let mut builder = TopologyResultBuilder::new(_fbb);
+    builder.add_cluster_id(args.cluster_id);
+    if let Some(x) = args.chain_epochs { builder.add_chain_epochs(x); }
+    if let Some(x) = args.chain_replicas { builder.add_chain_replicas(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.add_node_id(args.node_id);
     if let Some(x) = args.vnode_shard { builder.add_vnode_shard(x); }
+    builder.add_chain_width(args.chain_width);
     builder.add_shard_port_base(args.shard_port_base);
     builder.add_shard_count(args.shard_count);
     builder.finish()
@@ -2981,6 +3838,52 @@ impl<'a> TopologyResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(TopologyResult::VT_VNODE_SHARD, None)}
   }
+  #[inline]
+  pub fn cluster_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TopologyResult::VT_CLUSTER_ID, Some(0)).unwrap()}
+  }
+  /// The answering node's id (its place in members).
+  #[inline]
+  pub fn node_id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(TopologyResult::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member>>>>(TopologyResult::VT_MEMBERS, None)}
+  }
+  /// Replicas per chain (every chain has this many, head first).
+  #[inline]
+  pub fn chain_width(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(TopologyResult::VT_CHAIN_WIDTH, Some(0)).unwrap()}
+  }
+  /// vnode v's chain is chain_replicas[v * chain_width .. (v + 1) * chain_width].
+  #[inline]
+  pub fn chain_replicas(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(TopologyResult::VT_CHAIN_REPLICAS, None)}
+  }
+  /// vnode v's chain epoch.
+  #[inline]
+  pub fn chain_epochs(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(TopologyResult::VT_CHAIN_EPOCHS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TopologyResult<'_> {
@@ -2992,6 +3895,12 @@ impl ::flatbuffers::Verifiable for TopologyResult<'_> {
      .visit_field::<u16>("shard_count", Self::VT_SHARD_COUNT, false)?
      .visit_field::<u16>("shard_port_base", Self::VT_SHARD_PORT_BASE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("vnode_shard", Self::VT_VNODE_SHARD, false)?
+     .visit_field::<u64>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<u32>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Member>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<u16>("chain_width", Self::VT_CHAIN_WIDTH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("chain_replicas", Self::VT_CHAIN_REPLICAS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("chain_epochs", Self::VT_CHAIN_EPOCHS, false)?
      .finish();
     Ok(())
   }
@@ -3000,6 +3909,12 @@ pub struct TopologyResultArgs<'a> {
     pub shard_count: u16,
     pub shard_port_base: u16,
     pub vnode_shard: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub cluster_id: u64,
+    pub node_id: u32,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member<'a>>>>>,
+    pub chain_width: u16,
+    pub chain_replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
+    pub chain_epochs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for TopologyResultArgs<'a> {
   #[inline]
@@ -3008,6 +3923,12 @@ impl<'a> Default for TopologyResultArgs<'a> {
       shard_count: 0,
       shard_port_base: 0,
       vnode_shard: None,
+      cluster_id: 0,
+      node_id: 0,
+      members: None,
+      chain_width: 0,
+      chain_replicas: None,
+      chain_epochs: None,
     }
   }
 }
@@ -3030,6 +3951,30 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopologyResultBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyResult::VT_VNODE_SHARD, vnode_shard);
   }
   #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: u64) {
+    self.fbb_.push_slot::<u64>(TopologyResult::VT_CLUSTER_ID, cluster_id, 0);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u32) {
+    self.fbb_.push_slot::<u32>(TopologyResult::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Member<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyResult::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_chain_width(&mut self, chain_width: u16) {
+    self.fbb_.push_slot::<u16>(TopologyResult::VT_CHAIN_WIDTH, chain_width, 0);
+  }
+  #[inline]
+  pub fn add_chain_replicas(&mut self, chain_replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyResult::VT_CHAIN_REPLICAS, chain_replicas);
+  }
+  #[inline]
+  pub fn add_chain_epochs(&mut self, chain_epochs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyResult::VT_CHAIN_EPOCHS, chain_epochs);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopologyResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TopologyResultBuilder {
@@ -3050,6 +3995,108 @@ impl ::core::fmt::Debug for TopologyResult<'_> {
       ds.field("shard_count", &self.shard_count());
       ds.field("shard_port_base", &self.shard_port_base());
       ds.field("vnode_shard", &self.vnode_shard());
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("node_id", &self.node_id());
+      ds.field("members", &self.members());
+      ds.field("chain_width", &self.chain_width());
+      ds.field("chain_replicas", &self.chain_replicas());
+      ds.field("chain_epochs", &self.chain_epochs());
+      ds.finish()
+  }
+}
+pub enum VerifyResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct VerifyResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for VerifyResult<'a> {
+  type Inner = VerifyResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> VerifyResult<'a> {
+  pub const VT_VNODES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    VerifyResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args VerifyResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<VerifyResult<'bldr>> {
+    let mut builder = VerifyResultBuilder::new(_fbb);
+    if let Some(x) = args.vnodes { builder.add_vnodes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn vnodes(&self) -> Option<::flatbuffers::Vector<'a, VnodeCheck>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, VnodeCheck>>>(VerifyResult::VT_VNODES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for VerifyResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, VnodeCheck>>>("vnodes", Self::VT_VNODES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct VerifyResultArgs<'a> {
+    pub vnodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, VnodeCheck>>>,
+}
+impl<'a> Default for VerifyResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    VerifyResultArgs {
+      vnodes: None,
+    }
+  }
+}
+
+pub struct VerifyResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VerifyResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_vnodes(&mut self, vnodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , VnodeCheck>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(VerifyResult::VT_VNODES, vnodes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VerifyResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    VerifyResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<VerifyResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for VerifyResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("VerifyResult");
+      ds.field("vnodes", &self.vnodes());
       ds.finish()
   }
 }
@@ -3195,6 +4242,21 @@ impl<'a> ResponseBody<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_verify_result(&self) -> Option<VerifyResult<'a>> {
+    if self.reply_type() == Reply::VerifyResult {
+      self.reply().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { VerifyResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResponseBody<'_> {
@@ -3212,6 +4274,7 @@ impl ::flatbuffers::Verifiable for ResponseBody<'_> {
           Reply::ScanResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanResult>>("Reply::ScanResult", pos),
           Reply::StatsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatsResult>>("Reply::StatsResult", pos),
           Reply::TopologyResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopologyResult>>("Reply::TopologyResult", pos),
+          Reply::VerifyResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<VerifyResult>>("Reply::VerifyResult", pos),
           _ => Ok(()),
         }
      })?
@@ -3310,6 +4373,13 @@ impl ::core::fmt::Debug for ResponseBody<'_> {
         },
         Reply::TopologyResult => {
           if let Some(x) = self.reply_as_topology_result() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::VerifyResult => {
+          if let Some(x) = self.reply_as_verify_result() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

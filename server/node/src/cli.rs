@@ -65,6 +65,18 @@ pub struct Args {
     /// refused. Default 4096 for a new directory.
     #[arg(long)]
     pub vnodes: Option<u32>,
+    /// The cluster's members, by their client addresses (each member's --listen), the same
+    /// list on every node; this node finds itself in it by its own --listen. Without it the
+    /// node is a cluster of one.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<SocketAddr>,
+    /// Replicas of each vnode (capped by the member count).
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: usize,
+    /// This node's failure domain: a vnode's replicas go to distinct zones while there are
+    /// enough.
+    #[arg(long, default_value = "")]
+    pub zone: String,
     /// When writes become durable.
     #[arg(long, value_enum, default_value_t = FsyncMode::Interval)]
     pub fsync: FsyncMode,

@@ -35,9 +35,10 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use tessera_schema::frame::{FrameEvent, FrameHeader, FrameReader, HEADER_BYTES};
 use tessera_schema::limits::*;
+use tessera_schema::msg::RequestOptions;
 use tessera_schema::msg::{Opcode, Request, Response, Status};
 use tessera_schema::verify::oversized_frame_refusal;
-use tessera_schema::wire::{decode_request, encode_response_frame, DecodeError};
+use tessera_schema::wire::{decode_request_with_options, encode_response_frame, DecodeError};
 
 use crate::budget::{Charge, ConnBudget};
 use crate::route::handle_request;
@@ -364,7 +365,7 @@ async fn handle_frames(
             continue;
         }
         let request = match decode(conn, &header, body) {
-            Ok(request) => request,
+            Ok(decoded) => decoded,
             Err(flow) => match flow {
                 Flow::Continue => continue,
                 Flow::Close => return Flow::Close,
@@ -374,10 +375,24 @@ async fn handle_frames(
     }
 }
 
-/// Decodes a body; refusals are answered here (`Err(Continue)`), malformed bodies close.
-fn decode(conn: &Conn, header: &FrameHeader, body: &[u8]) -> Result<Request, Flow> {
-    let message = match decode_request(body) {
-        Ok(request) if request.opcode() as u8 == header.opcode => return Ok(request),
+/// Decodes a body; refusals are answered here (`Err(Continue)`), malformed bodies and
+/// clients of another cluster close.
+fn decode(
+    conn: &Conn,
+    header: &FrameHeader,
+    body: &[u8],
+) -> Result<(Request, RequestOptions), Flow> {
+    let cluster_id = conn.shard.node.cluster.as_ref().map_or(0, |c| c.id);
+    let message = match decode_request_with_options(body) {
+        Ok((_, options)) if options.cluster_id != 0 && options.cluster_id != cluster_id => {
+            format!(
+                "this node belongs to cluster {cluster_id:016x}, not {:016x}",
+                options.cluster_id
+            )
+        }
+        Ok((request, options)) if request.opcode() as u8 == header.opcode => {
+            return Ok((request, options))
+        }
         Ok(_) => "the frame's opcode does not match its body".to_string(),
         Err(DecodeError::Refused(refusal)) => {
             conn.refuse(header, refusal.status, refusal.message);
@@ -408,8 +423,17 @@ fn request_bytes(request: &Request) -> u64 {
 
 /// Runs one request: inline when it finishes without waiting (an in-memory read, a write
 /// acknowledged on append), otherwise in its own task, aborted if the connection closes.
-async fn dispatch(conn: &Rc<Conn>, header: FrameHeader, request: Request, inline: &mut Inline) {
+async fn dispatch(
+    conn: &Rc<Conn>,
+    header: FrameHeader,
+    (request, options): (Request, RequestOptions),
+    inline: &mut Inline,
+) {
     let charge = Arc::new(Charge::new(&conn.budget, request_bytes(&request)));
+    let options = crate::cluster_exec::OpOptions {
+        level: options.level,
+        tokens: options.tokens,
+    };
     let Ok(permit) = conn.permits.clone().acquire_static_permit(1).await else {
         return;
     };
@@ -424,7 +448,7 @@ async fn dispatch(conn: &Rc<Conn>, header: FrameHeader, request: Request, inline
     let request_charge = charge.clone();
     let mut task = Box::pin(async move {
         shard.inflight.set(shard.inflight.get() + 1);
-        let response = handle_request(&shard, request, &request_charge).await;
+        let response = handle_request(&shard, request, options, &request_charge).await;
         shard.inflight.set(shard.inflight.get() - 1);
         response
     });

@@ -180,7 +180,12 @@ fn write_meta(root: &Path, meta: &Meta) -> Result<(), String> {
 
 /// With port 0, finds a port P such that P and the shard ports P+1..=P+shards are all free;
 /// otherwise checks that the given ports are free (`check_ports_free`).
-pub fn resolve_listen(root: &Path, listen: SocketAddr, shards: u16) -> Result<SocketAddr, String> {
+pub fn resolve_listen(
+    root: &Path,
+    listen: SocketAddr,
+    shards: u16,
+    clustered: bool,
+) -> Result<SocketAddr, String> {
     if listen.port() != 0 {
         if u32::from(listen.port()) + u32::from(shards) > 65535 {
             return Err(format!(
@@ -188,7 +193,7 @@ pub fn resolve_listen(root: &Path, listen: SocketAddr, shards: u16) -> Result<So
                 listen.port()
             ));
         }
-        check_ports_free(root, listen, shards)?;
+        check_ports_free(root, listen, shards, clustered)?;
         return Ok(listen);
     }
     for _ in 0..100 {
@@ -223,11 +228,16 @@ const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 /// closing (a node killed with SIGKILL keeps its sockets until its last in-flight disk writes
 /// finish), and the start waits up to `PORT_RELEASE_WAIT` for it. Joining it instead would
 /// send some new connections to a listener nobody accepts on.
-pub fn check_ports_free(root: &Path, listen: SocketAddr, shards: u16) -> Result<(), String> {
+pub fn check_ports_free(
+    root: &Path,
+    listen: SocketAddr,
+    shards: u16,
+    clustered: bool,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
     let mut warned = false;
     loop {
-        let Err(error) = no_listeners(listen, shards) else {
+        let Err(error) = no_listeners(listen, shards, clustered) else {
             return Ok(());
         };
         if std::time::Instant::now() > deadline || !previous_node_gone(root) {
@@ -241,16 +251,28 @@ pub fn check_ports_free(root: &Path, listen: SocketAddr, shards: u16) -> Result<
     }
 }
 
-fn no_listeners(listen: SocketAddr, shards: u16) -> Result<(), String> {
+/// The ports a node serves: its client port, each shard's, and in a cluster each shard's peer
+/// port (`crate::cluster::PEER_PORT_OFFSET`).
+fn node_ports(listen: SocketAddr, shards: u16, clustered: bool) -> Vec<u16> {
+    let base = listen.port();
+    let mut ports: Vec<u16> = (0..=shards).map(|i| base + i).collect();
+    if clustered {
+        ports.extend((0..shards).map(|i| base + crate::cluster::PEER_PORT_OFFSET + i));
+    }
+    ports
+}
+
+fn no_listeners(listen: SocketAddr, shards: u16, clustered: bool) -> Result<(), String> {
     let listeners = tcp_listeners()?;
-    for port in std::iter::once(listen.port()).chain((1..=shards).map(|i| listen.port() + i)) {
+    for port in node_ports(listen, shards, clustered) {
         let taken = listeners.iter().any(|(ip, listening_port)| {
             *listening_port == port && (*ip == listen.ip() || ip.is_unspecified())
         });
         if taken {
             return Err(format!(
                 "cannot listen on {}: something already listens there (another tessera-server \
-                 or another program; a node uses its --listen port and the {shards} after it)",
+                 or another program; a node uses its --listen port, the {shards} after it, and \
+                 in a cluster its peer ports from PORT+33)",
                 SocketAddr::new(listen.ip(), port)
             ));
         }

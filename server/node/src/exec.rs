@@ -11,7 +11,7 @@
 use std::rc::Rc;
 
 use tessera_schema::limits::{MAX_RESPONSE_BODY_BYTES, RESULT_OVERHEAD_BYTES};
-use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status};
+use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, Status, VnodeCheck};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
 use tessera_store::{
@@ -30,7 +30,14 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             ops,
             charge,
             answer_room_bytes,
-        } => ShardReply::Batch(run_batch(shard, ops, &charge, answer_room_bytes).await),
+            options,
+        } => ShardReply::Batch(match shard.replica {
+            Some(_) => {
+                crate::cluster_exec::run_batch(shard, ops, &options, &charge, answer_room_bytes)
+                    .await
+            }
+            None => run_batch(shard, ops, &charge, answer_room_bytes).await,
+        }),
         ShardOp::Scan {
             from_vnode,
             last_vnode,
@@ -38,6 +45,7 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             prefix,
             limit,
             charge,
+            strong,
         } => {
             let range = ScanRange {
                 from_vnode,
@@ -45,7 +53,12 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
                 after,
                 limit,
             };
-            match scan(shard, range, &prefix, &charge).await {
+            // On one node a listing waits under --fsync always; in a cluster, when strong.
+            let wait = match shard.replica {
+                Some(_) => strong,
+                None => strict_reads(shard),
+            };
+            match scan(shard, range, &prefix, &charge, wait).await {
                 Ok((entries, examined, resume)) => ShardReply::Scan {
                     entries,
                     examined,
@@ -55,9 +68,27 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             }
         }
         ShardOp::Stats => ShardReply::Stats(shard.stats()),
+        ShardOp::Verify { vnodes } => ShardReply::Verify(verify(shard, vnodes).await),
     };
     shard.inflight.set(shard.inflight.get() - 1);
     reply
+}
+
+/// Each vnode's `VnodeCheck`: a walk of its index, yielding between vnodes so that a verify
+/// of a big shard does not hold up its requests.
+async fn verify(shard: &Shard, vnodes: Vec<u16>) -> Vec<VnodeCheck> {
+    let mut checks = Vec::with_capacity(vnodes.len());
+    for vnode in vnodes {
+        let check = shard.store.borrow().vnode_check(vnode, now_ms());
+        checks.push(VnodeCheck {
+            vnode,
+            applied: check.applied,
+            keys: check.keys,
+            digest: check.digest,
+        });
+        glommio::yield_if_needed().await;
+    }
+    checks
 }
 
 enum Step {
@@ -105,7 +136,7 @@ impl Step {
     }
 }
 
-fn write_error(error: WriteError) -> OpResult {
+pub(crate) fn write_error(error: WriteError) -> OpResult {
     let status = match &error {
         WriteError::VersionMismatch { current } => {
             let mut result = OpResult::error(Status::VersionMismatch, error.to_string());
@@ -156,7 +187,7 @@ pub struct Answer<'a> {
 impl Answer<'_> {
     /// Makes room for a value of `len` bytes: BATCH_TOO_LARGE when the answer has no room for
     /// it, OVERLOADED when the connection or the node has no memory for it.
-    fn take(&mut self, len: usize) -> Result<(), OpResult> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<(), OpResult> {
         let needed = len + RESULT_OVERHEAD_BYTES;
         if needed > self.room_bytes {
             return Err(OpResult::error(
@@ -368,7 +399,7 @@ pub async fn run_batch(
         .collect()
 }
 
-async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
+pub(crate) async fn read_record(shard: &Shard, read: &DiskRead, key: &[u8]) -> OpResult {
     let bytes = match shard.segments.read(read).await {
         Ok(bytes) => bytes,
         Err(reason) => return OpResult::error(Status::Internal, reason),
@@ -402,7 +433,13 @@ struct ScanRange {
 /// A scan's page, the keys it examined, where to resume; or why it failed.
 type ScanResult = Result<(Vec<ScanEntry>, usize, Option<(u16, Digest)>), (Status, String)>;
 
-async fn scan(shard: &Shard, range: ScanRange, prefix: &[u8], charge: &Charge) -> ScanResult {
+async fn scan(
+    shard: &Shard,
+    range: ScanRange,
+    prefix: &[u8],
+    charge: &Charge,
+    wait: bool,
+) -> ScanResult {
     shard.counters.scans.set(shard.counters.scans.get() + 1);
     let now = now_ms();
     let mut items = Vec::new();
@@ -438,7 +475,7 @@ async fn scan(shard: &Shard, range: ScanRange, prefix: &[u8], charge: &Charge) -
     // A listing reveals new and deleted keys alike: under --fsync always it waits for every
     // unsettled write in the vnodes it walked, while the keys are read back.
     let last_vnode = resume.map_or(range.last_vnode, |(vnode, _)| vnode);
-    let barriers = match strict_reads(shard) {
+    let barriers = match wait {
         true => shard
             .store
             .borrow()

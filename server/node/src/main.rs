@@ -12,6 +12,8 @@
 
 mod budget;
 mod cli;
+mod cluster;
+mod cluster_exec;
 mod conn;
 mod datadir;
 mod disk;
@@ -19,6 +21,8 @@ mod exec;
 mod memory;
 mod mesh;
 mod pace;
+mod peer_wire;
+mod replica;
 mod route;
 mod shard;
 
@@ -35,7 +39,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tessera_schema::limits::CONNECTION_BASE_BYTES;
 use tessera_schema::msg::{Opcode, Response, Status};
 use tessera_schema::wire::encode_response_frame;
-use tessera_store::{FsyncPolicy, StoreConfig};
+use tessera_store::{FsyncPolicy, StoreConfig, Visibility};
 
 use crate::cli::{Args, FsyncMode};
 use crate::datadir::{resolve_listen, shard_dir, DataDir};
@@ -107,6 +111,25 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    if !args.peers.is_empty() {
+        if args.listen.port() == 0 {
+            return Err(
+                "--peers needs a fixed --listen port (the members find each other by it)".into(),
+            );
+        }
+        if args.replication_factor == 0 {
+            return Err("--replication-factor must be at least 1".into());
+        }
+        if !args.peers.contains(&args.listen) {
+            return Err(format!(
+                "--listen {} is not in --peers: every node lists every member, itself included",
+                args.listen
+            ));
+        }
+        if args.zone.contains(char::is_whitespace) {
+            return Err("--zone may not contain spaces".into());
+        }
+    }
     store_config(args, 1).map(|_| ())
 }
 
@@ -115,11 +138,16 @@ fn run(args: Args) -> Result<(), String> {
     // Ports before the data directory: a second node on a served port stops here, having
     // written nothing.
     let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
-    let listen = resolve_listen(&args.data_dir, args.listen, planned)?;
+    let listen = resolve_listen(&args.data_dir, args.listen, planned, !args.peers.is_empty())?;
     let data = DataDir::open(&args.data_dir, args.shards, args.vnodes)?;
+    let cluster = join_cluster(&args, &data, listen)?;
     let settings = ShardSettings {
         store: StoreConfig {
             vnodes: data.vnodes,
+            visibility: match cluster {
+                Some(_) => Visibility::Committed,
+                None => Visibility::Durable,
+            },
             ..store_config(&args, data.shards)?
         },
         repair: args.repair,
@@ -139,6 +167,7 @@ fn run(args: Args) -> Result<(), String> {
             .collect(),
         max_connections_per_shard: u64::from(args.max_connections).div_ceil(shards),
         frame_grace_ms: args.frame_timeout_ms,
+        cluster: cluster.clone(),
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -177,8 +206,16 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => return Err("a shard exited during startup".into()),
         }
     }
+    let member = node.cluster.as_ref().map_or(String::new(), |c| {
+        format!(
+            ", node {} of cluster {:016x} ({} members)",
+            c.me,
+            c.id,
+            c.members.len()
+        )
+    });
     println!(
-        "tessera-server ready: listening on {listen} (shards {}, shard ports {}..{}), data in {}",
+        "tessera-server ready: listening on {listen} (shards {}, shard ports {}..{}), data in {}{member}",
         data.shards,
         listen.port() + 1,
         listen.port() + data.shards,
@@ -196,6 +233,27 @@ fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// With `--peers`: this node's cluster, formed with the other members the first time.
+fn join_cluster(
+    args: &Args,
+    data: &DataDir,
+    listen: SocketAddr,
+) -> Result<Option<Arc<cluster::Cluster>>, String> {
+    if args.peers.is_empty() {
+        return Ok(None);
+    }
+    let joining = cluster::Joining::new(
+        args.peers.clone(),
+        listen,
+        data.shards,
+        args.zone.clone(),
+        data.vnodes,
+        args.replication_factor,
+    )?;
+    let cluster = cluster::Cluster::open_or_form(&data.root, &joining)?;
+    Ok(Some(Arc::new(cluster)))
 }
 
 fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
@@ -227,7 +285,7 @@ async fn shard_main(
     probe_workaround(&dir).await?;
     let started = Instant::now();
     let (segments, store) =
-        Segments::recover(&dir, settings.store, settings.repair, now_ms()).await?;
+        Segments::recover(&dir, settings.store.clone(), settings.repair, now_ms()).await?;
     let stats = store.stats();
     tracing::info!(
         shard = index,
@@ -246,8 +304,18 @@ async fn shard_main(
             senders.peer_id()
         ));
     }
-    let shard = Shard::new(index, node.clone(), store, segments, senders);
+    let replica = node
+        .cluster
+        .as_ref()
+        .map(|cluster| replica_of_shard(cluster, &node, index, &settings.store, &store));
+    let shard = Shard::new(index, node.clone(), store, segments, senders, replica);
     shard.spawn_mesh_receivers(receivers);
+    if let Some(cluster) = &node.cluster {
+        let address = cluster.member(cluster.me).peer_addr(index);
+        let listener = TcpListener::bind(address)
+            .map_err(|e| format!("cannot listen for peers on {address}: {e}"))?;
+        replica::start(&shard, listener);
+    }
     glommio::spawn_local(shard.clone().run_flusher()).detach();
     // Compaction and the TTL sweep get a tenth of the shares of foreground work.
     let maintenance = glommio::executor().create_task_queue(
@@ -275,6 +343,36 @@ async fn shard_main(
     shard.sync_all().await?;
     tracing::info!(shard = index, "synced and stopped");
     Ok(())
+}
+
+/// Bytes a shard's replication queues may hold before its writes are refused OVERLOADED.
+const REPLICATION_QUEUE_BYTES: usize = 64 << 20;
+/// How long a write waits for its ack point (just under the client's default timeout).
+const REPLICATION_WRITE_TIMEOUT_MS: u64 = 4_000;
+
+/// The replication of the vnodes this shard holds as a member of `cluster`.
+fn replica_of_shard(
+    cluster: &Arc<cluster::Cluster>,
+    node: &NodeShared,
+    index: u16,
+    store_config: &StoreConfig,
+    store: &tessera_store::Store,
+) -> replica::Replica {
+    let held: Vec<(u16, tessera_core::placement::Chain)> = (0..cluster.vnodes)
+        .filter(|&v| node.vnode_shard[v as usize] == index)
+        .filter(|&v| cluster.table.chain(v).position(cluster.me).is_some())
+        .map(|v| (v as u16, cluster.table.chain(v).clone()))
+        .collect();
+    let config = tessera_core::replication::Config {
+        me: cluster.me,
+        durable_commit: store_config.fsync == FsyncPolicy::Always,
+        queue_limit_bytes: REPLICATION_QUEUE_BYTES,
+        write_timeout_ms: REPLICATION_WRITE_TIMEOUT_MS,
+        outbox_limit_bytes: replica::PEER_OUTBOX_BYTES,
+        fresh: cluster.fresh,
+    };
+    let replicator = tessera_core::replication::Replicator::new(config, held, store);
+    replica::Replica::new(cluster.clone(), replicator)
 }
 
 /// Waits for this shard's in-flight requests, then for every peer to have done the same (a peer

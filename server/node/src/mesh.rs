@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, ShardStats, Status};
+use tessera_schema::msg::{BatchOp, OpResult, ScanEntry, ShardStats, Status, VnodeCheck};
 use tessera_store::Digest;
 
 use crate::budget::Charge;
@@ -21,6 +21,8 @@ pub enum ShardOp {
         ops: Vec<BatchOp>,
         charge: Arc<Charge>,
         answer_room_bytes: usize,
+        /// Level and session tokens (a node in a cluster).
+        options: crate::cluster_exec::OpOptions,
     },
     /// Live keys of vnodes `from_vnode..=last_vnode` (all owned by the target), after the
     /// digest `after` in `from_vnode`, starting with `prefix`; at most `limit` keys examined.
@@ -31,8 +33,15 @@ pub enum ShardOp {
         prefix: Vec<u8>,
         limit: usize,
         charge: Arc<Charge>,
+        /// A strong scan waits for what it lists to be committed (durable on a single node
+        /// under `--fsync always`).
+        strong: bool,
     },
     Stats,
+    /// `tessera verify`'s view of these vnodes (all owned by the target).
+    Verify {
+        vnodes: Vec<u16>,
+    },
 }
 
 #[derive(Debug)]
@@ -46,6 +55,7 @@ pub enum ShardReply {
         resume: Option<(u16, Digest)>,
     },
     Stats(ShardStats),
+    Verify(Vec<VnodeCheck>),
     /// The op failed on the target (a corrupt record met by a scan, no memory for its answer):
     /// the status and a message saying why.
     Failed(Status, String),

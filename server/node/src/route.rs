@@ -18,33 +18,42 @@ use tessera_schema::limits::{
     DEFAULT_SCAN_PAGE, MAX_RESPONSE_BODY_BYTES, MAX_SCAN_PAGE, MAX_VALUE_BYTES,
     RESULT_OVERHEAD_BYTES,
 };
-use tessera_schema::msg::{BatchOp, OpResult, Request, Response, ScanPage, ScanRequest, Status};
-use tessera_schema::placement::vnode_of;
+use tessera_schema::msg::{
+    BatchOp, Level, OpResult, Request, Response, ScanPage, ScanRequest, Status,
+};
+use tessera_schema::placement::{decode_scan_cursor, encode_scan_cursor, vnode_of};
 use tessera_schema::verify::check_request;
-use tessera_store::Digest;
 
 use crate::budget::Charge;
+use crate::cluster_exec::OpOptions;
 use crate::exec::{run_batch, run_shard_op};
 use crate::mesh::{ShardOp, ShardReply};
 use crate::shard::Shard;
 
 /// Serves one request; the values and keys it copies are charged to `charge`.
-pub async fn handle_request(shard: &Rc<Shard>, request: Request, charge: &Arc<Charge>) -> Response {
+pub async fn handle_request(
+    shard: &Rc<Shard>,
+    request: Request,
+    options: OpOptions,
+    charge: &Arc<Charge>,
+) -> Response {
     if shard.stopping.get() {
         return Response::error(Status::Unavailable, "the node is shutting down");
     }
     if let Err(refusal) = check_request(&request) {
         return Response::error(refusal.status, refusal.message);
     }
+    let options = &options;
     match request {
         Request::Ping => Response::Op(OpResult::ok(0)),
-        Request::Get { key } => single(shard, BatchOp::Get { key }, charge).await,
-        Request::Put(put) => single(shard, BatchOp::Put(put), charge).await,
-        Request::Delete(delete) => single(shard, BatchOp::Delete(delete), charge).await,
-        Request::Batch(ops) => Response::Batch(batch(shard, ops, charge).await),
-        Request::Scan(scan_request) => scan(shard, scan_request, charge).await,
+        Request::Get { key } => single(shard, BatchOp::Get { key }, options, charge).await,
+        Request::Put(put) => single(shard, BatchOp::Put(put), options, charge).await,
+        Request::Delete(delete) => single(shard, BatchOp::Delete(delete), options, charge).await,
+        Request::Batch(ops) => Response::Batch(batch(shard, ops, options, charge).await),
+        Request::Scan(scan_request) => scan(shard, scan_request, options, charge).await,
         Request::Stats => stats(shard).await,
         Request::Topology => Response::Topology(shard.node.topology()),
+        Request::Verify { from_vnode, count } => verify(shard, from_vnode, count).await,
     }
 }
 
@@ -60,17 +69,24 @@ async fn on_shard(
     shard: &Rc<Shard>,
     target: u16,
     ops: Vec<BatchOp>,
+    options: &OpOptions,
     charge: &Arc<Charge>,
     answer_room_bytes: usize,
 ) -> Vec<OpResult> {
     if target == shard.index {
-        return run_batch(shard, ops, charge, answer_room_bytes).await;
+        return match shard.replica {
+            Some(_) => {
+                crate::cluster_exec::run_batch(shard, ops, options, charge, answer_room_bytes).await
+            }
+            None => run_batch(shard, ops, charge, answer_room_bytes).await,
+        };
     }
     let count = ops.len();
     let op = ShardOp::Batch {
         ops,
         charge: charge.clone(),
         answer_room_bytes,
+        options: options.clone(),
     };
     match shard.forward(target, op).await {
         Some(ShardReply::Batch(results)) => results,
@@ -78,9 +94,15 @@ async fn on_shard(
     }
 }
 
-async fn single(shard: &Rc<Shard>, op: BatchOp, charge: &Arc<Charge>) -> Response {
+async fn single(
+    shard: &Rc<Shard>,
+    op: BatchOp,
+    options: &OpOptions,
+    charge: &Arc<Charge>,
+) -> Response {
     let target = shard.owner_of(vnode_of(op.key(), shard.node.vnodes));
-    let mut results = on_shard(shard, target, vec![op], charge, MAX_RESPONSE_BODY_BYTES).await;
+    let room = MAX_RESPONSE_BODY_BYTES;
+    let mut results = on_shard(shard, target, vec![op], options, charge, room).await;
     Response::Op(results.pop().expect("one result per op"))
 }
 
@@ -119,7 +141,12 @@ fn fit_answer(results: &mut [OpResult]) {
     }
 }
 
-async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Vec<OpResult> {
+async fn batch(
+    shard: &Rc<Shard>,
+    ops: Vec<BatchOp>,
+    options: &OpOptions,
+    charge: &Arc<Charge>,
+) -> Vec<OpResult> {
     let shards = usize::from(shard.node.shards);
     let mut groups: Vec<(Vec<usize>, Vec<BatchOp>)> =
         (0..shards).map(|_| Default::default()).collect();
@@ -135,10 +162,8 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Ve
         .filter(|(_, g)| !g.0.is_empty())
         .map(|(target, (positions, ops))| async move {
             let room = answer_share(ops.len(), total);
-            (
-                positions,
-                on_shard(shard, target as u16, ops, charge, room).await,
-            )
+            let results = on_shard(shard, target as u16, ops, options, charge, room).await;
+            (positions, results)
         });
     let mut results = vec![None; total];
     for (positions, group_results) in futures::future::join_all(runs).await {
@@ -154,29 +179,24 @@ async fn batch(shard: &Rc<Shard>, ops: Vec<BatchOp>, charge: &Arc<Charge>) -> Ve
     results
 }
 
-fn decode_cursor(cursor: &[u8], vnodes: u32) -> Option<(u32, Option<Digest>)> {
-    let (vnode, after) = match cursor {
-        [] => (0, None),
-        [lo, hi, 0] => (u16::from_le_bytes([*lo, *hi]), None),
-        [lo, hi, 1, digest @ ..] => {
-            let digest = u128::from_le_bytes(digest.try_into().ok()?);
-            (u16::from_le_bytes([*lo, *hi]), Some(digest))
-        }
-        _ => return None,
-    };
-    (u32::from(vnode) < vnodes).then_some((u32::from(vnode), after))
+/// Whether this node holds a replica of `vnode` (always, for a node not in a cluster).
+fn holds(shard: &Shard, vnode: u16) -> bool {
+    shard.node.cluster.as_ref().is_none_or(|cluster| {
+        cluster
+            .table
+            .chain(u32::from(vnode))
+            .position(cluster.me)
+            .is_some()
+    })
 }
 
-fn encode_cursor(vnode: u16, after: Option<Digest>) -> Vec<u8> {
-    let mut cursor = vnode.to_le_bytes().to_vec();
-    match after {
-        Some(digest) => {
-            cursor.push(1);
-            cursor.extend_from_slice(&digest.to_le_bytes());
-        }
-        None => cursor.push(0),
+/// The last vnode from `vnode` through `last` that this node holds without a gap.
+fn held_run_end(shard: &Shard, vnode: u16, last: u16) -> u16 {
+    let mut end = vnode;
+    while end < last && holds(shard, end + 1) {
+        end += 1;
     }
-    cursor
+    end
 }
 
 /// The last vnode of the contiguous run owned by the shard that owns `vnode`.
@@ -189,9 +209,14 @@ fn run_end(shard: &Shard, vnode: u16) -> u16 {
     last
 }
 
-async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> Response {
+async fn scan(
+    shard: &Rc<Shard>,
+    request: ScanRequest,
+    options: &OpOptions,
+    charge: &Arc<Charge>,
+) -> Response {
     let vnodes = shard.node.vnodes;
-    let Some((mut vnode, mut after)) = decode_cursor(&request.cursor, vnodes) else {
+    let Some((mut vnode, mut after)) = decode_scan_cursor(&request.cursor, vnodes) else {
         return Response::error(Status::BadRequest, "scan cursor is not one this node made");
     };
     let limit = match request.limit {
@@ -203,7 +228,19 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> 
     while vnode < vnodes {
         // Vnode ids are below `vnodes` <= 65 536: they fit in 16 bits.
         let from_vnode = vnode as u16;
-        let last_vnode = run_end(shard, from_vnode);
+        // In a cluster a page covers the vnodes this node holds from the cursor on; the client
+        // asks a holder of the next one for the page after.
+        if !holds(shard, from_vnode) {
+            if page.entries.is_empty() && examined == 0 {
+                return Response::error(
+                    Status::Moved,
+                    format!("vnode {from_vnode} is not held by this node"),
+                );
+            }
+            page.next_cursor = encode_scan_cursor(from_vnode, None);
+            return Response::Scan(page);
+        }
+        let last_vnode = held_run_end(shard, from_vnode, run_end(shard, from_vnode));
         let target = shard.owner_of(from_vnode);
         let op = ShardOp::Scan {
             from_vnode,
@@ -212,6 +249,7 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> 
             prefix: request.prefix.clone(),
             limit: limit - examined,
             charge: charge.clone(),
+            strong: matches!(options.level, Level::Default | Level::Strong),
         };
         let reply = if target == shard.index {
             run_shard_op(shard, op).await
@@ -238,16 +276,55 @@ async fn scan(shard: &Rc<Shard>, request: ScanRequest, charge: &Arc<Charge>) -> 
         page.entries.extend(entries);
         examined += found;
         if let Some((last_vnode, last_digest)) = resume {
-            page.next_cursor = encode_cursor(last_vnode, Some(last_digest));
+            page.next_cursor = encode_scan_cursor(last_vnode, Some(last_digest));
             return Response::Scan(page);
         }
         vnode = u32::from(last_vnode) + 1;
         if examined >= limit && vnode < vnodes {
-            page.next_cursor = encode_cursor(vnode as u16, None);
+            page.next_cursor = encode_scan_cursor(vnode as u16, None);
             return Response::Scan(page);
         }
     }
     Response::Scan(page)
+}
+
+/// VERIFY: the checks of the vnodes of `from_vnode .. from_vnode + count` this node holds,
+/// gathered from their shards.
+async fn verify(shard: &Rc<Shard>, from_vnode: u32, count: u32) -> Response {
+    let vnodes = shard.node.vnodes;
+    let end = from_vnode.saturating_add(count).min(vnodes);
+    let mut per_shard: Vec<Vec<u16>> = vec![Vec::new(); usize::from(shard.node.shards)];
+    for vnode in from_vnode.min(end)..end {
+        let vnode = vnode as u16;
+        if holds(shard, vnode) {
+            per_shard[usize::from(shard.owner_of(vnode))].push(vnode);
+        }
+    }
+    let gathers = per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, vnodes)| !vnodes.is_empty())
+        .map(|(target, vnodes)| async move {
+            let op = ShardOp::Verify { vnodes };
+            let reply = if target == usize::from(shard.index) {
+                Some(run_shard_op(shard, op).await)
+            } else {
+                shard.forward(target as u16, op).await
+            };
+            match reply {
+                Some(ShardReply::Verify(checks)) => Some(checks),
+                _ => None,
+            }
+        });
+    let mut checks = Vec::new();
+    for gathered in futures::future::join_all(gathers).await {
+        match gathered {
+            Some(part) => checks.extend(part),
+            None => return Response::error(Status::Overloaded, "a shard's queue is full"),
+        }
+    }
+    checks.sort_by_key(|c| c.vnode);
+    Response::Verify(checks)
 }
 
 async fn stats(shard: &Rc<Shard>) -> Response {

@@ -59,15 +59,33 @@ pub struct NodeShared {
     pub max_connections_per_shard: u64,
     /// `--frame-timeout-ms`: how long a frame may take to arrive, before a second per MiB.
     pub frame_grace_ms: u64,
+    /// The node's cluster; `None` for a node that is not in one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl NodeShared {
     pub fn topology(&self) -> Topology {
-        Topology {
+        let mut topology = Topology {
             shard_count: self.shards,
             shard_port_base: self.shard_port_base,
             vnode_shard: self.vnode_shard.clone(),
+            ..Topology::default()
+        };
+        if let Some(cluster) = &self.cluster {
+            let width = cluster.table.chains.first().map_or(0, |c| c.replicas.len());
+            topology.cluster_id = cluster.id;
+            topology.node_id = cluster.me;
+            topology.members = cluster.member_infos();
+            topology.chain_width = width as u16;
+            topology.chain_replicas = cluster
+                .table
+                .chains
+                .iter()
+                .flat_map(|c| c.replicas.iter().copied())
+                .collect();
+            topology.chain_epochs = cluster.table.chains.iter().map(|c| c.epoch).collect();
         }
+        topology
     }
 }
 
@@ -106,6 +124,8 @@ pub struct Shard {
     victim_buffer: RefCell<Vec<u8>>,
     /// What this shard's client connections hold (`budget.rs`).
     pub budget: Arc<ShardBudget>,
+    /// This shard's part in its cluster; `None` for a node that is not in one.
+    pub replica: Option<crate::replica::Replica>,
     /// Client connections open on this shard.
     pub connections: Cell<u64>,
 }
@@ -129,6 +149,7 @@ impl Shard {
         store: Store,
         segments: Segments,
         mesh: Senders<MeshMsg>,
+        replica: Option<crate::replica::Replica>,
     ) -> Rc<Shard> {
         let (flush_kick, flush_kicked) = local_channel::new_bounded(1);
         Rc::new(Shard {
@@ -147,6 +168,7 @@ impl Shard {
             stopping: Cell::new(false),
             victim_buffer: RefCell::new(Vec::new()),
             budget: node.budgets[usize::from(index)].clone(),
+            replica,
             connections: Cell::new(0),
             node,
         })
@@ -197,26 +219,32 @@ impl Shard {
         receiver
     }
 
-    /// Answers the readers whose vnodes' visible sequence numbers moved past their barriers,
-    /// and, when the disk failed or is full, every reader still waiting (on one node visibility
-    /// follows durability, which cannot come now).
-    fn wake_visible(&self) {
-        let mut store = self.store.borrow_mut();
-        let changed = store.take_log_changes();
+    /// Answers the readers whose vnodes' visible sequence numbers moved past their barriers
+    /// (`changed`: the vnodes whose numbers moved), and, when the disk failed or is full,
+    /// every reader still waiting on a single node (visibility follows durability there, and
+    /// none can come now).
+    pub fn wake_visible(&self, changed: &[u16]) {
+        let store = self.store.borrow();
         let mut waiters = self.visible_waiters.borrow_mut();
-        for vnode in changed {
-            let visible = store.vnode_log(vnode).visible_seq;
+        for &vnode in changed {
             let start = Barrier { vnode, seq: 0 };
             let end = Barrier {
                 vnode,
-                seq: visible,
+                seq: u64::MAX,
             };
-            let ready: Vec<Barrier> = waiters.range(start..=end).map(|(b, _)| *b).collect();
+            let ready: Vec<Barrier> = waiters
+                .range(start..=end)
+                .map(|(b, _)| *b)
+                .filter(|b| store.is_visible(*b))
+                .collect();
             for barrier in ready {
                 for sender in waiters.remove(&barrier).into_iter().flatten() {
                     let _ = sender.send(Ok(()));
                 }
             }
+        }
+        if self.replica.is_some() {
+            return; // in a cluster, commits go on while this disk is refused
         }
         let failure = match (store.failure(), store.disk_full_reason()) {
             (Some(reason), _) => format!("the disk failed: {reason}"),
@@ -225,6 +253,18 @@ impl Shard {
         };
         for sender in std::mem::take(&mut *waiters).into_values().flatten() {
             let _ = sender.send(Err(failure.clone()));
+        }
+    }
+
+    /// After a flush: feeds the store's durability changes to replication (in a cluster) and
+    /// wakes the readers they release.
+    fn after_flush(self: &Rc<Self>) {
+        self.wake_durable();
+        if self.replica.is_some() {
+            crate::replica::pump(self);
+        } else {
+            let changed = self.store.borrow_mut().take_log_changes();
+            self.wake_visible(&changed);
         }
     }
 
@@ -291,15 +331,13 @@ impl Shard {
                             .handle_flush_failed(&plan, failure.reason);
                     }
                 }
-                self.wake_durable();
-                self.wake_visible();
+                self.after_flush();
                 continue;
             }
             // A sync with nothing left to write is settled without a plan; compacted segments
             // waiting for it can go now.
             self.delete_compacted_segments().await;
-            self.wake_durable();
-            self.wake_visible();
+            self.after_flush();
             let deadline = self.store.borrow().next_flush_deadline_ms();
             let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now).max(1)));
             match wait {

@@ -51,14 +51,7 @@ fn start(dir: &std::path::Path, extra: &[&str]) -> Node {
 }
 
 fn rss_mib(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS");
-    kib / 1024
+    common::rss_bytes(node.pid()) >> 20
 }
 
 fn put(key: &[u8], value: Vec<u8>) -> Request {

@@ -18,6 +18,7 @@
 //! -- --seeds 500` runs more; a failing seed prints the command that replays it.
 
 mod clients;
+mod watch;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,9 @@ pub struct SimConfig {
     pub faults: bool,
     /// The longest a message may wait on its link (each seed picks 1, 4, 16 or this).
     pub max_delay_ms: u64,
+    /// Print this vnode's messages (with the receiver's state), transfers, crashes and cuts
+    /// to stderr: for reading a failing seed.
+    pub watch_vnode: Option<u16>,
 }
 
 impl Default for SimConfig {
@@ -57,6 +61,7 @@ impl Default for SimConfig {
             fsync_always: true,
             faults: true,
             max_delay_ms: 30,
+            watch_vnode: None,
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct Report {
     pub strong_ops: usize,
     pub crashes: u64,
     pub messages: u64,
+    pub streams_resumed: u64,
 }
 
 impl Report {
@@ -156,6 +162,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         strong_ops: clients.history.len(),
         crashes: world.crashes,
         messages: world.messages_delivered,
+        streams_resumed: world.streams_resumed,
     }
 }
 

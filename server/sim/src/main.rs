@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p tessera-sim -- --seeds 200` runs seeds 0..200; `--seed S` runs one
 //! and prints its report; `--interval` uses `--fsync interval`, `--no-faults` turns faults
-//! off, `--steps N` sets the length. Exits 1 when any seed fails, printing how to replay it.
+//! off, `--steps N` sets the length, `--watch-vnode V` prints one vnode's messages. Exits 1 when any seed fails, printing how to replay it.
 
 use clap::Parser;
 use tessera_sim::{run, SimConfig};
@@ -28,6 +28,9 @@ struct Args {
     /// No crashes and no cut links.
     #[arg(long)]
     no_faults: bool,
+    /// Print this vnode's messages and the faults to stderr (for reading a failing seed).
+    #[arg(long)]
+    watch_vnode: Option<u16>,
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         steps: args.steps,
         fsync_always: !args.interval,
         faults: !args.no_faults,
+        watch_vnode: args.watch_vnode,
         ..SimConfig::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -46,12 +50,13 @@ fn main() {
     for seed in seeds {
         let report = run(seed, &config);
         println!(
-            "seed {seed}: {} acked writes, {} reads, {} strong ops, {} crashes, {} messages, trace {:016x}{}",
+            "seed {seed}: {} acked writes, {} reads, {} strong ops, {} crashes, {} messages, {} paused streams resumed, trace {:016x}{}",
             report.acked_writes,
             report.reads,
             report.strong_ops,
             report.crashes,
             report.messages,
+            report.streams_resumed,
             report.trace,
             if report.ok() { "" } else { "  FAILED" }
         );

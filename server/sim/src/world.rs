@@ -27,6 +27,8 @@ pub struct Node {
     pub disk: MemDisk,
     pub running: Option<Running>,
     pub restart_at_ms: Option<u64>,
+    /// Started before: its heads must ask their replicas before taking writes.
+    pub started: bool,
 }
 
 #[derive(Default)]
@@ -35,6 +37,8 @@ struct Link {
     /// Cut by a fault until then.
     cut_until_ms: u64,
     queue: VecDeque<(u64, PeerMsg)>,
+    /// Bytes of the messages in `queue` (what the sender's outbox holds unwritten).
+    queued_bytes: usize,
 }
 
 /// A client write finished at a node.
@@ -55,7 +59,12 @@ pub struct World {
     /// A digest of everything that happened, in order: a seed must give the same one.
     pub trace: u64,
     pub messages_delivered: u64,
+    /// Times a stream paused on a full outbox went on (flow control at work).
+    pub streams_resumed: u64,
     pub crashes: u64,
+    /// The replicators' retention-queue bound, per seed: a tiny one keeps queues full, so
+    /// that replicas refuse appends and heads refuse writes (backpressure) all the time.
+    queue_limit_bytes: usize,
 }
 
 fn store_config(config: &SimConfig) -> StoreConfig {
@@ -82,6 +91,7 @@ impl World {
         let mut rng = Rng::new(seed);
         config.max_delay_ms =
             [1, 4, 16, config.max_delay_ms][rng.below(4) as usize].min(config.max_delay_ms);
+        let queue_limit_bytes = [256, 4096, 256 * 1024][rng.below(3) as usize];
         let members: Vec<tessera_core::placement::Member> = (0..config.nodes as NodeId)
             .map(|id| tessera_core::placement::Member {
                 id,
@@ -100,6 +110,7 @@ impl World {
                     disk: MemDisk::new(),
                     running: None,
                     restart_at_ms: None,
+                    started: false,
                 })
                 .collect(),
             config,
@@ -108,7 +119,9 @@ impl World {
             completions: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             messages_delivered: 0,
+            streams_resumed: 0,
             crashes: 0,
+            queue_limit_bytes,
         };
         for node in 0..world.nodes.len() as NodeId {
             world.start(node);
@@ -117,23 +130,34 @@ impl World {
         world
     }
 
+    /// A fault or restart, printed when a vnode is watched.
+    fn watch_event(&self, event: std::fmt::Arguments<'_>) {
+        if self.config.watch_vnode.is_some() {
+            eprintln!("{} {event}", self.now_ms);
+        }
+    }
+
     pub fn note(&mut self, words: &[u64]) {
         for word in words {
             self.trace = (self.trace ^ word).wrapping_mul(0x0100_0000_01b3);
         }
     }
 
-    fn replicator_config(&self, me: NodeId) -> Config {
+    fn replicator_config(&self, me: NodeId, fresh: bool) -> Config {
         Config {
             me,
             durable_commit: self.config.fsync_always,
-            queue_limit_bytes: 256 * 1024,
+            queue_limit_bytes: self.queue_limit_bytes,
             write_timeout_ms: 2_000,
+            // Small, so that streams pause and resume (flow control) in every run.
+            outbox_limit_bytes: 512,
+            fresh,
         }
     }
 
     /// Starts (or restarts) a node from its disk.
     fn start(&mut self, node: NodeId) {
+        self.watch_event(format_args!("start node {node}"));
         let config = store_config(&self.config);
         let now = self.now_ms;
         let disk = &mut self.nodes[node as usize].disk;
@@ -142,8 +166,10 @@ impl World {
             .filter(|&v| self.table.chain(v).position(node).is_some())
             .map(|v| (v as u16, self.table.chain(v).clone()))
             .collect();
-        let replicator = Replicator::new(self.replicator_config(node), held, &store);
+        let fresh = !self.nodes[node as usize].started;
+        let replicator = Replicator::new(self.replicator_config(node, fresh), held, &store);
         let slot = &mut self.nodes[node as usize];
+        slot.started = true;
         slot.running = Some(Running { store, replicator });
         slot.restart_at_ms = None;
     }
@@ -187,11 +213,13 @@ impl World {
     pub fn cut(&mut self, a: NodeId, b: NodeId, ms: u64) {
         let until = self.now_ms + ms;
         self.note(&[2, u64::from(a), u64::from(b), ms]);
+        self.watch_event(format_args!("cut {a}-{b} for {ms} ms"));
         for (me, other) in [(a, b), (b, a)] {
             let link = self.links.entry((me, other)).or_default();
             link.cut_until_ms = until;
             let was_up = std::mem::take(&mut link.up);
             link.queue.clear();
+            link.queued_bytes = 0;
             if was_up {
                 if let Some(running) = self.nodes[me as usize].running.as_mut() {
                     running.replicator.handle_link_down(other);
@@ -203,6 +231,7 @@ impl World {
     /// Power loss of `node`; it restarts after `down_ms`.
     pub fn crash(&mut self, node: NodeId, down_ms: u64) {
         self.note(&[3, u64::from(node), down_ms]);
+        self.watch_event(format_args!("crash node {node} for {down_ms} ms"));
         self.crashes += 1;
         let n = self.nodes.len() as NodeId;
         for other in (0..n).filter(|&o| o != node) {
@@ -210,6 +239,7 @@ impl World {
                 let link = self.links.entry((me, them)).or_default();
                 let was_up = std::mem::take(&mut link.up);
                 link.queue.clear();
+                link.queued_bytes = 0;
                 if was_up && me == other {
                     if let Some(running) = self.nodes[me as usize].running.as_mut() {
                         running.replicator.handle_link_down(them);
@@ -284,6 +314,7 @@ impl World {
         }
         // FIFO per link: never before what was sent on it earlier.
         let after = link.queue.back().map_or(0, |(at, _)| *at);
+        link.queued_bytes += msg.body.bytes();
         link.queue.push_back(((now + delay).max(after), msg));
     }
 
@@ -298,6 +329,10 @@ impl World {
         let slot = &mut self.nodes[node as usize];
         let running = slot.running.as_mut().expect("up");
         let snapshot = running.store.state_since(vnode, since.version, now);
+        if self.config.watch_vnode == Some(vnode) {
+            let items = snapshot.items.len();
+            eprintln!("{now} state read at {node} for {to} since {since:?}: {items} items");
+        }
         let entries = snapshot
             .items
             .into_iter()
@@ -312,6 +347,7 @@ impl World {
         let read = StateRead {
             vnode,
             to,
+            since,
             through: snapshot.through,
             entries,
             keep: snapshot.keep,
@@ -336,14 +372,28 @@ impl World {
             due.swap(i, j);
         }
         for (from, to) in due {
-            let Some((_, msg)) = self
-                .links
-                .get_mut(&(from, to))
-                .and_then(|l| l.queue.pop_front())
-            else {
+            let Some(link) = self.links.get_mut(&(from, to)) else {
                 continue;
             };
+            let Some((_, msg)) = link.queue.pop_front() else {
+                continue;
+            };
+            link.queued_bytes -= msg.body.bytes();
+            let unwritten = link.queued_bytes;
+            if let Some(sender) = self.nodes[from as usize].running.as_mut() {
+                if sender
+                    .replicator
+                    .handle_outbox(to, unwritten, &mut sender.store, now)
+                {
+                    self.streams_resumed += 1;
+                }
+                self.drain(from);
+            }
             self.messages_delivered += 1;
+            if self.config.watch_vnode == Some(msg.vnode) {
+                let receiver = self.nodes[to as usize].running.as_ref();
+                crate::watch::delivery(now, from, to, &msg, receiver.map(|r| &r.replicator));
+            }
             self.note(&[6, u64::from(from), u64::from(to), u64::from(msg.vnode)]);
             let Some(running) = self.nodes[to as usize].running.as_mut() else {
                 continue;

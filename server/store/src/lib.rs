@@ -33,7 +33,7 @@ pub use config::{FsyncPolicy, StoreConfig};
 pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};
 pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
-pub use replica::{finish_state_read, StateItem, StateSnapshot};
+pub use replica::{finish_state_read, StateItem, StateSnapshot, VnodeCheck};
 pub use store::{
     finish_key_read, finish_read, DiskRead, Lookup, ReplicatedWrite, ScanItem, ScanKey, Store,
     StoreStats, Write, WriteAck, WriteError,

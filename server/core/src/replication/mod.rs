@@ -31,10 +31,14 @@
 //! successor is ahead of it (it lost writes in a crash that its successor kept) waits until it
 //! has caught up from its predecessor before it streams again.
 //!
-//! Backpressure: when a connected successor is slow, the retention queues fill up to
-//! `Config::queue_limit_bytes` and new writes are refused OVERLOADED; when the successor is
-//! down, the head drops what does not fit and transfers state when it returns, so `eventual`
-//! writes go on.
+//! Backpressure: a link's stream pauses while the shell reports more than
+//! `Config::outbox_limit_bytes` unwritten on it (`Replicator::handle_outbox`). When a connected
+//! successor is slow, the retention queues fill up to `Config::queue_limit_bytes`: the head
+//! refuses new writes OVERLOADED, and a replica that feeds a successor refuses appends (it asks
+//! for them again once its queues have room), so a slow tail pushes back through the middle to
+//! the head. A tail always takes appends: every chain drains from its end, and refusals cannot
+//! wait on each other in a cycle. When a successor is down, what does not fit is dropped and
+//! the successor gets a state transfer when it returns, so `eventual` writes go on.
 
 mod msg;
 mod replicator;

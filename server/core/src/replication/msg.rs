@@ -75,6 +75,9 @@ pub enum Body {
     /// the receiver ends up equal to the sender as of `through`. Entries come in version order
     /// (their sequence numbers grow, with gaps: each key's newest write only).
     State {
+        /// The transfer holds every key's newest write after this position: a receiver behind
+        /// it would be left with a hole, and asks again from where it is instead.
+        since: Position,
         through: Position,
         entries: Vec<Entry>,
         /// The last part: also every key digest the sender holds, so the receiver drops any
@@ -83,6 +86,22 @@ pub enum Body {
     },
     /// A restarted head asks the replica that is ahead of it for its state newer than `since`.
     PullState { since: Position },
+}
+
+impl Body {
+    /// About the bytes the message takes on the wire (what flow control counts).
+    pub fn bytes(&self) -> usize {
+        const FIXED: usize = 64;
+        match self {
+            Body::Append { entries, .. } => FIXED + entries.iter().map(Entry::bytes).sum::<usize>(),
+            Body::State { entries, last, .. } => {
+                FIXED
+                    + entries.iter().map(Entry::bytes).sum::<usize>()
+                    + last.as_ref().map_or(0, |keep| keep.len() * 16)
+            }
+            _ => FIXED,
+        }
+    }
 }
 
 /// Sequence numbers a replica (or a run of replicas) has applied and made durable.

@@ -41,6 +41,13 @@ pub struct Config {
     pub queue_limit_bytes: usize,
     /// How long a write waits for its ack point before it fails with "outcome unknown".
     pub write_timeout_ms: u64,
+    /// Bytes of messages a link may hold unwritten before streams to it pause (flow control:
+    /// the shell reports what it has not written yet with `handle_outbox`).
+    pub outbox_limit_bytes: usize,
+    /// Every replica of every vnode starts empty (a cluster whose members all formed it in
+    /// this run): heads take writes at once instead of first asking their replicas whether
+    /// any is ahead (a restarted head must ask: a replica may hold writes it lost).
+    pub fresh: bool,
 }
 
 /// A client write waiting for its ack point.
@@ -94,6 +101,8 @@ pub enum Effect {
 pub struct StateRead {
     pub vnode: u16,
     pub to: NodeId,
+    /// The position the transfer starts after (`Effect::ReadState`'s `since`).
+    pub since: Position,
     pub through: Position,
     /// Each key's newest write newer than the `since` asked for, in version order.
     pub entries: Vec<Entry>,
@@ -108,6 +117,10 @@ pub struct Replicator {
     effects: VecDeque<Effect>,
     next_ticket: Ticket,
     links_up: BTreeSet<NodeId>,
+    /// Per link: bytes handed to the shell and not yet written, as far as this core knows.
+    outbox: BTreeMap<NodeId, usize>,
+    /// Vnodes that refused appends while the queues were full.
+    refused: BTreeSet<u16>,
 }
 
 impl Replicator {
@@ -120,7 +133,10 @@ impl Replicator {
         let me = config.me;
         let vnodes = held
             .into_iter()
-            .map(|(vnode, chain)| (vnode, VnodeState::new(vnode, chain, me, store)))
+            .map(|(vnode, chain)| {
+                let state = VnodeState::new(vnode, chain, me, store, config.fresh);
+                (vnode, state)
+            })
             .collect();
         Replicator {
             config,
@@ -129,6 +145,8 @@ impl Replicator {
             effects: VecDeque::new(),
             next_ticket: 1,
             links_up: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            refused: BTreeSet::new(),
         }
     }
 
@@ -138,7 +156,9 @@ impl Replicator {
 
     fn ctx<'a>(
         effects: &'a mut VecDeque<Effect>,
+        outbox: &'a mut BTreeMap<NodeId, usize>,
         config: &Config,
+        queued_bytes: usize,
         store: &'a mut dyn VnodeStore,
         now_ms: u64,
     ) -> Ctx<'a> {
@@ -147,6 +167,9 @@ impl Replicator {
             effects,
             durable_commit: config.durable_commit,
             now_ms,
+            outbox,
+            outbox_limit: config.outbox_limit_bytes,
+            congested: queued_bytes >= config.queue_limit_bytes,
         }
     }
 
@@ -161,16 +184,40 @@ impl Replicator {
         let Some(state) = self.vnodes.get_mut(&vnode) else {
             return;
         };
-        let mut cx = Self::ctx(&mut self.effects, &self.config, store, now_ms);
+        let mut cx = Self::ctx(
+            &mut self.effects,
+            &mut self.outbox,
+            &self.config,
+            self.queued_bytes,
+            store,
+            now_ms,
+        );
         let delta = f(state, &mut cx);
         state.flush(&mut cx);
         self.queued_bytes = self.queued_bytes.saturating_add_signed(delta);
+        if state.refused {
+            self.refused.insert(vnode);
+        }
+    }
+
+    /// Once the queues have room, the vnodes that refused appends ask for them again.
+    fn resume_refused(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
+        if self.queued_bytes >= self.config.queue_limit_bytes || self.refused.is_empty() {
+            return;
+        }
+        for vnode in std::mem::take(&mut self.refused) {
+            self.with_vnode(vnode, store, now_ms, |state, cx| {
+                state.resume_refused(cx);
+                0
+            });
+        }
     }
 
     // ------------------------------------------------------------------ links
 
     pub fn handle_link_up(&mut self, node: NodeId, store: &mut dyn VnodeStore, now_ms: u64) {
         self.links_up.insert(node);
+        self.outbox.remove(&node); // a new connection: nothing waits on it
         let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
         for vnode in vnodes {
             self.with_vnode(vnode, store, now_ms, |state, cx| {
@@ -182,9 +229,38 @@ impl Replicator {
 
     pub fn handle_link_down(&mut self, node: NodeId) {
         self.links_up.remove(&node);
+        self.outbox.remove(&node);
         for state in self.vnodes.values_mut() {
             state.handle_link_down(node);
         }
+        self.trim_queues();
+    }
+
+    /// The shell's word on the link to `node`: `unwritten_bytes` of what it was handed are
+    /// not written yet. Streams paused by a full outbox go on once it has room; returns
+    /// whether they did.
+    pub fn handle_outbox(
+        &mut self,
+        node: NodeId,
+        unwritten_bytes: usize,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+    ) -> bool {
+        let was_full = self.outbox_full(node);
+        self.outbox.insert(node, unwritten_bytes);
+        let resumed = was_full && !self.outbox_full(node);
+        if resumed {
+            let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
+            for vnode in vnodes {
+                self.with_vnode(vnode, store, now_ms, |_, _| 0);
+            }
+        }
+        resumed
+    }
+
+    /// Whether streams to `node` wait for its outbox to drain.
+    pub fn outbox_full(&self, node: NodeId) -> bool {
+        self.outbox.get(&node).copied().unwrap_or(0) >= self.config.outbox_limit_bytes
     }
 
     pub fn link_up(&self, node: NodeId) -> bool {
@@ -211,12 +287,13 @@ impl Replicator {
             state.handle_message(from, msg.body, cx)
         });
         self.trim_queues();
+        self.resume_refused(store, now_ms);
     }
 
     /// The shell read the state an `Effect::ReadState` asked for.
     pub fn handle_state_read(&mut self, read: StateRead, store: &mut dyn VnodeStore, now_ms: u64) {
         self.with_vnode(read.vnode, store, now_ms, |state, cx| {
-            state.handle_state_read(read.to, read.through, read.entries, read.keep, cx);
+            state.handle_state_read(read, cx);
             0
         });
     }
@@ -285,12 +362,20 @@ impl Replicator {
         for vnode in vnodes {
             self.with_vnode(vnode, store, now_ms, |_, _| 0);
         }
+        self.resume_refused(store, now_ms);
     }
 
     /// The store stopped taking writes: every write waiting here fails.
     pub fn fail_writes(&mut self, reason: &str, store: &mut dyn VnodeStore, now_ms: u64) {
         for state in self.vnodes.values_mut() {
-            let mut cx = Self::ctx(&mut self.effects, &self.config, store, now_ms);
+            let mut cx = Self::ctx(
+                &mut self.effects,
+                &mut self.outbox,
+                &self.config,
+                self.queued_bytes,
+                store,
+                now_ms,
+            );
             state.fail_waiters(WriteFailure::Stopped(reason.to_string()), &mut cx);
         }
     }

@@ -178,6 +178,8 @@ impl Cluster {
             durable_commit,
             queue_limit_bytes: 1 << 20,
             write_timeout_ms: 1000,
+            outbox_limit_bytes: usize::MAX,
+            fresh: false,
         };
         let mut cluster = Cluster {
             members: BTreeMap::new(),
@@ -282,6 +284,7 @@ impl Cluster {
                         let read = StateRead {
                             vnode,
                             to,
+                            since,
                             through,
                             entries,
                             keep,

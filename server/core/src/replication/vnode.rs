@@ -100,6 +100,9 @@ pub(crate) struct VnodeState {
     clean: bool,
     /// The commit point the predecessor last told of.
     upstream_committed: Option<u64>,
+    /// Appends were refused while the shard's queues were full: ask the predecessor to resend
+    /// once they have room (`resume_refused`).
+    pub refused: bool,
 }
 
 /// What a handler needs around it: the store, the effects to emit, and settings.
@@ -108,10 +111,23 @@ pub(crate) struct Ctx<'a> {
     pub effects: &'a mut VecDeque<Effect>,
     pub durable_commit: bool,
     pub now_ms: u64,
+    /// Bytes handed to each link and not yet written by the shell (as last reported, plus
+    /// what was sent since), and the most a link may hold before streams to it pause.
+    pub outbox: &'a mut BTreeMap<NodeId, usize>,
+    pub outbox_limit: usize,
+    /// The shard's retention queues are full: replicas with a successor to feed take no more
+    /// appends (the backpressure reaches the head, whose writes get OVERLOADED).
+    pub congested: bool,
 }
 
 impl Ctx<'_> {
+    /// Whether the link to `node` takes more of a stream now.
+    fn has_room(&self, node: NodeId) -> bool {
+        self.outbox.get(&node).copied().unwrap_or(0) < self.outbox_limit
+    }
+
     fn send(&mut self, to: NodeId, vnode: u16, epoch: u64, body: Body) {
+        *self.outbox.entry(to).or_default() += body.bytes();
         self.effects.push_back(Effect::Send(Outgoing {
             to,
             msg: PeerMsg { vnode, epoch, body },
@@ -120,7 +136,13 @@ impl Ctx<'_> {
 }
 
 impl VnodeState {
-    pub fn new(vnode: u16, chain: Chain, me: NodeId, store: &dyn VnodeStore) -> VnodeState {
+    pub fn new(
+        vnode: u16,
+        chain: Chain,
+        me: NodeId,
+        store: &dyn VnodeStore,
+        fresh: bool,
+    ) -> VnodeState {
         let position = store.position(vnode);
         let own = Watermarks {
             applied: position.seq,
@@ -129,7 +151,8 @@ impl VnodeState {
         let down = chain
             .successor(me)
             .map(|node| Downstream::new(node, position));
-        let recovery = (chain.head() == me && chain.replicas.len() > 1).then(Recovery::default);
+        let recovery =
+            (!fresh && chain.head() == me && chain.replicas.len() > 1).then(Recovery::default);
         VnodeState {
             vnode,
             me,
@@ -146,6 +169,7 @@ impl VnodeState {
             awaiting_stream: false,
             clean: false,
             upstream_committed: None,
+            refused: false,
             chain,
         }
     }
@@ -184,9 +208,21 @@ impl VnodeState {
                 cx.send(node, self.vnode, epoch, Body::Probe);
             }
         }
+        let own = self.position();
         if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
             down.link_up = true;
-            down.sent = None; // until it says where it is
+            // What was sent on the old connection may be lost: go on from what the successor
+            // acknowledged (it skips what it has), or decide again from where it last said it
+            // was; its own Position, when it comes, settles it either way.
+            let acked = down.own.applied;
+            let covered = down.base.is_some_and(|b| b.seq <= acked)
+                && down.queue.front().is_none_or(|e| e.seq <= acked + 1);
+            down.sent = None;
+            if acked <= own.seq && covered && down.reported.is_some() {
+                down.sent = Some(acked);
+            } else if let Some(reported) = down.reported {
+                self.handle_successor_position(reported, cx);
+            }
         }
     }
 
@@ -246,10 +282,11 @@ impl VnodeState {
                 0
             }
             Body::State {
+                since,
                 through,
                 entries,
                 last,
-            } => self.handle_state(from, through, entries, last, cx),
+            } => self.handle_state(from, since, through, entries, last, cx),
             Body::PullState { since } if self.chain.head() == from => {
                 cx.effects.push_back(Effect::ReadState {
                     vnode: self.vnode,
@@ -270,6 +307,10 @@ impl VnodeState {
         prefix: Watermarks,
         cx: &mut Ctx<'_>,
     ) -> QueueDelta {
+        if self.refuses_appends(cx) {
+            self.refused = true;
+            return 0;
+        }
         if after > self.own.applied {
             // A gap: the stream skipped something (a lost connection, a restart). Ask again,
             // once until something answers.
@@ -310,6 +351,25 @@ impl VnodeState {
             delta += self.enqueue(entry);
         }
         delta
+    }
+
+    /// Whether appends wait for room: only a replica that has a successor to feed and is behind
+    /// with it refuses, so a tail always takes its appends and every chain drains from its
+    /// end (a shard-wide refusal could wait in a cycle: A's queue on B's, B's on C's, C's on A's).
+    fn refuses_appends(&self, cx: &Ctx<'_>) -> bool {
+        cx.congested && self.down.as_ref().is_some_and(|d| d.queue_bytes > 0)
+    }
+
+    /// The shard's queues have room again: ask the predecessor to resend what was refused.
+    pub fn resume_refused(&mut self, cx: &mut Ctx<'_>) {
+        if !std::mem::take(&mut self.refused) {
+            return;
+        }
+        if let Some(predecessor) = self.chain.predecessor(self.me) {
+            self.awaiting_stream = true;
+            let body = Body::Position(self.position());
+            cx.send(predecessor, self.vnode, self.chain.epoch, body);
+        }
     }
 
     /// Queues an entry for the successor (if any) and streams it when the stream is live.
@@ -429,6 +489,7 @@ impl VnodeState {
     fn handle_state(
         &mut self,
         from: NodeId,
+        since: Position,
         through: Position,
         entries: Vec<Entry>,
         last: Option<Vec<u128>>,
@@ -439,6 +500,21 @@ impl VnodeState {
             .as_ref()
             .is_some_and(|r| r.pulling_from == Some(from));
         if !pulling && self.chain.predecessor(self.me) != Some(from) {
+            return 0;
+        }
+        if since.seq > self.own.applied {
+            // Sent for a position this replica no longer has (it restarted and lost writes
+            // that were not durable): applying it would leave a hole. Ask from here.
+            if !self.awaiting_stream || pulling {
+                self.awaiting_stream = true;
+                let body = match pulling {
+                    true => Body::PullState {
+                        since: self.position(),
+                    },
+                    false => Body::Position(self.position()),
+                };
+                cx.send(from, self.vnode, self.chain.epoch, body);
+            }
             return 0;
         }
         for entry in &entries {
@@ -500,14 +576,15 @@ impl VnodeState {
     }
 
     /// The shell read the state asked for by `Effect::ReadState`: send it, then stream on.
-    pub fn handle_state_read(
-        &mut self,
-        to: NodeId,
-        through: Position,
-        entries: Vec<Entry>,
-        keep: Vec<u128>,
-        cx: &mut Ctx<'_>,
-    ) {
+    pub fn handle_state_read(&mut self, read: super::replicator::StateRead, cx: &mut Ctx<'_>) {
+        let super::replicator::StateRead {
+            to,
+            since,
+            through,
+            entries,
+            keep,
+            ..
+        } = read;
         let epoch = self.chain.epoch;
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0;
@@ -516,6 +593,7 @@ impl VnodeState {
             chunk.push(entry);
             if chunk_bytes >= APPEND_BATCH_BYTES {
                 let body = Body::State {
+                    since,
                     through,
                     entries: std::mem::take(&mut chunk),
                     last: None,
@@ -525,6 +603,7 @@ impl VnodeState {
             }
         }
         let last = Body::State {
+            since,
             through,
             entries: chunk,
             last: Some(keep),
@@ -645,7 +724,10 @@ impl VnodeState {
         loop {
             let mut batch = Vec::new();
             let mut bytes = 0;
-            for entry in down.queue.iter().filter(|e| e.seq > sent) {
+            // A link whose outbox is full takes no entries until the shell reports it drained
+            // (`Replicator::handle_outbox`); the prefix and commit point still go.
+            let room = cx.has_room(down.node);
+            for entry in down.queue.iter().filter(|e| room && e.seq > sent) {
                 if bytes >= APPEND_BATCH_BYTES {
                     break;
                 }

@@ -308,3 +308,111 @@ pub fn skip_without(what: &str, reason: &str) -> bool {
     eprintln!("{reason}: skipped, as TESSERA_TEST_WITHOUT={what} asks (it checks nothing here)");
     true
 }
+
+/// A cluster of real `tessera-server` processes on loopback, one shard each, every node in its
+/// own data directory and port range (`PORT..=PORT + 64`).
+pub struct TestCluster {
+    pub nodes: Vec<Option<Node>>,
+    /// Client addresses, node id order (the sorted `--peers` list).
+    pub addrs: Vec<String>,
+    dirs: Vec<tempfile::TempDir>,
+    flags: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `count` nodes at once (each waits for the others to form the cluster).
+    pub fn start(count: usize, extra: &[&str]) -> TestCluster {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < count {
+            let port = free_port_range(64);
+            if ports.iter().all(|&p| p.abs_diff(port) > 64) {
+                ports.push(port);
+            }
+        }
+        let mut addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        addrs.sort_by_key(|a| a.parse::<SocketAddr>().unwrap());
+        let mut flags: Vec<String> = ["--shards", "1", "--peers", &addrs.join(",")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let dirs: Vec<tempfile::TempDir> =
+            (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut cluster = TestCluster {
+            nodes: (0..count).map(|_| None).collect(),
+            addrs,
+            dirs,
+            flags,
+        };
+        let started: Vec<Node> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..count)
+                .map(|i| {
+                    let cluster = &cluster;
+                    scope.spawn(move || cluster.spawn(i))
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| s.join().expect("node start"))
+                .collect()
+        });
+        for (i, node) in started.into_iter().enumerate() {
+            cluster.nodes[i] = Some(node);
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Node {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        Node::start_on(self.dirs[i].path(), &self.addrs[i], &flags)
+    }
+
+    /// Every member, comma-separated (what a client is given).
+    pub fn addr_list(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    /// Node `i`'s peer port (its shard 0's).
+    pub fn peer_addr(&self, i: usize) -> SocketAddr {
+        let addr: SocketAddr = self.addrs[i].parse().unwrap();
+        SocketAddr::new(addr.ip(), addr.port() + 33)
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut Node {
+        self.nodes[i].as_mut().expect("node is running")
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].take().expect("node is running").kill9();
+    }
+
+    /// Restarts a killed node on its address and data directory (its cluster.meta makes it
+    /// a member again without the others' help).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        self.nodes[i] = Some(self.spawn(i));
+    }
+}
+
+/// The `tessera` CLI binary, built beside the server by `cargo test --workspace`.
+pub fn cli_binary() -> PathBuf {
+    let server = server_binary();
+    let path = server.with_file_name("tessera");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` or `cargo build -p tessera-client`",
+        path.display()
+    );
+    path
+}
+
+/// A process's resident memory in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}

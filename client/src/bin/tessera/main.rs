@@ -1,17 +1,20 @@
 //! `tessera`: the command-line client.
 //!
 //! Exit status: 0 on success, 1 on NOT_FOUND, 2 on any other error (status and message on
-//! stderr).
+//! stderr); `verify` exits 2 when replicas differ.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tessera_client::{parse_duration, parse_ttl_ms};
 use tessera_client::{
-    Client, ClientConfig, ClientError, DeleteRequest, Durability, PutRequest, ScanRequest, Status,
+    Client, ClientConfig, ClientError, DeleteRequest, Durability, Level, PutRequest, ScanRequest,
+    Status,
 };
+
+mod cluster_cmds;
 
 #[derive(Parser)]
 #[command(
@@ -20,14 +23,26 @@ use tessera_client::{
     about = "Command-line client for a Tessera node"
 )]
 struct Cli {
-    /// The node's client address.
+    /// The node's client address; for a cluster, any of its members (comma-separated, tried in
+    /// turn until one answers). Reads go through the first one when it holds a replica of
+    /// the key; writes always go to the key's head.
     #[arg(long, global = true, default_value = "127.0.0.1:7000")]
     addr: String,
+    /// Consistency of data commands: eventual, session or strong (default: the node's, strong).
+    #[arg(long, global = true, value_enum)]
+    consistency: Option<Consistency>,
     /// Per-request timeout, e.g. 5s or 500ms.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Consistency {
+    Eventual,
+    Session,
+    Strong,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +90,17 @@ enum Command {
     },
     /// Check that the node answers.
     Ping,
+    /// The cluster's members and every vnode's chain (head first) with its epoch.
+    Topology {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare every vnode's replicas (applied sequence, live keys, digest of keys and
+    /// versions); exits 0 only when all agree.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +129,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         timeout: cli.timeout,
         retries: 2,
         shard_aware: false,
+        level: match cli.consistency {
+            None => Level::Default,
+            Some(Consistency::Eventual) => Level::Eventual,
+            Some(Consistency::Session) => Level::Session,
+            Some(Consistency::Strong) => Level::Strong,
+        },
+        prefer_first_address: true,
     };
     let client = Client::connect_with(&cli.addr, config).await?;
     let mut stdout = std::io::stdout().lock();
@@ -192,6 +225,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             client.ping().await?;
             writeln!(stdout, "PONG").map_err(io)?;
         }
+        Command::Topology { json } => {
+            cluster_cmds::print_topology(&mut stdout, &client.topology(), json).map_err(io)?
+        }
+        Command::Verify { json } => cluster_cmds::verify(&client, &mut stdout, json).await?,
     }
     stdout.flush().map_err(io)
 }

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A three-node cluster and a single node side by side, in one run, at the same offered load:
+#   loadgen/cluster.sh [OUT_DIR]
+# For each fsync policy in FSYNC_MODES, starts a single node (--shards 1) and a three-node
+# loopback cluster (--shards 1 each, --peers, replication factor 3), loads KEYS keys, and runs
+# the same open-loop getset load (RATE requests/s, half reads, VALUE-byte values) at each
+# consistency level against each side, in turn, REPEAT times, alternating which side goes first.
+# OUT_DIR/cluster.md quotes, per case, the run with the median write p99 of each side: write and
+# read p50/p99, and the cluster's write p99 over the single node's. Every process is stopped by
+# its own pid.
+#
+# A single node is a cluster of one: every level costs the same there (the head is the whole
+# chain), so its rows are the baseline each level is compared with.
+#
+# Settings (environment): RATE (4000), KEYS (20000), VALUE (1024), DURATION (10s), REPEAT (3),
+# CONNECTIONS (16), FSYNC_MODES ("always interval"), LEVELS ("eventual session strong").
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/loadgen/results/cluster-$(date +%Y%m%d-%H%M%S)}
+RATE=${RATE:-4000}
+KEYS=${KEYS:-20000}
+VALUE=${VALUE:-1024}
+DURATION=${DURATION:-10s}
+REPEAT=${REPEAT:-3}
+CONNECTIONS=${CONNECTIONS:-16}
+FSYNC_MODES=${FSYNC_MODES:-"always interval"}
+LEVELS=${LEVELS:-"eventual session strong"}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+(cd "$root" && cargo build --release -q -p tessera-server -p tessera-loadgen -p tessera-client)
+bin=$root/target/release
+work=$(mktemp -d)
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_all; rm -rf "$work"' EXIT
+
+wait_ready() { # addr
+  until "$bin/tessera" --addr "$1" --timeout 200ms ping >/dev/null 2>&1; do sleep 0.05; done
+}
+
+# start_side single|cluster FSYNC: starts the side on fresh data; sets `addrs` to its members.
+base=7700
+start_side() {
+  local side=$1 fsync=$2 peers="" i
+  rm -rf "$work/data"
+  base=$((base + 400))
+  if [ "$side" = single ]; then
+    "$bin/tessera-server" --data-dir "$work/data/single" --listen 127.0.0.1:$base --shards 1 \
+      --fsync "$fsync" >"$work/single.log" 2>&1 &
+    pids+=($!)
+    wait_ready 127.0.0.1:$base
+    addrs=127.0.0.1:$base
+    return
+  fi
+  for i in 0 1 2; do peers+="${peers:+,}127.0.0.1:$((base + 100 * i))"; done
+  for i in 0 1 2; do
+    "$bin/tessera-server" --data-dir "$work/data/n$i" --listen 127.0.0.1:$((base + 100 * i)) \
+      --shards 1 --peers "$peers" --fsync "$fsync" >"$work/n$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 0 1 2; do wait_ready 127.0.0.1:$((base + 100 * i)); done
+  # Every chain linked: a strong write through the cluster succeeds.
+  until "$bin/tessera" --addr "$peers" --consistency strong put cluster:ready 1 >/dev/null 2>&1; do
+    sleep 0.1
+  done
+  addrs=$peers
+}
+
+run_case() { # side fsync level run
+  local side=$1 fsync=$2 level=$3 run=$4
+  start_side "$side" "$fsync"
+  "$bin/tessera-loadgen" --target "tessera://$addrs" --consistency "$level" --workload getset \
+    --keys "$KEYS" --value-size "$VALUE" --read-ratio 0.5 --rate "$RATE" \
+    --connections "$CONNECTIONS" --duration "$DURATION" --live false \
+    --label "$side-$fsync-$level" --json "$out/$side-$fsync-$level.$run.json" >/dev/null
+  stop_all
+}
+
+for fsync in $FSYNC_MODES; do
+  for level in $LEVELS; do
+    for run in $(seq 1 "$REPEAT"); do
+      if [ $((run % 2)) = 1 ]; then order="single cluster"; else order="cluster single"; fi
+      for side in $order; do run_case "$side" "$fsync" "$level" "$run"; done
+    done
+  done
+done
+
+python3 - "$out" "$RATE" "$VALUE" "$DURATION" "$KEYS" "$REPEAT" >"$out/cluster.md" <<'EOF'
+import glob, json, os, statistics, sys
+out, rate, value, duration, keys, repeat = sys.argv[1:]
+def median_run(prefix):
+    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, prefix + ".*.json")))]
+    runs.sort(key=lambda r: r["latency_us"]["write"]["p99"])
+    return runs[len(runs) // 2] if runs else None
+print(f"Open loop, {rate} requests/s (half {value}-byte writes, half reads) over {keys} keys, "
+      f"{duration} per run, {repeat} runs per case (the median write p99's run quoted). "
+      "Latencies in microseconds.\n")
+print("| fsync | level | side | write p50 | write p99 | read p50 | read p99 | errors | write p99 cluster / single |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+cases = sorted({tuple(os.path.basename(p).split(".")[0].split("-")[1:]) for p in glob.glob(os.path.join(out, "*-*-*.*.json"))})
+for fsync, level in sorted(cases, key=lambda c: (c[0], ["eventual", "session", "strong"].index(c[1]))):
+    single = median_run(f"single-{fsync}-{level}")
+    cluster = median_run(f"cluster-{fsync}-{level}")
+    for name, r in (("single", single), ("cluster", cluster)):
+        if r is None:
+            continue
+        w, rd = r["latency_us"]["write"], r["latency_us"]["read"]
+        ratio = ""
+        if name == "cluster" and single and single["latency_us"]["write"]["p99"]:
+            ratio = f'{w["p99"] / single["latency_us"]["write"]["p99"]:.2f}x'
+        print(f'| {fsync} | {level} | {name} | {w["p50"]} | {w["p99"]} | {rd["p50"]} | {rd["p99"]} | {r["errors"]} | {ratio} |')
+EOF
+cat "$out/cluster.md"
