@@ -5,15 +5,18 @@
 # loopback cluster (--shards 1 each, --peers, replication factor 3), loads KEYS keys, and runs
 # the same open-loop getset load (RATE requests/s, half reads, VALUE-byte values) at each
 # consistency level against each side, in turn, REPEAT times, alternating which side goes first.
-# OUT_DIR/cluster.md quotes, per case, the run with the median write p99 of each side: write and
-# read p50/p99, and the cluster's write p99 over the single node's. Every process is stopped by
-# its own pid.
+# OUT_DIR/cluster.md quotes, per case and side, the medians over the runs of write and read
+# p50/p99, and the cluster's p99s over the single node's. Every process is stopped by its own
+# pid.
 #
 # A single node is a cluster of one: every level costs the same there (the head is the whole
 # chain), so its rows are the baseline each level is compared with.
 #
 # Settings (environment): RATE (4000), KEYS (20000), VALUE (1024), DURATION (10s), REPEAT (3),
-# CONNECTIONS (16), FSYNC_MODES ("always interval"), LEVELS ("eventual session strong").
+# CONNECTIONS (16), FSYNC_MODES ("always interval"), LEVELS ("eventual session strong"),
+# SERVER_FLAGS ("--pin false": by default a one-shard node pins itself to CPU 0, and three of
+# them would share one core while the generator had the other; unpinned, the kernel spreads
+# the nodes and the generator over the machine's cores, for both sides alike).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +29,7 @@ REPEAT=${REPEAT:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 FSYNC_MODES=${FSYNC_MODES:-"always interval"}
 LEVELS=${LEVELS:-"eventual session strong"}
+SERVER_FLAGS=${SERVER_FLAGS:-"--pin false"}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 (cd "$root" && cargo build --release -q -p tessera-server -p tessera-loadgen -p tessera-client)
@@ -51,7 +55,7 @@ start_side() {
   base=$((base + 400))
   if [ "$side" = single ]; then
     "$bin/tessera-server" --data-dir "$work/data/single" --listen 127.0.0.1:$base --shards 1 \
-      --fsync "$fsync" >"$work/single.log" 2>&1 &
+      --fsync "$fsync" $SERVER_FLAGS >"$work/single.log" 2>&1 &
     pids+=($!)
     wait_ready 127.0.0.1:$base
     addrs=127.0.0.1:$base
@@ -60,7 +64,7 @@ start_side() {
   for i in 0 1 2; do peers+="${peers:+,}127.0.0.1:$((base + 100 * i))"; done
   for i in 0 1 2; do
     "$bin/tessera-server" --data-dir "$work/data/n$i" --listen 127.0.0.1:$((base + 100 * i)) \
-      --shards 1 --peers "$peers" --fsync "$fsync" >"$work/n$i.log" 2>&1 &
+      --shards 1 --peers "$peers" --fsync "$fsync" $SERVER_FLAGS >"$work/n$i.log" 2>&1 &
     pids+=($!)
   done
   for i in 0 1 2; do wait_ready 127.0.0.1:$((base + 100 * i)); done
@@ -93,26 +97,33 @@ done
 python3 - "$out" "$RATE" "$VALUE" "$DURATION" "$KEYS" "$REPEAT" >"$out/cluster.md" <<'EOF'
 import glob, json, os, statistics, sys
 out, rate, value, duration, keys, repeat = sys.argv[1:]
-def median_run(prefix):
-    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, prefix + ".*.json")))]
-    runs.sort(key=lambda r: r["latency_us"]["write"]["p99"])
-    return runs[len(runs) // 2] if runs else None
+LEVELS = ["eventual", "session", "strong"]
+def runs(pattern):
+    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, pattern)))]
+def median(rs, op, pct):
+    return statistics.median(r["latency_us"][op][pct] for r in rs) if rs else None
 print(f"Open loop, {rate} requests/s (half {value}-byte writes, half reads) over {keys} keys, "
-      f"{duration} per run, {repeat} runs per case (the median write p99's run quoted). "
-      "Latencies in microseconds.\n")
-print("| fsync | level | side | write p50 | write p99 | read p50 | read p99 | errors | write p99 cluster / single |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-cases = sorted({tuple(os.path.basename(p).split(".")[0].split("-")[1:]) for p in glob.glob(os.path.join(out, "*-*-*.*.json"))})
-for fsync, level in sorted(cases, key=lambda c: (c[0], ["eventual", "session", "strong"].index(c[1]))):
-    single = median_run(f"single-{fsync}-{level}")
-    cluster = median_run(f"cluster-{fsync}-{level}")
-    for name, r in (("single", single), ("cluster", cluster)):
-        if r is None:
-            continue
-        w, rd = r["latency_us"]["write"], r["latency_us"]["read"]
-        ratio = ""
-        if name == "cluster" and single and single["latency_us"]["write"]["p99"]:
-            ratio = f'{w["p99"] / single["latency_us"]["write"]["p99"]:.2f}x'
-        print(f'| {fsync} | {level} | {name} | {w["p50"]} | {w["p99"]} | {rd["p50"]} | {rd["p99"]} | {r["errors"]} | {ratio} |')
+      f"{duration} per run, {repeat} runs per case; each cell is the median over the case's runs. "
+      "A single node ignores the level, so its baseline for the ratios is the median over all "
+      "its runs under that fsync policy. Latencies in microseconds.\n")
+print("| fsync | level | side | write p50 | write p99 | read p50 | read p99 | errors | write p99 / single's | read p99 / single's |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+fsyncs = sorted({os.path.basename(p).split("-")[1] for p in glob.glob(os.path.join(out, "*-*-*.*.json"))})
+for fsync in fsyncs:
+    single_all = runs(f"single-{fsync}-*.json")
+    base_w, base_r = median(single_all, "write", "p99"), median(single_all, "read", "p99")
+    for level in LEVELS:
+        for side in ("single", "cluster"):
+            rs = runs(f"{side}-{fsync}-{level}.*.json")
+            if not rs:
+                continue
+            cells = [median(rs, op, pct) for op, pct in
+                     (("write", "p50"), ("write", "p99"), ("read", "p50"), ("read", "p99"))]
+            errors = sum(r["errors"] for r in rs)
+            ratios = ["", ""]
+            if side == "cluster" and base_w and base_r:
+                ratios = [f"{cells[1] / base_w:.2f}x", f"{cells[3] / base_r:.2f}x"]
+            row = [fsync, level, side] + [f"{c:.0f}" for c in cells] + [str(errors)] + ratios
+            print("| " + " | ".join(row) + " |")
 EOF
 cat "$out/cluster.md"

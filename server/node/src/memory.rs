@@ -5,8 +5,8 @@
 //! freed, so that later large blocks come from the arenas too: after a spike of 1 MiB values,
 //! hundreds of MiB stayed resident with nothing live in them. A watcher thread asks malloc to
 //! return its free pages (`malloc_trim`) once the connections' charge has fallen by 64 MiB from
-//! its peak since the last trim (and a few times more over the next two seconds, for what is
-//! freed a moment later). Trimming walks the arenas under
+//! its peak since the last trim (and every half second for five seconds after, for what is
+//! freed a little later). Trimming walks the arenas under
 //! their locks (a few milliseconds for a large heap), so it runs only after such a fall, never
 //! on a timer alone, and on its own thread, not a shard's.
 
@@ -18,8 +18,9 @@ use crate::shard::NodeShared;
 
 /// A fall smaller than this is not worth a trim.
 const TRIM_AFTER_FREED_BYTES: u64 = 64 << 20;
-/// Trims after each fall, one per watch interval.
-const TRIMS_PER_FALL: u32 = 4;
+/// Trims after each fall, one per watch interval (five seconds: on a busy machine, aborted
+/// requests and closing connections free their memory for seconds after the fall).
+const TRIMS_PER_FALL: u32 = 10;
 /// How often the watcher looks at the budgets.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 

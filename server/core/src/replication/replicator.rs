@@ -121,6 +121,11 @@ pub struct Replicator {
     outbox: BTreeMap<NodeId, usize>,
     /// Vnodes that refused appends while the queues were full.
     refused: BTreeSet<u16>,
+    /// Vnodes with client writes waiting (a tick visits only these: with thousands of vnodes,
+    /// visiting all of them every tick stalled the shard for milliseconds).
+    waiting: BTreeSet<u16>,
+    /// Per successor, the vnodes whose streams wait for room in its outbox.
+    paused: BTreeMap<NodeId, BTreeSet<u16>>,
 }
 
 impl Replicator {
@@ -147,6 +152,8 @@ impl Replicator {
             links_up: BTreeSet::new(),
             outbox: BTreeMap::new(),
             refused: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            paused: BTreeMap::new(),
         }
     }
 
@@ -197,6 +204,20 @@ impl Replicator {
         self.queued_bytes = self.queued_bytes.saturating_add_signed(delta);
         if state.refused {
             self.refused.insert(vnode);
+        }
+        if state.has_waiters() {
+            self.waiting.insert(vnode);
+        } else {
+            self.waiting.remove(&vnode);
+        }
+        let paused_on = state.paused_on();
+        for (node, vnodes) in self.paused.iter_mut() {
+            if Some(*node) != paused_on {
+                vnodes.remove(&vnode);
+            }
+        }
+        if let Some(node) = paused_on {
+            self.paused.entry(node).or_default().insert(vnode);
         }
     }
 
@@ -250,7 +271,7 @@ impl Replicator {
         self.outbox.insert(node, unwritten_bytes);
         let resumed = was_full && !self.outbox_full(node);
         if resumed {
-            let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
+            let vnodes = self.paused.remove(&node).unwrap_or_default();
             for vnode in vnodes {
                 self.with_vnode(vnode, store, now_ms, |_, _| 0);
             }
@@ -358,7 +379,7 @@ impl Replicator {
 
     /// Time passed: writes past their deadline fail.
     pub fn handle_tick(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
-        let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
+        let vnodes: Vec<u16> = self.waiting.iter().copied().collect();
         for vnode in vnodes {
             self.with_vnode(vnode, store, now_ms, |_, _| 0);
         }

@@ -190,6 +190,22 @@ impl VnodeState {
         }
     }
 
+    /// Client writes wait here for their ack point (the clock matters to them).
+    pub fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// The successor a stream waits on for room in its outbox: entries are due to it and
+    /// were not sent.
+    pub fn paused_on(&self) -> Option<NodeId> {
+        let down = self.down.as_ref()?;
+        let sent = down.sent.filter(|_| down.link_up && !down.transferring)?;
+        down.queue
+            .back()
+            .filter(|e| e.seq > sent)
+            .map(|_| down.node)
+    }
+
     pub fn successor_link_up(&self) -> bool {
         self.down.as_ref().is_some_and(|d| d.link_up)
     }
