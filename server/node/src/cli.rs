@@ -45,96 +45,106 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// A Tessera node: one executor per core, each owning a disjoint set of the node's 256 vnodes.
+/// A Tessera node: one executor per core, each owning a disjoint set of the node's vnodes.
+/// Every setting may also come from the environment (`TESSERA_` and the flag's name in
+/// capitals, dashes as underscores) or from a TOML file (`--config`); flags override the
+/// environment, which overrides the file.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "tessera-server", version)]
 pub struct Args {
+    /// A TOML file of settings, keyed by the flags' names without dashes (ops/tessera.toml
+    /// is an example with every setting).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (defaults, file, environment and flags) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Directory for the node's data (created if missing; locked while the node runs).
-    #[arg(long, default_value = "./tessera-data")]
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
     pub data_dir: PathBuf,
     /// Client address. Every shard serves it (SO_REUSEPORT); shard i also serves PORT + 1 + i.
     /// Port 0 picks a free range and prints it on the ready line.
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
     /// Number of shards (executors). Default: every online core, or what the data directory was
     /// created with. A data directory keeps its shard count: a different --shards is refused.
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_SHARDS")]
     pub shards: Option<u16>,
     /// The cluster's vnode count (key -> vnode is xxh3-64 of the key modulo it): fixed when the
     /// data directory is created, at most 65 536; a different one on an existing directory is
     /// refused. Default 4096 for a new directory.
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_VNODES")]
     pub vnodes: Option<u32>,
     /// The cluster's members, by their client addresses (each member's --listen), the same
     /// list on every node; this node finds itself in it by its own --listen. Without it the
     /// node is a cluster of one.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TESSERA_PEERS", value_delimiter = ',')]
     pub peers: Vec<SocketAddr>,
     /// Replicas of each vnode (capped by the member count).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "TESSERA_REPLICATION_FACTOR", default_value_t = 3)]
     pub replication_factor: usize,
     /// This node's failure domain: a vnode's replicas go to distinct zones while there are
     /// enough.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "TESSERA_ZONE", default_value = "")]
     pub zone: String,
     /// When writes become durable.
-    #[arg(long, value_enum, default_value_t = FsyncMode::Interval)]
+    #[arg(long, env = "TESSERA_FSYNC", value_enum, default_value_t = FsyncMode::Interval)]
     pub fsync: FsyncMode,
     /// With --fsync interval: the longest time between fdatasyncs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "TESSERA_FSYNC_INTERVAL_MS", default_value_t = 100)]
     pub fsync_interval_ms: u64,
     /// With --fsync interval: the most writes between fdatasyncs.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "TESSERA_FSYNC_WRITES", default_value_t = 1000)]
     pub fsync_writes: u64,
     /// Size of each segment file, in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "TESSERA_SEGMENT_MIB", default_value_t = 64)]
     pub segment_mib: u64,
     /// Memory for the value cache of hot values, in bytes, for the whole node (split evenly
     /// among shards): a number with an optional unit (512MiB, 2GiB, 1500MB). 0 disables it;
     /// reads then go to the disk.
-    #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "TESSERA_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
     /// Memory for index plus value cache, in bytes (units as for --cache-bytes), for the whole
     /// node (split evenly among shards). The cache shrinks as the index grows; past the limit
     /// new keys are refused with MEMORY_LIMIT while reads, overwrites and deletes go on.
     /// Default: no limit.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "TESSERA_MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
     /// Compaction keeps the log within this factor of the live data (at least 1.2).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "TESSERA_SPACE_FACTOR", default_value_t = 2.0)]
     pub space_factor: f64,
     /// Most MiB per second each shard's compaction reads from victims (its copies are at most
     /// as much again), so that it cannot take the disk from requests. 0: no limit. Compaction
     /// that falls behind lets the log grow past --space-factor until it catches up.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "TESSERA_COMPACTION_MIB_PER_S", default_value_t = 128)]
     pub compaction_mib_per_s: u64,
     /// Memory for everything client connections make the node hold (partial frames, running
     /// requests, unwritten answers), in bytes with an optional unit, for the whole node (split
     /// evenly among shards). Past it new requests get OVERLOADED and new connections are
     /// refused with a reason; one connection stops being read past 4 MiB until its answers
     /// drain.
-    #[arg(long, default_value_t = tessera_schema::limits::DEFAULT_CONNECTION_MEMORY_BYTES,
+    #[arg(long, env = "TESSERA_CONNECTION_MEMORY", default_value_t = tessera_schema::limits::DEFAULT_CONNECTION_MEMORY_BYTES,
           value_parser = parse_bytes)]
     pub connection_memory: u64,
     /// Most client connections the node serves at once (split evenly among shards); past it a
     /// new connection is told UNAVAILABLE and closed.
-    #[arg(long, default_value_t = tessera_schema::limits::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = tessera_schema::limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: u32,
     /// How long a client may take to send one frame, in milliseconds from its first byte, plus
     /// one second per MiB of its body; a connection that overruns it (a sender that stalls half
     /// way) is told BAD_REQUEST and closed. Idle connections are never timed out.
-    #[arg(long, default_value_t = tessera_schema::limits::FRAME_ARRIVAL_GRACE_MS)]
+    #[arg(long, env = "TESSERA_FRAME_TIMEOUT_MS", default_value_t = tessera_schema::limits::FRAME_ARRIVAL_GRACE_MS)]
     pub frame_timeout_ms: u64,
     /// Start even when a sealed segment is corrupt, cutting it at the damage (data after it in
     /// that segment is lost and reported).
-    #[arg(long)]
+    #[arg(long, env = "TESSERA_REPAIR")]
     pub repair: bool,
     /// Microseconds an idle executor spins before sleeping. Spinning cuts cross-shard latency
     /// but burns CPU that other work may need; 0 disables it.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TESSERA_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
     /// Pin shard i to CPU i (modulo the online CPUs).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "TESSERA_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
 }
 

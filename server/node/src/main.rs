@@ -14,12 +14,14 @@ mod budget;
 mod cli;
 mod cluster;
 mod cluster_exec;
+mod config;
 mod conn;
 mod datadir;
 mod disk;
 mod exec;
 mod memory;
 mod mesh;
+mod notify;
 mod pace;
 mod peer_wire;
 mod replica;
@@ -28,11 +30,10 @@ mod shard;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -55,7 +56,18 @@ use crate::shard::{
 const PREEMPT_INTERVAL: Duration = Duration::from_millis(5);
 
 fn main() {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match config::parse(argv.clone()) {
+        Ok(args) => args,
+        Err(error) => fail(&error),
+    };
+    if args.print_config {
+        match config::print(argv) {
+            Ok(text) => print!("{text}"),
+            Err(error) => fail(&error),
+        }
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -64,9 +76,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(error) = run(args) {
-        eprintln!("tessera-server: {error}");
-        std::process::exit(1);
+        fail(&error);
     }
+}
+
+/// Startup failed: one line saying why, and exit status 2 (as clap's usage errors).
+fn fail(error: &str) -> ! {
+    eprintln!("tessera-server: {error}");
+    std::process::exit(2);
 }
 
 fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
@@ -168,6 +185,7 @@ fn run(args: Args) -> Result<(), String> {
         max_connections_per_shard: u64::from(args.max_connections).div_ceil(shards),
         frame_grace_ms: args.frame_timeout_ms,
         cluster: cluster.clone(),
+        beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -221,9 +239,15 @@ fn run(args: Args) -> Result<(), String> {
         listen.port() + data.shards,
         data.root.display()
     );
+    notify::ready(&format!(
+        "serving on {listen} (shards {}){member}",
+        data.shards
+    ));
     watch_signals(node.clone())?;
     memory::spawn_trimmer(node.clone())
         .map_err(|e| format!("cannot start the memory trimmer: {e}"))?;
+    notify::spawn_watchdog(node.clone())
+        .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
@@ -265,6 +289,7 @@ fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 tracing::info!(signal, "stopping: draining in-flight requests");
+                notify::stopping();
                 node.stopping.store(true, Ordering::SeqCst);
             }
         })
@@ -283,6 +308,7 @@ async fn shard_main(
 ) -> Result<(), String> {
     let dir = shard_dir(root, index);
     probe_workaround(&dir).await?;
+    notify::status(&format!("shard {index}: recovering its log"));
     let started = Instant::now();
     let (segments, store) =
         Segments::recover(&dir, settings.store.clone(), settings.repair, now_ms()).await?;
@@ -294,6 +320,11 @@ async fn shard_main(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered"
     );
+    notify::status(&format!(
+        "shard {index}: recovered {} keys in {} ms",
+        stats.keys,
+        started.elapsed().as_millis()
+    ));
     let (senders, receivers) = mesh
         .join()
         .await
@@ -335,6 +366,8 @@ async fn shard_main(
     }
     let _ = ready.send(Ok(()));
     while !node.stopping.load(Ordering::SeqCst) {
+        // Proof for the watchdog that this executor runs (notify.rs).
+        node.beats[usize::from(index)].fetch_add(1, Ordering::Relaxed);
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
     shard.stopping.set(true);

@@ -61,6 +61,8 @@ pub struct NodeShared {
     pub frame_grace_ms: u64,
     /// The node's cluster; `None` for a node that is not in one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Per shard, bumped by its executor's control loop: the watchdog's proof that it runs.
+    pub beats: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeShared {

@@ -54,7 +54,7 @@ fn a_different_shard_count_is_refused_with_a_clear_message() {
         .args(["--listen", "127.0.0.1:0", "--shards", "1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("created with 2 shards"));
 }
 
@@ -213,7 +213,7 @@ fn a_torn_tail_is_cut_and_corruption_in_sealed_data_refuses_to_start_unless_repa
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("segment-0000000001.log") && stderr.contains("offset"),
         "{stderr}"
