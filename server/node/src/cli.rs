@@ -6,6 +6,14 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields), for log shippers.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FsyncMode {
     /// Acknowledge a write only after an fdatasync covers it (group commit shares fdatasyncs).
     Always,
@@ -143,6 +151,9 @@ pub struct Args {
     /// but burns CPU that other work may need; 0 disables it.
     #[arg(long, env = "TESSERA_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// How log lines are written to stderr (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Pin shard i to CPU i (modulo the online CPUs).
     #[arg(long, env = "TESSERA_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,

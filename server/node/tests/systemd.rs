@@ -284,3 +284,65 @@ fn the_example_config_starts_a_node() {
     );
     assert!(ping(node.addr));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_for_each_notable_event() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        server()
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The ready line on stdout, then SIGTERM; stderr ends when the node exits.
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("tessera-server ready"), "{ready}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            event["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(child.0.wait().unwrap().success());
+    for expected in [
+        "recovered",
+        "stopping: draining in-flight requests",
+        "stopped cleanly",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+}
