@@ -335,6 +335,10 @@ pub struct ShardStats {
     pub expired_keys: u64,
     /// Writes made durable by an fdatasync (divided by fsyncs: the mean group-commit size).
     pub synced_writes: u64,
+    /// The node's uptime in milliseconds and its tessera-server version (the same on every
+    /// shard of a node).
+    pub uptime_ms: u64,
+    pub version: String,
 }
 
 /// A member of a cluster, as TOPOLOGY describes it.

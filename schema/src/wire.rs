@@ -648,6 +648,7 @@ fn build_shard_stats<'b>(
     builder: &mut FlatBufferBuilder<'b>,
     s: &ShardStats,
 ) -> WIPOffset<fb::ShardStats<'b>> {
+    let version = Some(builder.create_string(&s.version));
     let args = fb::ShardStatsArgs {
         shard: s.shard,
         keys: s.keys,
@@ -670,6 +671,8 @@ fn build_shard_stats<'b>(
         bytes_reclaimed: s.bytes_reclaimed,
         expired_keys: s.expired_keys,
         synced_writes: s.synced_writes,
+        uptime_ms: s.uptime_ms,
+        version,
     };
     fb::ShardStats::create(builder, &args)
 }
@@ -810,6 +813,8 @@ fn decode_shard_stats(s: fb::ShardStats<'_>) -> ShardStats {
         bytes_reclaimed: s.bytes_reclaimed(),
         expired_keys: s.expired_keys(),
         synced_writes: s.synced_writes(),
+        uptime_ms: s.uptime_ms(),
+        version: s.version().unwrap_or_default().to_string(),
     }
 }
 
@@ -931,6 +936,8 @@ mod tests {
         roundtrip_response(Response::Stats(vec![ShardStats {
             shard: 1,
             keys: 5,
+            uptime_ms: 12_345,
+            version: "0.1.0".into(),
             ..Default::default()
         }]));
         roundtrip_response(Response::Verify(vec![

@@ -3122,6 +3122,8 @@ impl<'a> ShardStats<'a> {
   pub const VT_BYTES_RECLAIMED: ::flatbuffers::VOffsetT = 40;
   pub const VT_EXPIRED_KEYS: ::flatbuffers::VOffsetT = 42;
   pub const VT_SYNCED_WRITES: ::flatbuffers::VOffsetT = 44;
+  pub const VT_UPTIME_MS: ::flatbuffers::VOffsetT = 46;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 48;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3130,9 +3132,10 @@ impl<'a> ShardStats<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ShardStatsArgs
+    args: &'args ShardStatsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_uptime_ms(args.uptime_ms);
     builder.add_synced_writes(args.synced_writes);
     builder.add_expired_keys(args.expired_keys);
     builder.add_bytes_reclaimed(args.bytes_reclaimed);
@@ -3152,6 +3155,7 @@ impl<'a> ShardStats<'a> {
     builder.add_disk_bytes(args.disk_bytes);
     builder.add_live_bytes(args.live_bytes);
     builder.add_keys(args.keys);
+    if let Some(x) = args.version { builder.add_version(x); }
     builder.add_segments(args.segments);
     builder.add_shard(args.shard);
     builder.finish()
@@ -3305,6 +3309,21 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_SYNCED_WRITES, Some(0)).unwrap()}
   }
+  /// The node's: milliseconds since it started, and its tessera-server version.
+  #[inline]
+  pub fn uptime_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_UPTIME_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ShardStats::VT_VERSION, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -3334,11 +3353,13 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("bytes_reclaimed", Self::VT_BYTES_RECLAIMED, false)?
      .visit_field::<u64>("expired_keys", Self::VT_EXPIRED_KEYS, false)?
      .visit_field::<u64>("synced_writes", Self::VT_SYNCED_WRITES, false)?
+     .visit_field::<u64>("uptime_ms", Self::VT_UPTIME_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("version", Self::VT_VERSION, false)?
      .finish();
     Ok(())
   }
 }
-pub struct ShardStatsArgs {
+pub struct ShardStatsArgs<'a> {
     pub shard: u16,
     pub keys: u64,
     pub live_bytes: u64,
@@ -3360,8 +3381,10 @@ pub struct ShardStatsArgs {
     pub bytes_reclaimed: u64,
     pub expired_keys: u64,
     pub synced_writes: u64,
+    pub uptime_ms: u64,
+    pub version: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for ShardStatsArgs {
+impl<'a> Default for ShardStatsArgs<'a> {
   #[inline]
   fn default() -> Self {
     ShardStatsArgs {
@@ -3386,6 +3409,8 @@ impl<'a> Default for ShardStatsArgs {
       bytes_reclaimed: 0,
       expired_keys: 0,
       synced_writes: 0,
+      uptime_ms: 0,
+      version: None,
     }
   }
 }
@@ -3480,6 +3505,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_SYNCED_WRITES, synced_writes, 0);
   }
   #[inline]
+  pub fn add_uptime_ms(&mut self, uptime_ms: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_UPTIME_MS, uptime_ms, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardStats::VT_VERSION, version);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -3518,6 +3551,8 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("bytes_reclaimed", &self.bytes_reclaimed());
       ds.field("expired_keys", &self.expired_keys());
       ds.field("synced_writes", &self.synced_writes());
+      ds.field("uptime_ms", &self.uptime_ms());
+      ds.field("version", &self.version());
       ds.finish()
   }
 }

@@ -193,6 +193,7 @@ fn run(args: Args) -> Result<(), String> {
         frame_grace_ms: args.frame_timeout_ms,
         cluster: cluster.clone(),
         beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        started: Instant::now(),
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -63,6 +63,8 @@ pub struct NodeShared {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Per shard, bumped by its executor's control loop: the watchdog's proof that it runs.
     pub beats: Vec<std::sync::atomic::AtomicU64>,
+    /// When the node started (uptime in STATS).
+    pub started: std::time::Instant,
 }
 
 impl NodeShared {
@@ -532,6 +534,8 @@ impl Shard {
             bytes_reclaimed: store.bytes_reclaimed,
             expired_keys: store.expired_keys,
             synced_writes: store.synced_writes,
+            uptime_ms: self.node.started.elapsed().as_millis() as u64,
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }

@@ -593,3 +593,71 @@ fn signal(pid: u32, which: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// `tessera admin status [--json]` against the cluster: exit status, and the JSON report.
+fn admin_status(addrs: &str) -> (Option<i32>, serde_json::Value, String) {
+    let output = std::process::Command::new(cli_binary())
+        .args([
+            "--addr",
+            addrs,
+            "--timeout",
+            "2s",
+            "admin",
+            "status",
+            "--json",
+        ])
+        .output()
+        .expect("run tessera admin status");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let report =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    (output.status.code(), report, stderr)
+}
+
+#[test]
+fn admin_status_reports_every_node_and_chain_and_fails_when_a_node_is_down() {
+    let _serial = serial();
+    let mut cluster = TestCluster::start(3, &["--vnodes", VNODES]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client_via(&cluster, 0, Level::Strong).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.put(b"admin:1", b"v").await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster never linked up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (code, report, stderr) = admin_status(&cluster.addr_list());
+    assert_eq!(code, Some(0), "{stderr}");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        assert_eq!(node["state"], "up", "{node}");
+        assert_eq!(node["shards"], 1);
+        assert!(
+            node["version"].as_str().is_some_and(|v| !v.is_empty()),
+            "{node}"
+        );
+        assert!(node["uptime_ms"].as_u64().is_some(), "{node}");
+    }
+    let keys: u64 = nodes.iter().map(|n| n["keys"].as_u64().unwrap()).sum();
+    assert_eq!(keys, 3, "one key on each of three replicas");
+    let chains = report["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 64);
+    assert!(chains
+        .iter()
+        .all(|c| c["short"] == false && c["replicas"].as_array().unwrap().len() == 3));
+    cluster.kill9(2);
+    let (code, report, stderr) = admin_status(&cluster.addr_list());
+    assert_eq!(code, Some(2), "a node is down: {stderr}");
+    assert!(stderr.contains("1 nodes down"), "{stderr}");
+    assert_eq!(report["nodes"][2]["state"], "down");
+    let short = report["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["short"] == true)
+        .count();
+    assert_eq!(short, 64, "every chain has a replica on node 2");
+}

@@ -188,7 +188,7 @@ pub async fn verify(client: &Client, out: &mut impl Write, json: bool) -> Result
 }
 
 /// Each member's checks of the vnodes in `vnodes` it holds, or why it could not answer.
-async fn ask_members(
+pub(crate) async fn ask_members(
     client: &Client,
     routing: &Routing,
     vnodes: &[u16],

@@ -14,6 +14,7 @@ use tessera_client::{
     Status,
 };
 
+mod admin;
 mod cluster_cmds;
 
 #[derive(Parser)]
@@ -98,6 +99,21 @@ enum Command {
     /// Compare every vnode's replicas (applied sequence, live keys, digest of keys and
     /// versions); exits 0 only when all agree.
     Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Every node's state, uptime, version, shards, keys, disk and memory, and every vnode's
+    /// chain and lag; exits 2 when a node is down or a chain is short of a replica.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -229,6 +245,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             cluster_cmds::print_topology(&mut stdout, &client.topology(), json).map_err(io)?
         }
         Command::Verify { json } => cluster_cmds::verify(&client, &mut stdout, json).await?,
+        Command::Admin {
+            command: AdminCommand::Status { json },
+        } => admin::status(&client, &mut stdout, json).await?,
     }
     stdout.flush().map_err(io)
 }
