@@ -116,3 +116,25 @@ fn the_cli_does_every_operation_with_its_exit_codes() {
     assert_eq!(code, 2);
     assert!(stderr.contains("KEY_TOO_LARGE"), "{stderr}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--shards", "1"]);
+    // The pipe's reader is gone before the CLI writes (it first asks the node), as with
+    // `tessera topology | head -1` once head has its line.
+    let mut child = Command::new(common::cli_binary())
+        .args(["--addr", &node.addr(), "topology"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -119,6 +119,27 @@ enum AdminCommand {
     },
 }
 
+/// Standard output that ends the program quietly (status 0) when its reader goes away, as
+/// `tessera topology | head` does: that is not an error of the command, and must not be
+/// reported as one (Rust ignores SIGPIPE, so the write fails instead of killing us).
+struct QuietPipe<W>(W);
+
+impl<W: Write> Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).inspect_err(exit_on_broken_pipe)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().inspect_err(exit_on_broken_pipe)
+    }
+}
+
+fn exit_on_broken_pipe(error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -154,7 +175,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         prefer_first_address: true,
     };
     let client = Client::connect_with(&cli.addr, config).await?;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = QuietPipe(std::io::stdout().lock());
     let io = |e: std::io::Error| ClientError::Io(e.to_string());
     match cli.command {
         Command::Put {
