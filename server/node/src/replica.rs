@@ -207,7 +207,7 @@ pub fn pump(shard: &Rc<Shard>) {
     loop {
         let effect = replica.replicator.borrow_mut().poll_effect();
         match effect {
-            Some(Effect::Send(out)) => enqueue(shard, replica, out.to, out.msg),
+            Some(Effect::Send(out)) => enqueue(replica, out.to, out.msg),
             Some(Effect::ReadState { vnode, to, since }) => {
                 glommio::spawn_local(transfer_state(shard.clone(), vnode, to, since)).detach();
             }
@@ -236,14 +236,13 @@ pub fn pump(shard: &Rc<Shard>) {
     replica.pumping.set(false);
 }
 
-fn enqueue(shard: &Shard, replica: &Replica, to: NodeId, msg: PeerMsg) {
+fn enqueue(replica: &Replica, to: NodeId, msg: PeerMsg) {
     let remote_shard = replica.cluster.shard_of(to, msg.vnode);
     let mut links = replica.links.borrow_mut();
     let link = links.entry(to).or_default();
     if !link.up {
         return; // the core resends what matters once the link is up again
     }
-    let _ = shard;
     link.pending.entry(remote_shard).or_default().push(msg);
 }
 
@@ -385,7 +384,7 @@ fn link_down(replica: &Replica, node: NodeId) {
 pub fn start(shard: &Rc<Shard>, listener: TcpListener) {
     let replica = shard.replica.as_ref().expect("a cluster shard");
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
-    let needed = needed_connections(shard, replica);
+    let needed = needed_connections(replica);
     for (node, remote_shards) in needed {
         let mut links = replica.links.borrow_mut();
         let link = links.entry(node).or_default();
@@ -401,7 +400,7 @@ pub fn start(shard: &Rc<Shard>, listener: TcpListener) {
 }
 
 /// Per member, its shards that hold vnodes this shard holds.
-fn needed_connections(shard: &Shard, replica: &Replica) -> BTreeMap<NodeId, BTreeSet<u16>> {
+fn needed_connections(replica: &Replica) -> BTreeMap<NodeId, BTreeSet<u16>> {
     let cluster = &replica.cluster;
     let mut needed: BTreeMap<NodeId, BTreeSet<u16>> = BTreeMap::new();
     for vnode in replica.replicator.borrow().vnodes() {
@@ -414,7 +413,6 @@ fn needed_connections(shard: &Shard, replica: &Replica) -> BTreeMap<NodeId, BTre
             }
         }
     }
-    let _ = shard;
     needed
 }
 

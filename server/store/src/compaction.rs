@@ -204,18 +204,8 @@ impl Store {
         tombstone: Option<(&[u8], u64, u32)>,
     ) {
         if let Some((key, seq, epoch)) = tombstone {
-            let tombstone = RecordHeader {
-                tombstone: true,
-                key_len: key.len() as u16,
-                value_len: 0,
-                vnode,
-                version: entry.version,
-                expiry_ms: 0,
-                seq,
-                epoch,
-                format: crate::ondisk::RECORD_FORMAT_V2,
-                digest_key: false,
-            };
+            let tombstone =
+                RecordHeader::tombstone(vnode, key.len(), entry.version, (seq, epoch), false);
             self.append(&tombstone, key, digest, &[]);
         }
         self.apply_to_index(vnode, digest, true, entry);

@@ -73,6 +73,29 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
+    /// A format 2 tombstone of `version` for a key field of `key_len` bytes (the key, or with
+    /// `digest_key` its 16-byte digest).
+    pub fn tombstone(
+        vnode: u16,
+        key_len: usize,
+        version: u64,
+        (seq, epoch): (u64, u32),
+        digest_key: bool,
+    ) -> RecordHeader {
+        RecordHeader {
+            tombstone: true,
+            key_len: key_len as u16,
+            value_len: 0,
+            vnode,
+            version,
+            expiry_ms: 0,
+            seq,
+            epoch,
+            format: RECORD_FORMAT_V2,
+            digest_key,
+        }
+    }
+
     pub fn header_len(&self) -> usize {
         header_len(self.format)
     }

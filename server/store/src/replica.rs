@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use tessera_core::replication::{Entry, Position, VnodeStore};
 
 use crate::index::{Digest, Entry as IndexEntry};
-use crate::ondisk::{self, Parsed, RecordHeader, RECORD_FORMAT_V2};
+use crate::ondisk::{self, Parsed, RecordHeader};
 use crate::store::{CorruptRecord, DiskRead, ReplicatedWrite, Store, WriteError};
 
 /// One key of a state snapshot: its write, or where to read it.
@@ -148,18 +148,7 @@ impl Store {
         epoch: u32,
     ) {
         let key = digest.to_le_bytes();
-        let header = RecordHeader {
-            tombstone: true,
-            key_len: key.len() as u16,
-            value_len: 0,
-            vnode,
-            version: entry.version,
-            expiry_ms: 0,
-            seq,
-            epoch,
-            format: RECORD_FORMAT_V2,
-            digest_key: true,
-        };
+        let header = RecordHeader::tombstone(vnode, key.len(), entry.version, (seq, epoch), true);
         self.append(&header, &key, digest, &[]);
         self.apply_to_index(vnode, digest, true, entry);
         self.cache.remove(digest);
