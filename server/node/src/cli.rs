@@ -151,6 +151,10 @@ pub struct Args {
     /// but burns CPU that other work may need; 0 disables it.
     #[arg(long, env = "TESSERA_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (text format 0.0.4), from a thread
+    /// of its own: a scrape never runs on a shard. Off by default. A port in use stops startup.
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How log lines are written to stderr (the level comes from RUST_LOG, default info).
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

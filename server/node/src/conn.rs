@@ -41,6 +41,7 @@ use tessera_schema::verify::oversized_frame_refusal;
 use tessera_schema::wire::{decode_request_with_options, encode_response_frame, DecodeError};
 
 use crate::budget::{Charge, ConnBudget};
+use crate::metrics::RequestKind;
 use crate::route::handle_request;
 use crate::shard::Shard;
 
@@ -84,6 +85,7 @@ impl Conn {
     }
 
     fn send_frames(&self, frames: Vec<u8>, answers: u64) {
+        self.shard.metrics.sent(frames.len());
         let charge = Charge::new(&self.budget, frames.capacity() as u64);
         self.outstanding.set(self.outstanding.get() + answers);
         let outgoing = Outgoing {
@@ -97,6 +99,7 @@ impl Conn {
     }
 
     fn refuse(&self, header: &FrameHeader, status: Status, message: String) {
+        self.shard.metrics.refusal(header.opcode, status);
         self.send(
             header.opcode,
             header.request_id,
@@ -223,10 +226,12 @@ async fn read_loop<R: futures::AsyncRead + Unpin>(conn: &Rc<Conn>, mut reader: R
             ReadOutcome::Late => {
                 let id = frames.partial_header().map_or(0, |h| h.request_id);
                 let message = "frame not completed in time; closing the connection";
+                conn.shard.metrics.refusal(0, Status::BadRequest);
                 conn.send(0, id, &Response::error(Status::BadRequest, message));
                 return;
             }
         };
+        conn.shard.metrics.received(n);
         frames.feed(&buffer[..n]);
         let flow = handle_frames(conn, &mut frames, &mut partial, &mut inline).await;
         inline.flush(conn);
@@ -342,6 +347,7 @@ async fn handle_frames(
                     tessera_schema::frame::FrameError::Checksum { request_id } => request_id,
                     _ => 0,
                 };
+                conn.shard.metrics.refusal(0, Status::BadRequest);
                 conn.send(
                     0,
                     id,
@@ -430,6 +436,7 @@ async fn dispatch(
     inline: &mut Inline,
 ) {
     let charge = Arc::new(Charge::new(&conn.budget, request_bytes(&request)));
+    let kind = RequestKind::of(&request, options.level);
     let options = crate::cluster_exec::OpOptions {
         level: options.level,
         tokens: options.tokens,
@@ -447,9 +454,13 @@ async fn dispatch(
     let shard = conn.shard.clone();
     let request_charge = charge.clone();
     let mut task = Box::pin(async move {
+        let started = Instant::now();
         shard.inflight.set(shard.inflight.get() + 1);
         let response = handle_request(&shard, request, options, &request_charge).await;
         shard.inflight.set(shard.inflight.get() - 1);
+        shard
+            .metrics
+            .request(kind, response.status(), started.elapsed());
         response
     });
     if let std::task::Poll::Ready(response) = futures::poll!(&mut task) {

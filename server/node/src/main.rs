@@ -4,7 +4,8 @@
 //! glommio executor per shard (pinned to a core). Each shard recovers its own log, joins the
 //! channel mesh, binds the shared client port (SO_REUSEPORT) and its own port, and reports ready;
 //! once all have, one line goes to stdout:
-//! `tessera-server ready: listening on ADDR (shards N, shard ports P..Q), data in DIR`.
+//! `tessera-server ready: listening on ADDR (shards N, shard ports P..Q), data in DIR` (then, in a
+//! cluster, the node and cluster ids; with `--metrics-listen`, where metrics are served).
 //!
 //! Shutdown (SIGTERM or SIGINT): every shard stops taking new requests (they get UNAVAILABLE),
 //! waits for its in-flight ones, waits for its peers to do the same, syncs its log, and exits;
@@ -21,6 +22,8 @@ mod disk;
 mod exec;
 mod memory;
 mod mesh;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod pace;
 mod peer_wire;
@@ -54,6 +57,8 @@ use crate::shard::{
 /// 100 ms let one connection with a full socket buffer (its reads never wait) hold the shard
 /// for that long; the readers check for it every few frames (`conn.rs`).
 const PREEMPT_INTERVAL: Duration = Duration::from_millis(5);
+/// How often a shard's control loop beats for the watchdog and looks at its metrics.
+const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -159,6 +164,14 @@ fn validate(args: &Args) -> Result<(), String> {
 
 fn run(args: Args) -> Result<(), String> {
     validate(&args)?;
+    let metrics = Arc::new(metrics::NodeMetrics::new());
+    let metrics_addr = match args.metrics_listen {
+        Some(addr) => Some(metrics_http::spawn(
+            metrics_http::bind(addr)?,
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     // Ports before the data directory: a second node on a served port stops here, having
     // written nothing.
     let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
@@ -194,6 +207,8 @@ fn run(args: Args) -> Result<(), String> {
         cluster: cluster.clone(),
         beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         started: Instant::now(),
+        metrics: metrics.clone(),
+        publish_metrics: args.metrics_listen.is_some(),
     });
     let mesh = MeshBuilder::<MeshMsg, _>::full(usize::from(data.shards), MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -240,13 +255,17 @@ fn run(args: Args) -> Result<(), String> {
             c.members.len()
         )
     });
+    let metrics_at = metrics_addr.map_or(String::new(), |a| {
+        format!(", metrics on http://{a}/metrics")
+    });
     println!(
-        "tessera-server ready: listening on {listen} (shards {}, shard ports {}..{}), data in {}{member}",
+        "tessera-server ready: listening on {listen} (shards {}, shard ports {}..{}), data in {}{member}{metrics_at}",
         data.shards,
         listen.port() + 1,
         listen.port() + data.shards,
         data.root.display()
     );
+    metrics.set_state(metrics::NodeState::Serving);
     notify::ready(&format!(
         "serving on {listen} (shards {}){member}",
         data.shards
@@ -298,6 +317,7 @@ fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
             if let Some(signal) = signals.forever().next() {
                 tracing::info!(signal, "stopping: draining in-flight requests");
                 notify::stopping();
+                node.metrics.set_state(metrics::NodeState::Stopping);
                 node.stopping.store(true, Ordering::SeqCst);
             }
         })
@@ -373,10 +393,15 @@ async fn shard_main(
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
     }
     let _ = ready.send(Ok(()));
+    let mut last_published = Instant::now();
     while !node.stopping.load(Ordering::SeqCst) {
         // Proof for the watchdog that this executor runs (notify.rs).
         node.beats[usize::from(index)].fetch_add(1, Ordering::Relaxed);
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        if node.publish_metrics && last_published.elapsed() >= metrics::PUBLISH_INTERVAL {
+            last_published = Instant::now();
+            metrics::publish(&shard);
+        }
+        glommio::timer::sleep(CONTROL_INTERVAL).await;
     }
     shard.stopping.set(true);
     drop(accepting);

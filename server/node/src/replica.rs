@@ -152,6 +152,15 @@ impl Replica {
         }
     }
 
+    /// Each member this shard links with, and whether its link is up.
+    pub fn link_states(&self) -> Vec<(NodeId, bool)> {
+        self.links
+            .borrow()
+            .iter()
+            .map(|(n, l)| (*n, l.up))
+            .collect()
+    }
+
     /// The chain epoch of `vnode`.
     pub fn epoch(&self, vnode: u16) -> u64 {
         self.cluster.table.chain(u32::from(vnode)).epoch
@@ -600,6 +609,7 @@ async fn write_frames<W: futures::AsyncWrite + Unpin>(
         }
         unwritten.set(unwritten.get().saturating_sub(len));
         progress_ms.set(now_ms());
+        shard.metrics.peer_sent(node, len);
         report_outbox(shard, node);
     }
 }

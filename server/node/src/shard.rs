@@ -65,6 +65,10 @@ pub struct NodeShared {
     pub beats: Vec<std::sync::atomic::AtomicU64>,
     /// When the node started (uptime in STATS).
     pub started: std::time::Instant,
+    /// The node's metric families (`metrics.rs`), served by `--metrics-listen`.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// `--metrics-listen` is set: shards publish what they record (`metrics::publish`).
+    pub publish_metrics: bool,
 }
 
 impl NodeShared {
@@ -132,6 +136,8 @@ pub struct Shard {
     pub replica: Option<crate::replica::Replica>,
     /// Client connections open on this shard.
     pub connections: Cell<u64>,
+    /// What this shard records for `--metrics-listen` (`metrics.rs`).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// How a durability failure message starts when the disk is full (exec.rs maps it to DISK_FULL).
@@ -174,12 +180,24 @@ impl Shard {
             budget: node.budgets[usize::from(index)].clone(),
             replica,
             connections: Cell::new(0),
+            metrics: crate::metrics::ShardMetrics::new(node.metrics.clone(), index),
             node,
         })
     }
 
     pub fn owner_of(&self, vnode: u16) -> u16 {
         self.node.vnode_shard[usize::from(vnode)]
+    }
+
+    /// Tells the store a flush was performed; counts the writes its sync made durable.
+    fn flush_done(&self, plan: &tessera_store::FlushPlan) {
+        let mut store = self.store.borrow_mut();
+        let synced_before = store.synced_writes();
+        store.handle_flush_done(plan, now_ms());
+        let synced = store.synced_writes() - synced_before;
+        if plan.sync && synced > 0 {
+            self.metrics.group_commit(synced);
+        }
     }
 
     /// Wakes the flusher: a write wants a sync, or the tail grew.
@@ -310,7 +328,7 @@ impl Shard {
             if let Some(plan) = plan {
                 match self.segments.perform(&self.store, &plan).await {
                     Ok(()) => {
-                        self.store.borrow_mut().handle_flush_done(&plan, now_ms());
+                        self.flush_done(&plan);
                         self.delete_compacted_segments().await;
                         self.write_hints().await;
                     }

@@ -346,3 +346,57 @@ fn json_logs_are_one_object_per_line_for_each_notable_event() {
         );
     }
 }
+
+/// The server as an unprivileged user (`nobody`, by util-linux's setpriv) when the tests run
+/// as root, who is never refused; from a copy of the binary in a folder anyone may read.
+fn unprivileged_server(bin_dir: &Path) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let binary = bin_dir.join("tessera-server");
+    std::fs::copy(server_binary(), &binary).unwrap();
+    std::fs::set_permissions(bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
+    if String::from_utf8_lossy(&uid).trim() != "0" {
+        return Command::new(binary);
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary);
+    command
+}
+
+#[test]
+fn a_data_directory_without_permission_stops_startup_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin_dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // One the user may not enter, and one it may read but not write.
+    let closed = root.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let read_only = root.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    for data_dir in [closed.join("data"), read_only.clone()] {
+        let output = unprivileged_server(bin_dir.path())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{}: {stderr}",
+            data_dir.display()
+        );
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+        assert!(
+            stderr.contains(&*data_dir.to_string_lossy()),
+            "names it: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}

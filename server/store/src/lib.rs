@@ -36,6 +36,6 @@ pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
 pub use replica::{finish_state_read, StateItem, StateSnapshot, VnodeCheck};
 pub use store::{
     finish_key_read, finish_read, DiskRead, Lookup, ReplicatedWrite, ScanItem, ScanKey, Store,
-    StoreStats, Write, WriteAck, WriteError,
+    StoreStats, Write, WriteAck, WriteError, VERSIONS_PER_MS,
 };
 pub use visibility::{Barrier, Visibility, VnodeLog};

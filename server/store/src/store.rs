@@ -16,7 +16,7 @@
 //! for (`unsettled_barrier` and `unsettled_in_vnodes` give the same for a refusal and for a
 //! SCAN), so that no answer reveals a write that can still be taken back.
 //!
-//! Versions: every write gets `max(last_version + 1, now_ms * 1024)`. A key's version therefore
+//! Versions: every write gets `max(last_version + 1, now_ms * VERSIONS_PER_MS)`. A key's version therefore
 //! only grows, across deletes and restarts too, even when an unsynced tail was lost in a crash
 //! (as long as the clock does not step back by more than the lost writes' lifetime).
 
@@ -198,6 +198,10 @@ pub struct StoreStats {
     /// Writes made durable by an fdatasync; divided by `fsyncs`, the mean group-commit size.
     pub synced_writes: u64,
 }
+
+/// Versions per millisecond of the writer's clock: a version divided by it is about when the
+/// write was made (later, when a vnode takes more than this many writes in a millisecond).
+pub const VERSIONS_PER_MS: u64 = 1024;
 
 /// How long a full disk waits before the next flush attempt.
 pub const DISK_FULL_RETRY_MS: u64 = 1000;
@@ -437,6 +441,11 @@ impl Store {
         self.failed.as_deref()
     }
 
+    /// Writes made durable by a sync so far (`StoreStats::synced_writes`, without the rest).
+    pub fn synced_writes(&self) -> u64 {
+        self.stats.synced_writes
+    }
+
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.stats.clone();
         stats.disk_bytes = self.sealed_disk_bytes + self.tail.active_ref().end();
@@ -529,7 +538,7 @@ impl Store {
         let version = self
             .last_version
             .saturating_add(1)
-            .max(now_ms.saturating_mul(1024));
+            .max(now_ms.saturating_mul(VERSIONS_PER_MS));
         let expiry_ms = match write.ttl_ms {
             0 => 0,
             ttl_ms => now_ms.saturating_add(ttl_ms),

@@ -41,10 +41,12 @@
 //! the successor gets a state transfer when it returns, so `eventual` writes go on.
 
 mod msg;
+mod progress;
 mod replicator;
 mod vnode;
 
 pub use msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
+pub use progress::{CatchUps, Progress, SuccessorLag};
 pub use replicator::{
     Config, Effect, Refusal, Replicator, StateRead, Ticket, VnodeStore, WriteFailure,
 };

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::msg::{Entry, Level, Outgoing, PeerMsg, Position};
+use super::progress::{Progress, SuccessorLag};
 use super::vnode::{Ctx, VnodeState};
 use crate::placement::{Chain, NodeId};
 
@@ -126,6 +127,7 @@ pub struct Replicator {
     waiting: BTreeSet<u16>,
     /// Per successor, the vnodes whose streams wait for room in its outbox.
     paused: BTreeMap<NodeId, BTreeSet<u16>>,
+    progress: Progress,
 }
 
 impl Replicator {
@@ -154,6 +156,7 @@ impl Replicator {
             refused: BTreeSet::new(),
             waiting: BTreeSet::new(),
             paused: BTreeMap::new(),
+            progress: Progress::default(),
         }
     }
 
@@ -164,6 +167,7 @@ impl Replicator {
     fn ctx<'a>(
         effects: &'a mut VecDeque<Effect>,
         outbox: &'a mut BTreeMap<NodeId, usize>,
+        progress: &'a mut Progress,
         config: &Config,
         queued_bytes: usize,
         store: &'a mut dyn VnodeStore,
@@ -177,6 +181,7 @@ impl Replicator {
             outbox,
             outbox_limit: config.outbox_limit_bytes,
             congested: queued_bytes >= config.queue_limit_bytes,
+            progress,
         }
     }
 
@@ -194,6 +199,7 @@ impl Replicator {
         let mut cx = Self::ctx(
             &mut self.effects,
             &mut self.outbox,
+            &mut self.progress,
             &self.config,
             self.queued_bytes,
             store,
@@ -392,6 +398,7 @@ impl Replicator {
             let mut cx = Self::ctx(
                 &mut self.effects,
                 &mut self.outbox,
+                &mut self.progress,
                 &self.config,
                 self.queued_bytes,
                 store,
@@ -448,6 +455,23 @@ impl Replicator {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Catch-ups and chain changes so far.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// How far each successor is behind, over every vnode held here (a walk of them all: for
+    /// metrics, a few times a second at most).
+    pub fn successor_lag(&self) -> BTreeMap<NodeId, SuccessorLag> {
+        let mut lags: BTreeMap<NodeId, SuccessorLag> = BTreeMap::new();
+        for (node, lag) in self.vnodes.values().filter_map(|s| s.successor_lag()) {
+            lags.entry(node)
+                .or_default()
+                .add(lag.writes, lag.oldest_missing_version);
+        }
+        lags
     }
 
     /// The vnodes held here.

@@ -608,3 +608,58 @@ fn a_replica_that_lost_committed_writes_holds_reads_until_it_has_them_again() {
     durable.crash_and_restart(3);
     assert_eq!(durable.members[&3].store.released, Some(1));
 }
+
+#[test]
+fn lag_and_catch_ups_are_reported_per_successor() {
+    let mut cluster = Cluster::new(false);
+    cluster.write("a", Some("1"), Level::Strong).unwrap();
+    cluster.run();
+    let lag_of = |cluster: &Cluster, node: NodeId| {
+        cluster.members[&node]
+            .replicator
+            .successor_lag()
+            .get(&(node + 1))
+            .copied()
+            .unwrap()
+    };
+    assert_eq!(lag_of(&cluster, 1).writes, 0, "a caught-up successor");
+    assert_eq!(lag_of(&cluster, 1).oldest_missing_version, None);
+    assert!(cluster.members[&3].replicator.successor_lag().is_empty());
+    // The tail is cut off: the middle counts what it lacks, from the oldest queued write.
+    cluster.disconnect(2, 3);
+    cluster.write("b", Some("2"), Level::Eventual).unwrap();
+    cluster.write("c", Some("3"), Level::Eventual).unwrap();
+    cluster.run();
+    let lag = lag_of(&cluster, 2);
+    assert_eq!(lag.writes, 2);
+    let version_of_b = cluster.members[&2].store.data[b"b".as_slice()].1;
+    assert_eq!(lag.oldest_missing_version, Some(version_of_b));
+    assert_eq!(lag_of(&cluster, 1).writes, 0, "the middle has them");
+    // Back: resent from the queue, counted once; then nothing is missing.
+    cluster.connect(2, 3);
+    cluster.run();
+    let progress = cluster.members[&2].replicator.progress();
+    let catch_ups = progress.catch_ups[&3];
+    assert_eq!((catch_ups.from_queue, catch_ups.transfers), (1, 0));
+    assert_eq!(lag_of(&cluster, 2).writes, 0);
+    // Away again, past the queue: a state transfer.
+    cluster.disconnect(2, 3);
+    cluster.write("d", Some("4"), Level::Eventual).unwrap();
+    cluster.run();
+    let middle = cluster.members.get_mut(&2).unwrap();
+    middle.replicator.trim_all_queues_for_test();
+    assert_eq!(lag_of(&cluster, 2).writes, 1);
+    assert_eq!(
+        lag_of(&cluster, 2).oldest_missing_version,
+        None,
+        "no longer queued"
+    );
+    cluster.connect(2, 3);
+    cluster.run();
+    // (It may take two: one from where the tail was last heard of, one from where it says.)
+    let catch_ups = cluster.members[&2].replicator.progress().catch_ups[&3];
+    assert_eq!(catch_ups.from_queue, 1);
+    assert!(catch_ups.transfers >= 1, "{catch_ups:?}");
+    assert_eq!(cluster.members[&2].replicator.progress().chain_changes, 0);
+    cluster.assert_converged();
+}

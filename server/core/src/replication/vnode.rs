@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
+use super::progress::{Progress, SuccessorLag};
 use super::replicator::{Effect, Ticket, VnodeStore, WriteFailure};
 use crate::placement::{Chain, NodeId};
 
@@ -118,12 +119,21 @@ pub(crate) struct Ctx<'a> {
     /// The shard's retention queues are full: replicas with a successor to feed take no more
     /// appends (the backpressure reaches the head, whose writes get OVERLOADED).
     pub congested: bool,
+    pub progress: &'a mut Progress,
 }
 
 impl Ctx<'_> {
     /// Whether the link to `node` takes more of a stream now.
     fn has_room(&self, node: NodeId) -> bool {
         self.outbox.get(&node).copied().unwrap_or(0) < self.outbox_limit
+    }
+
+    fn count_catch_up(&mut self, to: NodeId, transfer: bool) {
+        let counts = self.progress.catch_ups.entry(to).or_default();
+        match transfer {
+            true => counts.transfers += 1,
+            false => counts.from_queue += 1,
+        }
     }
 
     fn send(&mut self, to: NodeId, vnode: u16, epoch: u64, body: Body) {
@@ -208,6 +218,24 @@ impl VnodeState {
 
     pub fn successor_link_up(&self) -> bool {
         self.down.as_ref().is_some_and(|d| d.link_up)
+    }
+
+    /// The successor, and how far it is behind this replica in this vnode: writes, and the
+    /// version of the oldest one it lacks if the queue still holds it.
+    pub fn successor_lag(&self) -> Option<(NodeId, SuccessorLag)> {
+        let down = self.down.as_ref()?;
+        let acked = down.own.applied;
+        let writes = self.own.applied.saturating_sub(acked);
+        let oldest = match (writes, down.queue.front()) {
+            (0, _) | (_, None) => None,
+            (_, Some(front)) => {
+                let index = (acked + 1).saturating_sub(front.seq);
+                down.queue.get(index as usize).map(|e| e.version)
+            }
+        };
+        let mut lag = SuccessorLag::default();
+        lag.add(writes, oldest);
+        Some((down.node, lag))
     }
 
     // ------------------------------------------------------------------ links
@@ -448,11 +476,16 @@ impl VnodeState {
             || down.base.is_some_and(|base| base.seq <= position.seq)
                 && down.queue.front().is_none_or(|e| e.seq <= position.seq + 1);
         if covered {
+            // A successor that says it is behind (it reconnected): resent from the queue.
+            if position.seq < own.seq {
+                cx.count_catch_up(down.node, false);
+            }
             down.sent = Some(position.seq);
             down.transferring = false;
         } else if !down.transferring {
             down.transferring = true;
             down.sent = None;
+            cx.count_catch_up(down.node, true);
             cx.effects.push_back(Effect::ReadState {
                 vnode: self.vnode,
                 to: down.node,

@@ -38,6 +38,8 @@ pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// What the node printed when it was ready.
+    pub ready_line: String,
 }
 
 impl Node {
@@ -85,11 +87,22 @@ impl Node {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            ready_line: line,
         }
     }
 
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Where the node serves metrics (`--metrics-listen`), as its ready line says.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let url = self
+            .ready_line
+            .split("metrics on http://")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no metrics address in: {}", self.ready_line));
+        url.split('/').next().unwrap().parse().expect("an address")
     }
 
     /// SIGKILL, and wait for the process to be gone.
