@@ -413,22 +413,32 @@ impl Shard {
                 .sweep_expired(now_ms(), SWEEP_ENTRIES_PER_TICK);
             let victim = self.store.borrow_mut().poll_compaction();
             if let Some(victim) = victim {
-                if let Err(error) = self.compact(victim).await {
-                    tracing::error!(
+                let started = Instant::now();
+                match self.compact(victim).await {
+                    Ok(victim_bytes) => tracing::info!(
+                        shard = self.index,
+                        segment = victim,
+                        victim_bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "compacted a segment"
+                    ),
+                    Err(error) => tracing::error!(
                         shard = self.index,
                         segment = victim,
                         "compaction stopped: {error}"
-                    );
+                    ),
                 }
             }
         }
     }
 
-    async fn compact(&self, victim: u32) -> Result<(), String> {
+    /// Relocates a victim segment's live records; returns the victim's size.
+    async fn compact(&self, victim: u32) -> Result<usize, String> {
         let mut bytes = self.victim_buffer.take();
         let result = self.relocate_victim(victim, &mut bytes).await;
+        let victim_bytes = bytes.len();
         self.victim_buffer.replace(bytes);
-        result
+        result.map(|()| victim_bytes)
     }
 
     async fn relocate_victim(&self, victim: u32, bytes: &mut Vec<u8>) -> Result<(), String> {

@@ -387,6 +387,7 @@ fn a_cluster_scrape_shows_links_lag_and_catch_ups_per_peer() {
         assert_eq!(scrape.sum("tessera_replication_lag_seconds", &dead), 0.0);
         scrape.assert_promtool_accepts();
     }
+    assert_dashboard_fits(&Scrape::of(metrics[0]));
     let catch_ups: f64 = metrics[..2]
         .iter()
         .map(|&addr| Scrape::of(addr).sum("tessera_replication_catch_ups_total", &dead))
@@ -464,4 +465,70 @@ fn a_metrics_port_in_use_stops_startup_with_one_line() {
     assert!(stderr.contains("in use"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(!dir.path().join("data").exists(), "nothing written");
+}
+
+/// Every query of the example Grafana dashboard (ops/grafana) as PromQL, with Grafana's
+/// variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../ops/grafana/tessera-dashboard.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<String> = panels
+        .iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten()
+        .map(|t| t["expr"].as_str().expect("an expr").to_string())
+        .map(|e| {
+            e.replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+        })
+        .collect();
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    queries
+}
+
+/// The dashboard's queries parse (`promtool check rules`, each as a recording rule) and name
+/// only families that a cluster node exports.
+fn assert_dashboard_fits(scrape: &Scrape) {
+    let queries = dashboard_queries();
+    for query in &queries {
+        let names = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("tessera_"));
+        for name in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| scrape.has_family(base))
+                .unwrap_or(name);
+            assert!(
+                scrape.has_family(family),
+                "the dashboard asks for {name}: {query}"
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("dashboard-rules.yml");
+    let mut text = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, query) in queries.iter().enumerate() {
+        let quoted = serde_json::to_string(query).unwrap();
+        text.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {quoted}\n"
+        ));
+    }
+    std::fs::write(&rules, text).unwrap();
+    let Ok(output) = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+    else {
+        common::skip_without("promtool", "promtool is not installed");
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "promtool check rules: {said}");
 }
