@@ -266,6 +266,14 @@ fn run(args: Args) -> Result<(), String> {
         data.root.display()
     );
     metrics.set_state(metrics::NodeState::Serving);
+    // No line before this one says "starting": a startup that fails prints only its reason.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %listen,
+        shards = data.shards,
+        data_dir = %data.root.display(),
+        "ready"
+    );
     notify::ready(&format!(
         "serving on {listen} (shards {}){member}",
         data.shards
@@ -468,6 +476,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         if let Some(refusal) = refuse_connection(&shard) {
+            shard.metrics.connection_refused(refusal.0);
             glommio::spawn_local(say_goodbye(stream, refusal)).detach();
             continue;
         }

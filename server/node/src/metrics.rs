@@ -79,6 +79,7 @@ pub struct NodeMetrics {
     received_bytes: IntCounterVec,
     sent_bytes: IntCounterVec,
     connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
     keys: IntGaugeVec,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
@@ -164,6 +165,12 @@ impl NodeMetrics {
                 shard,
             ),
             connections: gauge("tessera_client_connections", "Open client connections.", shard),
+            connections_refused: counter(
+                "tessera_client_connections_refused_total",
+                "Client connections refused on arrival, by the status they were told \
+                 (UNAVAILABLE: --max-connections; OVERLOADED: --connection-memory).",
+                &["shard", "status"],
+            ),
             keys: gauge("tessera_keys", "Live keys held.", shard),
             cache_hits: counter(
                 "tessera_cache_hits_total",
@@ -427,6 +434,15 @@ impl ShardMetrics {
             self.node.request_seconds.with_label_values(&labels).local()
         });
         histogram.observe(elapsed.as_secs_f64());
+    }
+
+    /// A client connection refused on arrival (rare: no local counter needed).
+    pub fn connection_refused(&self, status: Status) {
+        let labels = [self.shard.as_str(), status.name()];
+        self.node
+            .connections_refused
+            .with_label_values(&labels)
+            .inc();
     }
 
     /// A frame refused before its body was decoded (`opcode` as the frame says).

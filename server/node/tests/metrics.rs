@@ -532,3 +532,35 @@ fn assert_dashboard_fits(scrape: &Scrape) {
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "promtool check rules: {said}");
 }
+
+#[test]
+fn connections_refused_at_the_limit_are_counted_with_their_status() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--shards",
+        "1",
+        "--max-connections",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let node = Node::start(dir.path(), &flags);
+    let mut first = Raw::connect(node.addr);
+    let pong = first.call(1, &tessera_schema::msg::Request::Ping);
+    assert_eq!(pong.status(), tessera_schema::msg::Status::Ok);
+    let mut second = Raw::connect(node.addr);
+    let (_, refusal) = second.recv().expect("a reason before the close");
+    assert_eq!(refusal.status(), tessera_schema::msg::Status::Unavailable);
+    let refused = [("status", "UNAVAILABLE")];
+    // (The refusal is counted at once; the connection gauge within a publish interval.)
+    let scrape = scrape_until(
+        node.metrics_addr(),
+        "the refusal and the first counted",
+        |s| {
+            s.sum("tessera_client_connections_refused_total", &refused) == 1.0
+                && s.sum("tessera_client_connections", &[]) == 1.0
+        },
+    );
+    scrape.assert_promtool_accepts();
+}

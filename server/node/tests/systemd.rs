@@ -337,6 +337,7 @@ fn json_logs_are_one_object_per_line_for_each_notable_event() {
     assert!(child.0.wait().unwrap().success());
     for expected in [
         "recovered",
+        "ready",
         "stopping: draining in-flight requests",
         "stopped cleanly",
     ] {
