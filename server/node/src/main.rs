@@ -23,7 +23,6 @@ mod exec;
 mod memory;
 mod mesh;
 mod metrics;
-mod metrics_http;
 mod notify;
 mod pace;
 mod peer_wire;
@@ -166,8 +165,8 @@ fn run(args: Args) -> Result<(), String> {
     validate(&args)?;
     let metrics = Arc::new(metrics::NodeMetrics::new());
     let metrics_addr = match args.metrics_listen {
-        Some(addr) => Some(metrics_http::spawn(
-            metrics_http::bind(addr)?,
+        Some(addr) => Some(metrics::http::spawn(
+            metrics::http::bind(addr)?,
             metrics.clone(),
         )?),
         None => None,

@@ -65,7 +65,7 @@ pub struct NodeShared {
     pub beats: Vec<std::sync::atomic::AtomicU64>,
     /// When the node started (uptime in STATS).
     pub started: std::time::Instant,
-    /// The node's metric families (`metrics.rs`), served by `--metrics-listen`.
+    /// The node's metric families (`metrics/`), served by `--metrics-listen`.
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// `--metrics-listen` is set: shards publish what they record (`metrics::publish`).
     pub publish_metrics: bool,
@@ -136,7 +136,7 @@ pub struct Shard {
     pub replica: Option<crate::replica::Replica>,
     /// Client connections open on this shard.
     pub connections: Cell<u64>,
-    /// What this shard records for `--metrics-listen` (`metrics.rs`).
+    /// What this shard records for `--metrics-listen` (`metrics/record.rs`).
     pub metrics: crate::metrics::ShardMetrics,
 }
 

@@ -4,13 +4,13 @@
 //! The listener is bound before anything else starts (a port in use stops startup with one
 //! line, exit status 2), and serves from then on: while the node is still `starting`
 //! (recovering its logs, joining its cluster) a scrape already shows the node's state. Requests
-//! are served one at a time: a scrape is a read of the registry (`metrics.rs`), a few
+//! are served one at a time: a scrape is a read of the registry (`families.rs`), a few
 //! milliseconds at most, and scrapers are few.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use crate::metrics::NodeMetrics;
+use super::NodeMetrics;
 
 /// The content type of Prometheus' text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -1,0 +1,237 @@
+//! Every metric family of the node, registered once at startup; `encode` is what a scrape reads.
+
+use std::time::Instant;
+
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use super::{NodeState, DURATION_BUCKETS_S, GROUP_COMMIT_BUCKETS};
+
+/// Every metric family of the node.
+pub struct NodeMetrics {
+    pub(super) registry: Registry,
+    pub(super) started: Instant,
+    pub(super) uptime: Gauge,
+    pub(super) state: IntGaugeVec,
+    pub(super) requests: IntCounterVec,
+    pub(super) request_seconds: HistogramVec,
+    pub(super) received_bytes: IntCounterVec,
+    pub(super) sent_bytes: IntCounterVec,
+    pub(super) connections: IntGaugeVec,
+    pub(super) connections_refused: IntCounterVec,
+    pub(super) keys: IntGaugeVec,
+    pub(super) cache_hits: IntCounterVec,
+    pub(super) cache_misses: IntCounterVec,
+    pub(super) cache_bytes: IntGaugeVec,
+    pub(super) index_bytes: IntGaugeVec,
+    pub(super) disk_bytes: IntGaugeVec,
+    pub(super) live_bytes: IntGaugeVec,
+    pub(super) disk_written_bytes: IntCounterVec,
+    pub(super) compactions: IntCounterVec,
+    pub(super) reclaimed_bytes: IntCounterVec,
+    pub(super) expired_keys: IntCounterVec,
+    pub(super) fsyncs: IntCounterVec,
+    pub(super) group_commit: HistogramVec,
+    pub(super) peer_sent_bytes: IntCounterVec,
+    pub(super) peer_lag_writes: IntGaugeVec,
+    pub(super) peer_lag_seconds: GaugeVec,
+    pub(super) peer_link_up: IntGaugeVec,
+    pub(super) catch_ups: IntCounterVec,
+    pub(super) queue_bytes: IntGaugeVec,
+    pub(super) chain_changes: IntCounterVec,
+}
+
+/// A family's registration failed: only a name used twice or an invalid one (a bug).
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric families have distinct, valid names");
+    c
+}
+
+impl NodeMetrics {
+    pub fn new() -> NodeMetrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            registered(&r, HistogramVec::new(opts, labels).expect("valid"))
+        };
+        let shard = &["shard"];
+        let peer = &["shard", "peer"];
+        let metrics = NodeMetrics {
+            started: Instant::now(),
+            uptime: registered(
+                &r,
+                Gauge::new("tessera_uptime_seconds", "Seconds since the node started.")
+                    .expect("valid"),
+            ),
+            state: gauge(
+                "tessera_node_state",
+                "1 for the node's state (starting, serving, stopping), 0 for the others.",
+                &["state"],
+            ),
+            requests: counter(
+                "tessera_requests_total",
+                "Client requests answered, by operation, consistency level and status.",
+                &["shard", "operation", "level", "status"],
+            ),
+            request_seconds: histogram(
+                "tessera_request_duration_seconds",
+                "Time from a request's decoding to its answer being queued, by operation and level.",
+                &DURATION_BUCKETS_S,
+                &["shard", "operation", "level"],
+            ),
+            received_bytes: counter(
+                "tessera_client_received_bytes_total",
+                "Bytes read from client connections.",
+                shard,
+            ),
+            sent_bytes: counter(
+                "tessera_client_sent_bytes_total",
+                "Bytes of answers queued to client connections.",
+                shard,
+            ),
+            connections: gauge("tessera_client_connections", "Open client connections.", shard),
+            connections_refused: counter(
+                "tessera_client_connections_refused_total",
+                "Client connections refused on arrival, by the status they were told \
+                 (UNAVAILABLE: --max-connections; OVERLOADED: --connection-memory).",
+                &["shard", "status"],
+            ),
+            keys: gauge("tessera_keys", "Live keys held.", shard),
+            cache_hits: counter(
+                "tessera_cache_hits_total",
+                "Reads answered from the value cache.",
+                shard,
+            ),
+            cache_misses: counter(
+                "tessera_cache_misses_total",
+                "Reads of a value on disk that the value cache did not hold.",
+                shard,
+            ),
+            cache_bytes: gauge("tessera_cache_bytes", "Bytes held by the value cache.", shard),
+            index_bytes: gauge("tessera_index_bytes", "Memory of the in-memory index.", shard),
+            disk_bytes: gauge("tessera_disk_bytes", "Bytes of log segments on disk.", shard),
+            live_bytes: gauge(
+                "tessera_live_bytes",
+                "Bytes of the log that hold live records.",
+                shard,
+            ),
+            disk_written_bytes: counter(
+                "tessera_disk_written_bytes_total",
+                "Bytes written to the log.",
+                shard,
+            ),
+            compactions: counter(
+                "tessera_compactions_total",
+                "Segments compacted.",
+                shard,
+            ),
+            reclaimed_bytes: counter(
+                "tessera_compaction_reclaimed_bytes_total",
+                "Disk bytes freed by compaction.",
+                shard,
+            ),
+            expired_keys: counter(
+                "tessera_expired_keys_total",
+                "Keys dropped when their TTL ran out.",
+                shard,
+            ),
+            fsyncs: counter("tessera_fsyncs_total", "fdatasync calls on the log.", shard),
+            group_commit: histogram(
+                "tessera_group_commit_writes",
+                "Writes made durable by one fdatasync (group commit).",
+                &GROUP_COMMIT_BUCKETS,
+                shard,
+            ),
+            peer_sent_bytes: counter(
+                "tessera_replication_sent_bytes_total",
+                "Bytes of replication messages written to a member.",
+                peer,
+            ),
+            peer_lag_writes: gauge(
+                "tessera_replication_lag_writes",
+                "Writes this node applied that its successor (peer) has not, over the vnodes \
+                 they share.",
+                peer,
+            ),
+            peer_lag_seconds: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "tessera_replication_lag_seconds",
+                        "Age of the oldest write the successor (peer) lacks, over the vnodes \
+                         they share; 0 when it lacks none.",
+                    ),
+                    peer,
+                )
+                .expect("valid"),
+            ),
+            peer_link_up: gauge(
+                "tessera_replication_link_up",
+                "1 while the replication link to the member is up.",
+                peer,
+            ),
+            catch_ups: counter(
+                "tessera_replication_catch_ups_total",
+                "Successors caught up, by kind: resent from the retention queue, or a state \
+                 transfer.",
+                &["shard", "peer", "kind"],
+            ),
+            queue_bytes: gauge(
+                "tessera_replication_queue_bytes",
+                "Bytes held in retention queues for successors.",
+                shard,
+            ),
+            chain_changes: counter(
+                "tessera_chain_changes_total",
+                "Chain changes (new epochs) applied to vnodes held here.",
+                shard,
+            ),
+            registry: r,
+        };
+        metrics
+            .build_info()
+            .expect("the build info family registers once");
+        metrics.set_state(NodeState::Starting);
+        metrics
+    }
+
+    fn build_info(&self) -> prometheus::Result<()> {
+        let opts = Opts::new(
+            "tessera_build_info",
+            "1, labelled with the server's version.",
+        );
+        let info = IntGaugeVec::new(opts, &["version"])?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        self.registry.register(Box::new(info))
+    }
+
+    pub fn set_state(&self, state: NodeState) {
+        for each in NodeState::ALL {
+            let value = i64::from(each == state);
+            self.state.with_label_values(&[each.name()]).set(value);
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|error| format!("# encoding failed: {error}\n"))
+    }
+}
