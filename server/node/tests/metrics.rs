@@ -354,7 +354,8 @@ fn a_cluster_scrape_shows_links_lag_and_catch_ups_per_peer() {
         "eventual writes to vnodes headed by live nodes: {written}"
     );
     let dead = [("peer", "2")];
-    std::thread::sleep(Duration::from_millis(1200));
+    // Over a second, plus a publish interval for the figure to be fresh.
+    std::thread::sleep(Duration::from_millis(1500));
     let lags: Vec<Scrape> = metrics[..2]
         .iter()
         .map(|&addr| {
