@@ -435,6 +435,8 @@ async fn dispatch(
     (request, options): (Request, RequestOptions),
     inline: &mut Inline,
 ) {
+    // Timed from here: waiting for the connection's in-flight permit counts too.
+    let started = Instant::now();
     let charge = Arc::new(Charge::new(&conn.budget, request_bytes(&request)));
     let kind = RequestKind::of(&request, options.level);
     let options = crate::cluster_exec::OpOptions {
@@ -454,7 +456,6 @@ async fn dispatch(
     let shard = conn.shard.clone();
     let request_charge = charge.clone();
     let mut task = Box::pin(async move {
-        let started = Instant::now();
         shard.inflight.set(shard.inflight.get() + 1);
         let response = handle_request(&shard, request, options, &request_charge).await;
         shard.inflight.set(shard.inflight.get() - 1);

@@ -254,6 +254,8 @@ fn run(args: Args) -> Result<(), String> {
             c.members.len()
         )
     });
+    // Serving in the metrics before the ready line: whoever reads that line may scrape at once.
+    metrics.set_state(metrics::NodeState::Serving);
     let metrics_at = metrics_addr.map_or(String::new(), |a| {
         format!(", metrics on http://{a}/metrics")
     });
@@ -264,7 +266,6 @@ fn run(args: Args) -> Result<(), String> {
         listen.port() + data.shards,
         data.root.display()
     );
-    metrics.set_state(metrics::NodeState::Serving);
     // No line before this one says "starting": a startup that fails prints only its reason.
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -399,6 +400,9 @@ async fn shard_main(
             TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
     }
+    if node.publish_metrics {
+        metrics::publish(&shard);
+    }
     let _ = ready.send(Ok(()));
     let mut last_published = Instant::now();
     while !node.stopping.load(Ordering::SeqCst) {
@@ -413,6 +417,10 @@ async fn shard_main(
     shard.stopping.set(true);
     drop(accepting);
     drain(&shard).await;
+    if node.publish_metrics {
+        // What the drain answered shows in a last scrape before the process exits.
+        metrics::publish(&shard);
+    }
     shard.sync_all().await?;
     tracing::info!(shard = index, "synced and stopped");
     Ok(())

@@ -29,18 +29,22 @@ pub struct Progress {
 pub struct SuccessorLag {
     /// Writes this replica applied that the successor has not (summed over vnodes).
     pub writes: u64,
-    /// The version of the oldest write the successor lacks that this replica still queues
-    /// (versions carry the head's clock: `tessera-store` turns one into milliseconds). `None`
-    /// when it lacks none, or when the queue no longer holds them (it gets a state transfer).
+    /// The version of the oldest write the successor lacks, among those this replica still
+    /// queues (versions carry the head's clock: `tessera-store` turns one into milliseconds).
     pub oldest_missing_version: Option<u64>,
+    /// In some vnode the queue no longer holds the oldest write the successor lacks (it was
+    /// dropped while the successor was away): that write is older than any queued one.
+    pub unqueued: bool,
 }
 
 impl SuccessorLag {
-    pub(crate) fn add(&mut self, writes: u64, oldest_missing_version: Option<u64>) {
-        self.writes += writes;
-        self.oldest_missing_version = match (self.oldest_missing_version, oldest_missing_version) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+    pub(crate) fn add(&mut self, other: SuccessorLag) {
+        self.writes += other.writes;
+        self.oldest_missing_version =
+            match (self.oldest_missing_version, other.oldest_missing_version) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        self.unqueued |= other.unqueued;
     }
 }

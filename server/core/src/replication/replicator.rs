@@ -467,9 +467,7 @@ impl Replicator {
     pub fn successor_lag(&self) -> BTreeMap<NodeId, SuccessorLag> {
         let mut lags: BTreeMap<NodeId, SuccessorLag> = BTreeMap::new();
         for (node, lag) in self.vnodes.values().filter_map(|s| s.successor_lag()) {
-            lags.entry(node)
-                .or_default()
-                .add(lag.writes, lag.oldest_missing_version);
+            lags.entry(node).or_default().add(lag);
         }
         lags
     }

@@ -128,6 +128,9 @@ impl Ctx<'_> {
         self.outbox.get(&node).copied().unwrap_or(0) < self.outbox_limit
     }
 
+    /// Counts a vnode's catch-up of a successor: every state transfer started, and every
+    /// resend from the queue that a `Position` message asked for (a re-decision from a
+    /// position already known, at a link-up or after a transfer, is not a new catch-up).
     fn count_catch_up(&mut self, to: NodeId, transfer: bool) {
         let counts = self.progress.catch_ups.entry(to).or_default();
         match transfer {
@@ -221,20 +224,21 @@ impl VnodeState {
     }
 
     /// The successor, and how far it is behind this replica in this vnode: writes, and the
-    /// version of the oldest one it lacks if the queue still holds it.
+    /// version of the oldest one it lacks if the queue still holds it. Nothing until the
+    /// successor has said where it stands (after a restart, its position is not known).
     pub fn successor_lag(&self) -> Option<(NodeId, SuccessorLag)> {
         let down = self.down.as_ref()?;
+        down.reported?;
         let acked = down.own.applied;
         let writes = self.own.applied.saturating_sub(acked);
-        let oldest = match (writes, down.queue.front()) {
-            (0, _) | (_, None) => None,
-            (_, Some(front)) => {
-                let index = (acked + 1).saturating_sub(front.seq);
-                down.queue.get(index as usize).map(|e| e.version)
-            }
-        };
         let mut lag = SuccessorLag::default();
-        lag.add(writes, oldest);
+        if writes > 0 {
+            let queued = down.queue.front().filter(|front| front.seq <= acked + 1);
+            let oldest = queued.and_then(|front| down.queue.get((acked + 1 - front.seq) as usize));
+            lag.writes = writes;
+            lag.oldest_missing_version = oldest.map(|e| e.version);
+            lag.unqueued = oldest.is_none();
+        }
         Some((down.node, lag))
     }
 
@@ -265,7 +269,7 @@ impl VnodeState {
             if acked <= own.seq && covered && down.reported.is_some() {
                 down.sent = Some(acked);
             } else if let Some(reported) = down.reported {
-                self.handle_successor_position(reported, cx);
+                let _ = self.handle_successor_position(reported, cx);
             }
         }
     }
@@ -307,13 +311,15 @@ impl VnodeState {
             Body::Ack { own, suffix } if from_successor => self.handle_ack(own, suffix, cx),
             Body::Position(position) if self.recovery.is_some() => {
                 self.handle_probe_answer(from, position, cx);
-                if from_successor {
-                    self.handle_successor_position(position, cx);
+                if from_successor && self.handle_successor_position(position, cx) {
+                    cx.count_catch_up(from, false);
                 }
                 0
             }
             Body::Position(position) if from_successor => {
-                self.handle_successor_position(position, cx);
+                if self.handle_successor_position(position, cx) {
+                    cx.count_catch_up(from, false);
+                }
                 0
             }
             Body::Probe if self.chain.head() == from => {
@@ -455,7 +461,9 @@ impl VnodeState {
         -freed
     }
 
-    fn handle_successor_position(&mut self, position: Position, cx: &mut Ctx<'_>) {
+    /// Decides how to go on with a successor at `position`; true when it is resent entries
+    /// from the queue.
+    fn handle_successor_position(&mut self, position: Position, cx: &mut Ctx<'_>) -> bool {
         let own = self.position();
         let down = self.down.as_mut().expect("a successor");
         down.link_up = true;
@@ -466,7 +474,7 @@ impl VnodeState {
             // It is ahead (this replica lost writes in a crash): stream once caught up.
             down.deferred = Some(position);
             down.sent = None;
-            return;
+            return false;
         }
         down.deferred = None;
         // Tell it where the chain stands even if nothing new is due.
@@ -476,21 +484,24 @@ impl VnodeState {
             || down.base.is_some_and(|base| base.seq <= position.seq)
                 && down.queue.front().is_none_or(|e| e.seq <= position.seq + 1);
         if covered {
-            // A successor that says it is behind (it reconnected): resent from the queue.
-            if position.seq < own.seq {
-                cx.count_catch_up(down.node, false);
-            }
             down.sent = Some(position.seq);
             down.transferring = false;
-        } else if !down.transferring {
-            down.transferring = true;
-            down.sent = None;
-            cx.count_catch_up(down.node, true);
-            cx.effects.push_back(Effect::ReadState {
-                vnode: self.vnode,
-                to: down.node,
-                since: position,
-            });
+            // A successor that says it is behind (it reconnected, or refused appends while
+            // its queues were full) is resent from the queue.
+            position.seq < own.seq
+        } else {
+            if !down.transferring {
+                down.transferring = true;
+                down.sent = None;
+                let to = down.node;
+                cx.effects.push_back(Effect::ReadState {
+                    vnode: self.vnode,
+                    to,
+                    since: position,
+                });
+                cx.count_catch_up(to, true);
+            }
+            false
         }
     }
 
@@ -619,7 +630,7 @@ impl VnodeState {
         let known = self.upstream_committed.unwrap_or(0);
         self.upstream_committed = Some(known.max(through.seq));
         if let Some(reported) = resync {
-            self.handle_successor_position(reported, cx);
+            let _ = self.handle_successor_position(reported, cx);
         }
         delta
     }

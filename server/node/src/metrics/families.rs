@@ -90,9 +90,11 @@ impl NodeMetrics {
             ),
             request_seconds: histogram(
                 "tessera_request_duration_seconds",
-                "Time from a request's decoding to its answer being queued, by operation and level.",
+                "Time from a request's decoding to its answer being queued (waiting for a \
+                 connection's in-flight permit included), by operation and level, over every \
+                 shard of the node.",
                 &DURATION_BUCKETS_S,
-                &["shard", "operation", "level"],
+                &["operation", "level"],
             ),
             received_bytes: counter(
                 "tessera_client_received_bytes_total",
@@ -104,7 +106,11 @@ impl NodeMetrics {
                 "Bytes of answers queued to client connections.",
                 shard,
             ),
-            connections: gauge("tessera_client_connections", "Open client connections.", shard),
+            connections: gauge(
+                "tessera_client_connections",
+                "Open client connections.",
+                shard,
+            ),
             connections_refused: counter(
                 "tessera_client_connections_refused_total",
                 "Client connections refused on arrival, by the status they were told \
@@ -122,9 +128,21 @@ impl NodeMetrics {
                 "Reads of a value on disk that the value cache did not hold.",
                 shard,
             ),
-            cache_bytes: gauge("tessera_cache_bytes", "Bytes held by the value cache.", shard),
-            index_bytes: gauge("tessera_index_bytes", "Memory of the in-memory index.", shard),
-            disk_bytes: gauge("tessera_disk_bytes", "Bytes of log segments on disk.", shard),
+            cache_bytes: gauge(
+                "tessera_cache_bytes",
+                "Bytes held by the value cache.",
+                shard,
+            ),
+            index_bytes: gauge(
+                "tessera_index_bytes",
+                "Memory of the in-memory index.",
+                shard,
+            ),
+            disk_bytes: gauge(
+                "tessera_disk_bytes",
+                "Bytes of log segments on disk.",
+                shard,
+            ),
             live_bytes: gauge(
                 "tessera_live_bytes",
                 "Bytes of the log that hold live records.",
@@ -135,11 +153,7 @@ impl NodeMetrics {
                 "Bytes written to the log.",
                 shard,
             ),
-            compactions: counter(
-                "tessera_compactions_total",
-                "Segments compacted.",
-                shard,
-            ),
+            compactions: counter("tessera_compactions_total", "Segments compacted.", shard),
             reclaimed_bytes: counter(
                 "tessera_compaction_reclaimed_bytes_total",
                 "Disk bytes freed by compaction.",
@@ -153,7 +167,8 @@ impl NodeMetrics {
             fsyncs: counter("tessera_fsyncs_total", "fdatasync calls on the log.", shard),
             group_commit: histogram(
                 "tessera_group_commit_writes",
-                "Writes made durable by one fdatasync (group commit).",
+                "Writes made durable by one group commit (a flush ending with an fdatasync of \
+                 the log's active segment).",
                 &GROUP_COMMIT_BUCKETS,
                 shard,
             ),
@@ -187,8 +202,9 @@ impl NodeMetrics {
             ),
             catch_ups: counter(
                 "tessera_replication_catch_ups_total",
-                "Successors caught up, by kind: resent from the retention queue, or a state \
-                 transfer.",
+                "Vnodes caught up on a successor (peer), by kind: `queue` (resent from the \
+                 retention queue when the successor said it was behind: it reconnected, or had \
+                 refused appends under backpressure) or `transfer` (a state transfer started).",
                 &["shard", "peer", "kind"],
             ),
             queue_bytes: gauge(

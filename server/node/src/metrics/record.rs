@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{IntCounter, IntCounterVec};
 use tessera_core::placement::NodeId;
+use tessera_core::replication::SuccessorLag;
 use tessera_schema::msg::Status;
 
 use super::{NodeMetrics, RequestKind, LEVELS, OPERATIONS};
@@ -105,13 +106,28 @@ impl ShardMetrics {
         }
     }
 
+    /// Adds what was recorded since the last flush to the registry.
+    fn flush_local(&self) {
+        for counter in self.requests.borrow().iter().flatten() {
+            counter.flush();
+        }
+        for histogram in self.durations.borrow().iter().flatten() {
+            histogram.flush();
+        }
+        self.received.flush();
+        self.sent.flush();
+        self.group_commit.flush();
+    }
+
     /// A request answered after `elapsed`.
     pub fn request(&self, kind: RequestKind, status: Status, elapsed: Duration) {
         self.count(kind, status);
         let slot = kind.operation * LEVELS.len() + kind.level;
         let mut durations = self.durations.borrow_mut();
         let histogram = durations[slot].get_or_insert_with(|| {
-            let labels = [&self.shard, OPERATIONS[kind.operation], LEVELS[kind.level]];
+            // One histogram per node, not per shard: 19 series each would make a 64-shard node
+            // export tens of thousands; `tessera_requests_total` keeps the per-shard view.
+            let labels = [OPERATIONS[kind.operation], LEVELS[kind.level]];
             self.node.request_seconds.with_label_values(&labels).local()
         });
         histogram.observe(elapsed.as_secs_f64());
@@ -187,15 +203,7 @@ impl ShardMetrics {
 /// figures now (from its control loop, every `PUBLISH_INTERVAL`).
 pub fn publish(shard: &Shard) {
     let m = &shard.metrics;
-    for counter in m.requests.borrow().iter().flatten() {
-        counter.flush();
-    }
-    for histogram in m.durations.borrow().iter().flatten() {
-        histogram.flush();
-    }
-    m.received.flush();
-    m.sent.flush();
-    m.group_commit.flush();
+    m.flush_local();
     let node = &m.node;
     let s = &[m.shard.as_str()];
     node.connections
@@ -251,13 +259,7 @@ fn publish_replication(shard: &Shard, replica: &crate::replica::Replica) {
             p.sent.flush();
             p.from_queue.sync(catch_ups.from_queue);
             p.transfers.sync(catch_ups.transfers);
-            // When the queue no longer holds what the successor lacks, the oldest write known
-            // to be missing still is (an overestimate once a transfer is under way).
-            p.oldest_missing_ms = match (lag.writes, lag.oldest_missing_version) {
-                (0, _) => None,
-                (_, Some(version)) => Some(version / tessera_store::VERSIONS_PER_MS),
-                (_, None) => p.oldest_missing_ms.or(Some(now)),
-            };
+            p.oldest_missing_ms = oldest_missing_ms(lag, p.oldest_missing_ms, now);
             p.oldest_missing_ms
                 .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0)
         });
@@ -267,6 +269,24 @@ fn publish_replication(shard: &Shard, replica: &crate::replica::Replica) {
                 .set(lag.writes as i64);
             node.peer_lag_seconds.with_label_values(&labels).set(lag_s);
         }
+    }
+}
+
+/// When the oldest write a successor lacks was made (ms), from this publish's lag and the last
+/// one's answer. While the queue holds it, its version tells. Once the queue no longer does, it
+/// is older than anything queued: the oldest known before goes on (from now, if none was known;
+/// an overestimate once a state transfer has brought the successor part of the way).
+fn oldest_missing_ms(lag: SuccessorLag, before: Option<u64>, now_ms: u64) -> Option<u64> {
+    let queued = lag
+        .oldest_missing_version
+        .map(|version| version / tessera_store::VERSIONS_PER_MS);
+    match (lag.writes, lag.unqueued) {
+        (0, _) => None,
+        (_, false) => queued.or(before).or(Some(now_ms)),
+        (_, true) => [before.or(Some(now_ms)), queued]
+            .into_iter()
+            .flatten()
+            .min(),
     }
 }
 
@@ -311,6 +331,29 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_missing_write_outlives_its_queue() {
+        let lag = |writes, version: Option<u64>, unqueued| SuccessorLag {
+            writes,
+            oldest_missing_version: version,
+            unqueued,
+        };
+        let ms = tessera_store::VERSIONS_PER_MS;
+        assert_eq!(oldest_missing_ms(lag(0, None, false), Some(5), 9_000), None);
+        assert_eq!(
+            oldest_missing_ms(lag(3, Some(2_000 * ms), false), None, 9_000),
+            Some(2_000)
+        );
+        // Dropped from the queue: what was known goes on, newer queued writes do not hide it.
+        let dropped = lag(4, Some(8_000 * ms), true);
+        assert_eq!(oldest_missing_ms(dropped, Some(2_000), 9_000), Some(2_000));
+        assert_eq!(oldest_missing_ms(dropped, None, 9_000), Some(8_000));
+        assert_eq!(
+            oldest_missing_ms(lag(4, None, true), None, 9_000),
+            Some(9_000)
+        );
+    }
+
+    #[test]
     fn what_a_shard_records_shows_once_it_publishes() {
         let node = Arc::new(NodeMetrics::new());
         let shard = ShardMetrics::new(node.clone(), 3);
@@ -328,18 +371,12 @@ mod tests {
             text.contains(&format!("{series} 0")),
             "not yet published: {text}"
         );
-        for counter in shard.requests.borrow().iter().flatten() {
-            counter.flush();
-        }
-        for histogram in shard.durations.borrow().iter().flatten() {
-            histogram.flush();
-        }
-        shard.received.flush();
+        shard.flush_local();
         let text = node.encode();
         assert!(text.contains(&format!("{series} 1")), "{text}");
         assert!(text.contains("tessera_client_received_bytes_total{shard=\"3\"} 100"));
         let bucket = "tessera_request_duration_seconds_bucket{level=\"strong\",operation=\"get\",\
-                      shard=\"3\",le=\"0.00005\"} 1";
+                      le=\"0.00005\"} 1";
         assert!(text.contains(bucket), "{text}");
     }
 }
