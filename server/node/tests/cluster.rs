@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cli_binary, rss_bytes, runtime, Raw, TestCluster};
+use common::{cli_binary, client_config, rss_bytes, runtime, Raw, TestCluster};
 use tessera_client::{
     BatchOp, Client, ClientConfig, ClientError, DeleteRequest, Durability, Level, OpResult,
     PutRequest, Request, Response, ScanRequest, Status,
@@ -28,17 +28,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 const VNODES: &str = "64";
 
-fn config(level: Level) -> ClientConfig {
-    ClientConfig {
-        pool_size: 1,
-        timeout: Duration::from_secs(8),
-        retries: 2,
-        shard_aware: true,
-        level,
-        prefer_first_address: false,
-    }
-}
-
 /// A client whose reads go through node `via` (it is given first).
 async fn client_via(cluster: &TestCluster, via: usize, level: Level) -> Client {
     let mut addrs = vec![cluster.addrs[via].clone()];
@@ -51,7 +40,7 @@ async fn client_via(cluster: &TestCluster, via: usize, level: Level) -> Client {
     );
     let config = ClientConfig {
         prefer_first_address: true,
-        ..config(level)
+        ..client_config(level)
     };
     Client::connect_with(&addrs.join(","), config)
         .await
@@ -103,7 +92,7 @@ fn every_operation_at_every_level_through_every_node() {
     rt.block_on(async {
         for level in [Level::Eventual, Level::Session, Level::Strong] {
             let name = level.name();
-            let writer = Client::connect_with(&cluster.addr_list(), config(level))
+            let writer = Client::connect_with(&cluster.addr_list(), client_config(level))
                 .await
                 .unwrap();
             assert!(writer.topology().is_cluster());
@@ -338,7 +327,7 @@ fn kill_under_writers(position: usize, fsync: &str) {
             .enumerate()
         {
             let client = Arc::new(
-                Client::connect_with(&cluster.addr_list(), config(level))
+                Client::connect_with(&cluster.addr_list(), client_config(level))
                     .await
                     .unwrap(),
             );
@@ -450,7 +439,7 @@ fn hostile_peers_and_foreign_clients_lose_only_their_connection() {
     let rt = runtime();
     let client = rt.block_on(Client::connect_with(
         &cluster.addr_list(),
-        config(Level::Strong),
+        client_config(Level::Strong),
     ));
     let client = client.unwrap();
     let cluster_id = client.topology().cluster_id();
@@ -509,7 +498,7 @@ fn a_member_that_stops_reading_cannot_grow_its_upstream() {
     let client = rt
         .block_on(Client::connect_with(
             &cluster.addr_list(),
-            config(Level::Eventual),
+            client_config(Level::Eventual),
         ))
         .unwrap();
     let routing = client.topology();

@@ -13,10 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{runtime, Node, Raw, TestCluster};
-use tessera_client::{
-    BatchOp, Client, ClientConfig, DeleteRequest, Durability, Level, PutRequest, ScanRequest,
-};
+use common::{client_config, runtime, Node, Raw, TestCluster};
+use tessera_client::{BatchOp, Client, DeleteRequest, Durability, Level, PutRequest, ScanRequest};
 
 /// One test at a time: each starts servers and loads them, and two cores are few.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -124,17 +122,6 @@ fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) ->
     }
 }
 
-fn config(level: Level) -> ClientConfig {
-    ClientConfig {
-        pool_size: 1,
-        timeout: Duration::from_secs(8),
-        retries: 2,
-        shard_aware: true,
-        level,
-        prefer_first_address: false,
-    }
-}
-
 fn put(key: String, value_bytes: usize) -> PutRequest {
     PutRequest {
         key: key.into_bytes(),
@@ -218,7 +205,10 @@ fn a_scrape_of_a_loaded_node_passes_promtool_and_its_values_move() {
     assert_eq!(before.sum("tessera_build_info", &[]), 1.0);
 
     let rt = runtime();
-    let client = rt.block_on(Client::connect_with(&node.addr(), config(Level::Strong)));
+    let client = rt.block_on(Client::connect_with(
+        &node.addr(),
+        client_config(Level::Strong),
+    ));
     let client = client.unwrap();
     rt.block_on(single_node_load(&client));
     // A frame that is not one: answered BAD_REQUEST, counted, and only its connection closed.
@@ -307,7 +297,7 @@ fn a_cluster_scrape_shows_links_lag_and_catch_ups_per_peer() {
     let client = rt
         .block_on(Client::connect_with(
             &cluster.addr_list(),
-            config(Level::Strong),
+            client_config(Level::Strong),
         ))
         .unwrap();
     rt.block_on(async {
@@ -342,7 +332,7 @@ fn a_cluster_scrape_shows_links_lag_and_catch_ups_per_peer() {
     let eventual = rt
         .block_on(Client::connect_with(
             &cluster.addr_list(),
-            config(Level::Eventual),
+            client_config(Level::Eventual),
         ))
         .unwrap();
     let written = rt.block_on(async {

@@ -429,3 +429,16 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .expect("VmRSS");
     kib * 1024
 }
+
+/// A cluster test's client: one connection per member, shard-aware, retries and a timeout
+/// long enough for a member's death and a link's drop.
+pub fn client_config(level: tessera_client::Level) -> tessera_client::ClientConfig {
+    tessera_client::ClientConfig {
+        pool_size: 1,
+        timeout: Duration::from_secs(8),
+        retries: 2,
+        shard_aware: true,
+        level,
+        prefer_first_address: false,
+    }
+}
