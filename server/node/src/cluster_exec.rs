@@ -37,6 +37,10 @@ use crate::shard::{now_ms, Shard};
 const SESSION_WAIT: Duration = Duration::from_secs(2);
 /// How long a write waits for a restarted head to hear from its replicas.
 const RECOVERY_WAIT: Duration = Duration::from_secs(2);
+/// How long an answer waits for the state it shows to be committed (a `strong` read, or a
+/// refusal that reveals a key's state): a chain that lacks a replica cannot commit, and the
+/// client's budget is better spent on another replica than on a wait without end.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// What a cluster operation is asked for, beside itself.
 #[derive(Clone, Debug, Default)]
@@ -217,9 +221,32 @@ async fn refused_write(shard: &Rc<Shard>, write: Write<'_>, error: WriteError) -
         })
         .flatten();
     let result = write_error(error);
-    match wait_visible(shard, barrier.into_iter().collect()).await {
+    match wait_committed(shard, barrier).await {
         Ok(()) => result,
-        Err(reason) => OpResult::error(Status::Unavailable, reason),
+        Err(unavailable) => unavailable,
+    }
+}
+
+/// Waits until `barrier` (if any) is visible, for at most `COMMIT_WAIT`.
+async fn wait_committed(shard: &Shard, barrier: Option<Barrier>) -> Result<(), OpResult> {
+    let Some(barrier) = barrier else {
+        return Ok(());
+    };
+    let wait = async { Some(wait_visible(shard, vec![barrier]).await) };
+    let timeout = async {
+        glommio::timer::sleep(COMMIT_WAIT).await;
+        None
+    };
+    match futures_lite::future::or(wait, timeout).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(reason)) => Err(OpResult::error(Status::Unavailable, reason)),
+        None => Err(OpResult::error(
+            Status::Unavailable,
+            format!(
+                "vnode {}: this replica could not show a committed state within {COMMIT_WAIT:?} (a replica of its chain is down or catching up); retry, or read from another replica",
+                barrier.vnode
+            ),
+        )),
     }
 }
 
@@ -260,8 +287,8 @@ async fn read(
             Err(error) => return error,
         };
         let barrier = barrier.filter(|_| strong);
-        if let Err(reason) = wait_visible(shard, barrier.into_iter().collect()).await {
-            return OpResult::error(Status::Unavailable, reason);
+        if let Err(unavailable) = wait_committed(shard, barrier).await {
+            return unavailable;
         }
         if barrier.is_some_and(|b| b.seq == FLOOR) {
             continue;

@@ -673,3 +673,27 @@ fn lag_and_catch_ups_are_reported_per_successor() {
     cluster.start(2, store);
     assert!(cluster.members[&2].replicator.successor_lag().is_empty());
 }
+
+/// Defect 1 of the catch-up issue: a member restarted while its vnode is idle learned the
+/// commit point from nobody (its neighbours had nothing new to say), so `strong` reads of
+/// keys written before the restart waited for ever. Every role, under both fsync policies.
+#[test]
+fn a_restarted_member_learns_the_commit_point_of_an_idle_vnode() {
+    for durable_commit in [true, false] {
+        for restarted in [1, 2, 3] {
+            let mut cluster = Cluster::new(durable_commit);
+            for key in ["a", "b", "c"] {
+                cluster.write(key, Some("v"), Level::Strong).unwrap();
+            }
+            cluster.run();
+            cluster.crash_and_restart(restarted);
+            cluster.run();
+            let store = &cluster.members[&restarted].store;
+            assert_eq!(
+                (store.committed, store.released),
+                (3, Some(3)),
+                "node {restarted} (durable commit {durable_commit}) knows the commit point and serves reads"
+            );
+        }
+    }
+}

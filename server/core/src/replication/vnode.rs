@@ -250,6 +250,10 @@ impl VnodeState {
         if self.chain.predecessor(self.me) == Some(node) {
             self.awaiting_stream = true;
             cx.send(node, self.vnode, epoch, Body::Position(self.position()));
+            // The predecessor may have restarted and forgotten what this replica has: tell it
+            // again, even if nothing changed here (an idle vnode sends no other Ack, and a
+            // restarted head or middle learns the commit point only from one).
+            self.last_ack = None;
         }
         if let Some(recovery) = &self.recovery {
             if recovery.pulling_from.is_none() && self.chain.position(node).is_some() {
@@ -258,6 +262,9 @@ impl VnodeState {
         }
         let own = self.position();
         if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
+            // Tell the successor where the chain stands even if nothing new is due: a
+            // restarted successor learns the prefix and the commit point only from an Append.
+            self.last_prefix_sent = None;
             down.link_up = true;
             // What was sent on the old connection may be lost: go on from what the successor
             // acknowledged (it skips what it has), or decide again from where it last said it
@@ -276,6 +283,9 @@ impl VnodeState {
 
     /// The connection to `node` broke: what was in flight on it may be lost.
     pub fn handle_link_down(&mut self, node: NodeId) {
+        if self.chain.predecessor(self.me) == Some(node) {
+            self.last_ack = None; // an Ack made while the link is down is dropped
+        }
         if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
             down.link_up = false;
             down.sent = None;
