@@ -17,5 +17,5 @@ pub use client::{Client, ClientConfig, ClientError};
 pub use duration::{parse_duration, parse_ttl_ms};
 pub use tessera_schema::msg::{
     BatchOp, DeleteRequest, Durability, Level, OpResult, PutRequest, Request, Response, ScanEntry,
-    ScanPage, ScanRequest, ShardStats, Status, Topology, VnodeCheck,
+    ScanPage, ScanRequest, ShardStats, Status, Topology, TransferStats, VnodeCheck,
 };

@@ -339,6 +339,19 @@ pub struct ShardStats {
     /// shard of a node).
     pub uptime_ms: u64,
     pub version: String,
+    /// State transfers this shard is sending now.
+    pub transfers: Vec<TransferStats>,
+}
+
+/// A state transfer a shard is sending (`tessera admin status` shows its rate).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TransferStats {
+    pub vnode: u16,
+    pub to_node: u32,
+    /// Keys and bytes (values and key digests) sent so far.
+    pub keys: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
 }
 
 /// A member of a cluster, as TOPOLOGY describes it.

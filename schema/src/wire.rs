@@ -649,6 +649,21 @@ fn build_shard_stats<'b>(
     s: &ShardStats,
 ) -> WIPOffset<fb::ShardStats<'b>> {
     let version = Some(builder.create_string(&s.version));
+    let transfers: Vec<_> = s
+        .transfers
+        .iter()
+        .map(|t| {
+            let args = fb::TransferStatsArgs {
+                vnode: t.vnode,
+                to_node: t.to_node,
+                keys: t.keys,
+                bytes: t.bytes,
+                elapsed_ms: t.elapsed_ms,
+            };
+            fb::TransferStats::create(builder, &args)
+        })
+        .collect();
+    let transfers = Some(builder.create_vector(&transfers));
     let args = fb::ShardStatsArgs {
         shard: s.shard,
         keys: s.keys,
@@ -673,6 +688,7 @@ fn build_shard_stats<'b>(
         synced_writes: s.synced_writes,
         uptime_ms: s.uptime_ms,
         version,
+        transfers,
     };
     fb::ShardStats::create(builder, &args)
 }
@@ -815,6 +831,20 @@ fn decode_shard_stats(s: fb::ShardStats<'_>) -> ShardStats {
         synced_writes: s.synced_writes(),
         uptime_ms: s.uptime_ms(),
         version: s.version().unwrap_or_default().to_string(),
+        transfers: s
+            .transfers()
+            .map(|list| {
+                list.iter()
+                    .map(|t| TransferStats {
+                        vnode: t.vnode(),
+                        to_node: t.to_node(),
+                        keys: t.keys(),
+                        bytes: t.bytes(),
+                        elapsed_ms: t.elapsed_ms(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

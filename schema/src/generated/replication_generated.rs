@@ -13,10 +13,10 @@ pub mod peer {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 6;
+pub const ENUM_MAX_BODY: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 7] = [
+pub const ENUM_VALUES_BODY: [Body; 8] = [
   Body::NONE,
   Body::Append,
   Body::Ack,
@@ -24,6 +24,7 @@ pub const ENUM_VALUES_BODY: [Body; 7] = [
   Body::Probe,
   Body::State,
   Body::PullState,
+  Body::StateDone,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -38,9 +39,10 @@ impl Body {
   pub const Probe: Self = Self(4);
   pub const State: Self = Self(5);
   pub const PullState: Self = Self(6);
+  pub const StateDone: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Append,
@@ -49,6 +51,7 @@ impl Body {
     Self::Probe,
     Self::State,
     Self::PullState,
+    Self::StateDone,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -60,6 +63,7 @@ impl Body {
       Self::Probe => Some("Probe"),
       Self::State => Some("State"),
       Self::PullState => Some("PullState"),
+      Self::StateDone => Some("StateDone"),
       _ => None,
     }
   }
@@ -1081,6 +1085,7 @@ impl<'a> ::flatbuffers::Follow<'a> for PositionReport<'a> {
 
 impl<'a> PositionReport<'a> {
   pub const VT_POSITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTIAL: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1093,6 +1098,7 @@ impl<'a> PositionReport<'a> {
   ) -> ::flatbuffers::WIPOffset<PositionReport<'bldr>> {
     let mut builder = PositionReportBuilder::new(_fbb);
     if let Some(x) = args.position { builder.add_position(x); }
+    builder.add_partial(args.partial);
     builder.finish()
   }
 
@@ -1104,6 +1110,15 @@ impl<'a> PositionReport<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Position>(PositionReport::VT_POSITION, None)}
   }
+  /// The reporter's copy was left partial by a transfer cut short: only another transfer
+  /// (from `position`) may bring it up to date, never a resend from the queue.
+  #[inline]
+  pub fn partial(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PositionReport::VT_PARTIAL, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PositionReport<'_> {
@@ -1113,18 +1128,21 @@ impl ::flatbuffers::Verifiable for PositionReport<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<Position>("position", Self::VT_POSITION, false)?
+     .visit_field::<bool>("partial", Self::VT_PARTIAL, false)?
      .finish();
     Ok(())
   }
 }
 pub struct PositionReportArgs<'a> {
     pub position: Option<&'a Position>,
+    pub partial: bool,
 }
 impl<'a> Default for PositionReportArgs<'a> {
   #[inline]
   fn default() -> Self {
     PositionReportArgs {
       position: None,
+      partial: false,
     }
   }
 }
@@ -1137,6 +1155,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PositionReportBuilder<'a, 'b,
   #[inline]
   pub fn add_position(&mut self, position: &Position) {
     self.fbb_.push_slot_always::<&Position>(PositionReport::VT_POSITION, position);
+  }
+  #[inline]
+  pub fn add_partial(&mut self, partial: bool) {
+    self.fbb_.push_slot::<bool>(PositionReport::VT_PARTIAL, partial, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PositionReportBuilder<'a, 'b, A> {
@@ -1157,6 +1179,7 @@ impl ::core::fmt::Debug for PositionReport<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("PositionReport");
       ds.field("position", &self.position());
+      ds.field("partial", &self.partial());
       ds.finish()
   }
 }
@@ -1241,6 +1264,7 @@ impl ::core::fmt::Debug for Probe<'_> {
 pub enum StateOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// One part of a state transfer (server/core/src/replication/transfer.rs has the protocol).
 pub struct State<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1259,6 +1283,12 @@ impl<'a> State<'a> {
   pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST: ::flatbuffers::VOffsetT = 10;
   pub const VT_KEEP: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TRANSFER: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PART: ::flatbuffers::VOffsetT = 16;
+  pub const VT_HAS_KEEP: ::flatbuffers::VOffsetT = 18;
+  pub const VT_KEEP_AFTER: ::flatbuffers::VOffsetT = 20;
+  pub const VT_KEEP_UPTO: ::flatbuffers::VOffsetT = 22;
+  pub const VT_CAUGHT_UP_AT: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1270,10 +1300,16 @@ impl<'a> State<'a> {
     args: &'args StateArgs<'args>
   ) -> ::flatbuffers::WIPOffset<State<'bldr>> {
     let mut builder = StateBuilder::new(_fbb);
+    builder.add_caught_up_at(args.caught_up_at);
+    builder.add_transfer(args.transfer);
+    if let Some(x) = args.keep_upto { builder.add_keep_upto(x); }
+    if let Some(x) = args.keep_after { builder.add_keep_after(x); }
+    builder.add_part(args.part);
     if let Some(x) = args.keep { builder.add_keep(x); }
     if let Some(x) = args.entries { builder.add_entries(x); }
     if let Some(x) = args.through { builder.add_through(x); }
     if let Some(x) = args.since { builder.add_since(x); }
+    builder.add_has_keep(args.has_keep);
     builder.add_last(args.last);
     builder.finish()
   }
@@ -1287,6 +1323,7 @@ impl<'a> State<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Position>(State::VT_SINCE, None)}
   }
+  /// The values were sent through this position (on parts with a keep range).
   #[inline]
   pub fn through(&self) -> Option<&'a Position> {
     // Safety:
@@ -1301,7 +1338,7 @@ impl<'a> State<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Entry>>>>(State::VT_ENTRIES, None)}
   }
-  /// The last part carries every key digest the sender holds (16 bytes each, little-endian).
+  /// The last part of the transfer (`caught_up_at` is set).
   #[inline]
   pub fn last(&self) -> bool {
     // Safety:
@@ -1309,12 +1346,60 @@ impl<'a> State<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(State::VT_LAST, Some(false)).unwrap()}
   }
+  /// The sender's live key digests in the keep range (16 bytes each, little-endian).
   #[inline]
   pub fn keep(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(State::VT_KEEP, None)}
+  }
+  /// Names the transfer; parts of another are refused.
+  #[inline]
+  pub fn transfer(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(State::VT_TRANSFER, Some(0)).unwrap()}
+  }
+  /// 0, 1, 2, ... in order.
+  #[inline]
+  pub fn part(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(State::VT_PART, Some(0)).unwrap()}
+  }
+  /// The part carries a keep range: digests after `keep_after` (16 bytes, little-endian;
+  /// empty: from the first) through `keep_upto` (16 bytes).
+  #[inline]
+  pub fn has_keep(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(State::VT_HAS_KEEP, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn keep_after(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(State::VT_KEEP_AFTER, None)}
+  }
+  #[inline]
+  pub fn keep_upto(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(State::VT_KEEP_UPTO, None)}
+  }
+  /// On the last part: the sender's applied sequence number when it read the last value.
+  #[inline]
+  pub fn caught_up_at(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(State::VT_CAUGHT_UP_AT, Some(0)).unwrap()}
   }
 }
 
@@ -1329,6 +1414,12 @@ impl ::flatbuffers::Verifiable for State<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Entry>>>>("entries", Self::VT_ENTRIES, false)?
      .visit_field::<bool>("last", Self::VT_LAST, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("keep", Self::VT_KEEP, false)?
+     .visit_field::<u64>("transfer", Self::VT_TRANSFER, false)?
+     .visit_field::<u32>("part", Self::VT_PART, false)?
+     .visit_field::<bool>("has_keep", Self::VT_HAS_KEEP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("keep_after", Self::VT_KEEP_AFTER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("keep_upto", Self::VT_KEEP_UPTO, false)?
+     .visit_field::<u64>("caught_up_at", Self::VT_CAUGHT_UP_AT, false)?
      .finish();
     Ok(())
   }
@@ -1339,6 +1430,12 @@ pub struct StateArgs<'a> {
     pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Entry<'a>>>>>,
     pub last: bool,
     pub keep: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub transfer: u64,
+    pub part: u32,
+    pub has_keep: bool,
+    pub keep_after: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub keep_upto: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub caught_up_at: u64,
 }
 impl<'a> Default for StateArgs<'a> {
   #[inline]
@@ -1349,6 +1446,12 @@ impl<'a> Default for StateArgs<'a> {
       entries: None,
       last: false,
       keep: None,
+      transfer: 0,
+      part: 0,
+      has_keep: false,
+      keep_after: None,
+      keep_upto: None,
+      caught_up_at: 0,
     }
   }
 }
@@ -1379,6 +1482,30 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StateBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(State::VT_KEEP, keep);
   }
   #[inline]
+  pub fn add_transfer(&mut self, transfer: u64) {
+    self.fbb_.push_slot::<u64>(State::VT_TRANSFER, transfer, 0);
+  }
+  #[inline]
+  pub fn add_part(&mut self, part: u32) {
+    self.fbb_.push_slot::<u32>(State::VT_PART, part, 0);
+  }
+  #[inline]
+  pub fn add_has_keep(&mut self, has_keep: bool) {
+    self.fbb_.push_slot::<bool>(State::VT_HAS_KEEP, has_keep, false);
+  }
+  #[inline]
+  pub fn add_keep_after(&mut self, keep_after: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(State::VT_KEEP_AFTER, keep_after);
+  }
+  #[inline]
+  pub fn add_keep_upto(&mut self, keep_upto: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(State::VT_KEEP_UPTO, keep_upto);
+  }
+  #[inline]
+  pub fn add_caught_up_at(&mut self, caught_up_at: u64) {
+    self.fbb_.push_slot::<u64>(State::VT_CAUGHT_UP_AT, caught_up_at, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StateBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StateBuilder {
@@ -1401,6 +1528,12 @@ impl ::core::fmt::Debug for State<'_> {
       ds.field("entries", &self.entries());
       ds.field("last", &self.last());
       ds.field("keep", &self.keep());
+      ds.field("transfer", &self.transfer());
+      ds.field("part", &self.part());
+      ds.field("has_keep", &self.has_keep());
+      ds.field("keep_after", &self.keep_after());
+      ds.field("keep_upto", &self.keep_upto());
+      ds.field("caught_up_at", &self.caught_up_at());
       ds.finish()
   }
 }
@@ -1497,6 +1630,103 @@ impl ::core::fmt::Debug for PullState<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("PullState");
       ds.field("since", &self.since());
+      ds.finish()
+  }
+}
+pub enum StateDoneOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The receiver applied every part of a transfer.
+pub struct StateDone<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StateDone<'a> {
+  type Inner = StateDone<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StateDone<'a> {
+  pub const VT_TRANSFER: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StateDone { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StateDoneArgs
+  ) -> ::flatbuffers::WIPOffset<StateDone<'bldr>> {
+    let mut builder = StateDoneBuilder::new(_fbb);
+    builder.add_transfer(args.transfer);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transfer(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StateDone::VT_TRANSFER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StateDone<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("transfer", Self::VT_TRANSFER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StateDoneArgs {
+    pub transfer: u64,
+}
+impl<'a> Default for StateDoneArgs {
+  #[inline]
+  fn default() -> Self {
+    StateDoneArgs {
+      transfer: 0,
+    }
+  }
+}
+
+pub struct StateDoneBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StateDoneBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transfer(&mut self, transfer: u64) {
+    self.fbb_.push_slot::<u64>(StateDone::VT_TRANSFER, transfer, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StateDoneBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StateDoneBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StateDone<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StateDone<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StateDone");
+      ds.field("transfer", &self.transfer());
       ds.finish()
   }
 }
@@ -1657,6 +1887,21 @@ impl<'a> PeerMsg<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_state_done(&self) -> Option<StateDone<'a>> {
+    if self.body_type() == Body::StateDone {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { StateDone::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for PeerMsg<'_> {
@@ -1675,6 +1920,7 @@ impl ::flatbuffers::Verifiable for PeerMsg<'_> {
           Body::Probe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Probe>>("Body::Probe", pos),
           Body::State => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<State>>("Body::State", pos),
           Body::PullState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PullState>>("Body::PullState", pos),
+          Body::StateDone => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StateDone>>("Body::StateDone", pos),
           _ => Ok(()),
         }
      })?
@@ -1780,6 +2026,13 @@ impl ::core::fmt::Debug for PeerMsg<'_> {
         },
         Body::PullState => {
           if let Some(x) = self.body_as_pull_state() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::StateDone => {
+          if let Some(x) = self.body_as_state_done() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -3085,6 +3085,171 @@ impl ::core::fmt::Debug for ScanResult<'_> {
       ds.finish()
   }
 }
+pub enum TransferStatsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A state transfer being sent: to which member, for which vnode, and how far it got.
+pub struct TransferStats<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TransferStats<'a> {
+  type Inner = TransferStats<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TransferStats<'a> {
+  pub const VT_VNODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TO_NODE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ELAPSED_MS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TransferStats { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TransferStatsArgs
+  ) -> ::flatbuffers::WIPOffset<TransferStats<'bldr>> {
+    let mut builder = TransferStatsBuilder::new(_fbb);
+    builder.add_elapsed_ms(args.elapsed_ms);
+    builder.add_bytes(args.bytes);
+    builder.add_keys(args.keys);
+    builder.add_to_node(args.to_node);
+    builder.add_vnode(args.vnode);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn vnode(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(TransferStats::VT_VNODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn to_node(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(TransferStats::VT_TO_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TransferStats::VT_KEYS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TransferStats::VT_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn elapsed_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TransferStats::VT_ELAPSED_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TransferStats<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("vnode", Self::VT_VNODE, false)?
+     .visit_field::<u32>("to_node", Self::VT_TO_NODE, false)?
+     .visit_field::<u64>("keys", Self::VT_KEYS, false)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
+     .visit_field::<u64>("elapsed_ms", Self::VT_ELAPSED_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TransferStatsArgs {
+    pub vnode: u16,
+    pub to_node: u32,
+    pub keys: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+}
+impl<'a> Default for TransferStatsArgs {
+  #[inline]
+  fn default() -> Self {
+    TransferStatsArgs {
+      vnode: 0,
+      to_node: 0,
+      keys: 0,
+      bytes: 0,
+      elapsed_ms: 0,
+    }
+  }
+}
+
+pub struct TransferStatsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferStatsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_vnode(&mut self, vnode: u16) {
+    self.fbb_.push_slot::<u16>(TransferStats::VT_VNODE, vnode, 0);
+  }
+  #[inline]
+  pub fn add_to_node(&mut self, to_node: u32) {
+    self.fbb_.push_slot::<u32>(TransferStats::VT_TO_NODE, to_node, 0);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: u64) {
+    self.fbb_.push_slot::<u64>(TransferStats::VT_KEYS, keys, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(TransferStats::VT_BYTES, bytes, 0);
+  }
+  #[inline]
+  pub fn add_elapsed_ms(&mut self, elapsed_ms: u64) {
+    self.fbb_.push_slot::<u64>(TransferStats::VT_ELAPSED_MS, elapsed_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TransferStatsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TransferStatsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferStats<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TransferStats<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TransferStats");
+      ds.field("vnode", &self.vnode());
+      ds.field("to_node", &self.to_node());
+      ds.field("keys", &self.keys());
+      ds.field("bytes", &self.bytes());
+      ds.field("elapsed_ms", &self.elapsed_ms());
+      ds.finish()
+  }
+}
 pub enum ShardStatsOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3124,6 +3289,7 @@ impl<'a> ShardStats<'a> {
   pub const VT_SYNCED_WRITES: ::flatbuffers::VOffsetT = 44;
   pub const VT_UPTIME_MS: ::flatbuffers::VOffsetT = 46;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 48;
+  pub const VT_TRANSFERS: ::flatbuffers::VOffsetT = 50;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3155,6 +3321,7 @@ impl<'a> ShardStats<'a> {
     builder.add_disk_bytes(args.disk_bytes);
     builder.add_live_bytes(args.live_bytes);
     builder.add_keys(args.keys);
+    if let Some(x) = args.transfers { builder.add_transfers(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     builder.add_segments(args.segments);
     builder.add_shard(args.shard);
@@ -3324,6 +3491,14 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ShardStats::VT_VERSION, None)}
   }
+  /// State transfers this shard is sending now (catch-ups of replicas behind it).
+  #[inline]
+  pub fn transfers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TransferStats<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TransferStats>>>>(ShardStats::VT_TRANSFERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -3355,6 +3530,7 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("synced_writes", Self::VT_SYNCED_WRITES, false)?
      .visit_field::<u64>("uptime_ms", Self::VT_UPTIME_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TransferStats>>>>("transfers", Self::VT_TRANSFERS, false)?
      .finish();
     Ok(())
   }
@@ -3383,6 +3559,7 @@ pub struct ShardStatsArgs<'a> {
     pub synced_writes: u64,
     pub uptime_ms: u64,
     pub version: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub transfers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TransferStats<'a>>>>>,
 }
 impl<'a> Default for ShardStatsArgs<'a> {
   #[inline]
@@ -3411,6 +3588,7 @@ impl<'a> Default for ShardStatsArgs<'a> {
       synced_writes: 0,
       uptime_ms: 0,
       version: None,
+      transfers: None,
     }
   }
 }
@@ -3513,6 +3691,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardStats::VT_VERSION, version);
   }
   #[inline]
+  pub fn add_transfers(&mut self, transfers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TransferStats<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardStats::VT_TRANSFERS, transfers);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -3553,6 +3735,7 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("synced_writes", &self.synced_writes());
       ds.field("uptime_ms", &self.uptime_ms());
       ds.field("version", &self.version());
+      ds.field("transfers", &self.transfers());
       ds.finish()
   }
 }

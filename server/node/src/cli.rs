@@ -95,6 +95,16 @@ pub struct Args {
     /// enough.
     #[arg(long, env = "TESSERA_ZONE", default_value = "")]
     pub zone: String,
+    /// Most state transfers (catch-ups of a replica that the retention queue cannot serve)
+    /// each shard sends at once; the others wait their turn.
+    #[arg(long, env = "TESSERA_TRANSFERS_PER_SHARD", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub transfers_per_shard: u16,
+    /// Most MiB per second of values and key digests each shard's state transfers send
+    /// (0: no limit), so that catching up a replica cannot take the disk or the network from
+    /// requests.
+    #[arg(long, env = "TESSERA_TRANSFER_MIB_PER_S", default_value_t = 128)]
+    pub transfer_mib_per_s: u64,
     /// When writes become durable.
     #[arg(long, env = "TESSERA_FSYNC", value_enum, default_value_t = FsyncMode::Interval)]
     pub fsync: FsyncMode,

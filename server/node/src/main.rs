@@ -29,6 +29,7 @@ mod peer_wire;
 mod replica;
 mod route;
 mod shard;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -198,6 +199,11 @@ fn run(args: Args) -> Result<(), String> {
         drained: AtomicUsize::new(0),
         compaction_bytes_per_s: (args.compaction_mib_per_s > 0)
             .then(|| args.compaction_mib_per_s * 1024 * 1024),
+        transfers: transfer::TransferSettings {
+            per_shard: usize::from(args.transfers_per_shard),
+            bytes_per_s: (args.transfer_mib_per_s > 0)
+                .then(|| args.transfer_mib_per_s * 1024 * 1024),
+        },
         budgets: (0..shards)
             .map(|_| budget::ShardBudget::new(args.connection_memory / shards))
             .collect(),
@@ -453,7 +459,7 @@ fn replica_of_shard(
         fresh: cluster.fresh,
     };
     let replicator = tessera_core::replication::Replicator::new(config, held, store);
-    replica::Replica::new(cluster.clone(), replicator)
+    replica::Replica::new(cluster.clone(), replicator, node.transfers)
 }
 
 /// Waits for this shard's in-flight requests, then for every peer to have done the same (a peer

@@ -6,7 +6,7 @@
 //! not decode closes the connection.
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
-use tessera_core::replication::{Body, Entry, PeerMsg, Position, Watermarks};
+use tessera_core::replication::{Body, Entry, KeepRange, PeerMsg, Position, Watermarks};
 use tessera_schema::frame::encode_frame;
 use tessera_schema::peer_fb as pb;
 
@@ -143,9 +143,10 @@ fn build_body(
                 pb::Ack::create(builder, &args).as_union_value(),
             )
         }
-        Body::Position(p) => {
+        Body::Position(p) | Body::ResumeTransfer(p) => {
             let args = pb::PositionReportArgs {
                 position: Some(&position(*p)),
+                partial: matches!(body, Body::ResumeTransfer(_)),
             };
             let report = pb::PositionReport::create(builder, &args);
             (pb::Body::PositionReport, report.as_union_value())
@@ -155,27 +156,50 @@ fn build_body(
             pb::Probe::create(builder, &pb::ProbeArgs {}).as_union_value(),
         ),
         Body::State {
+            transfer,
+            part,
             since,
             through,
             entries,
+            keep,
             last,
         } => {
             let entries = build_entries(builder, entries);
-            let keep: Option<Vec<u8>> = last
+            let digests: Option<Vec<u8>> = keep
                 .as_ref()
-                .map(|keep| keep.iter().flat_map(|d| d.to_le_bytes()).collect());
-            let keep = keep.map(|k| builder.create_vector(&k));
+                .map(|keep| keep.digests.iter().flat_map(|d| d.to_le_bytes()).collect());
+            let digests = digests.map(|k| builder.create_vector(&k));
+            let after = keep.as_ref().map(|k| {
+                let bytes = k.after.map(u128::to_le_bytes);
+                builder.create_vector(bytes.as_ref().map_or(&[][..], |b| &b[..]))
+            });
+            let upto = keep
+                .as_ref()
+                .map(|k| builder.create_vector(&k.upto.to_le_bytes()));
             let args = pb::StateArgs {
                 since: Some(&position(*since)),
                 through: Some(&position(*through)),
                 entries: Some(entries),
                 last: last.is_some(),
-                keep,
+                keep: digests,
+                transfer: *transfer,
+                part: *part,
+                has_keep: keep.is_some(),
+                keep_after: after,
+                keep_upto: upto,
+                caught_up_at: last.unwrap_or(0),
             };
             (
                 pb::Body::State,
                 pb::State::create(builder, &args).as_union_value(),
             )
+        }
+        Body::StateDone { transfer } => {
+            let args = pb::StateDoneArgs {
+                transfer: *transfer,
+            };
+            let done = pb::StateDone::create(builder, &args);
+            (pb::Body::StateDone, done.as_union_value())
         }
         Body::PullState { since } => {
             let args = pb::PullStateArgs {
@@ -193,8 +217,8 @@ pub fn message_bytes(msg: &PeerMsg) -> usize {
     64 + match &msg.body {
         Body::Append { entries: e, .. } => entries(e),
         Body::State {
-            entries: e, last, ..
-        } => entries(e) + last.as_ref().map_or(0, |k| k.len() * 16),
+            entries: e, keep, ..
+        } => entries(e) + keep.as_ref().map_or(0, |k| k.digests.len() * 16),
         _ => 0,
     }
 }
@@ -247,6 +271,38 @@ fn decode_entries(
         .unwrap_or_default()
 }
 
+/// A State part's keep range: digests of 16 bytes each, a range end of 16 bytes, a start of 16
+/// bytes or none.
+fn decode_keep(state: &pb::State<'_>) -> Result<Option<KeepRange>, String> {
+    if !state.has_keep() {
+        return Ok(None);
+    }
+    let digest = |bytes: &[u8]| -> Result<u128, String> {
+        let bytes: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| format!("a keep range bound of {} bytes", bytes.len()))?;
+        Ok(u128::from_le_bytes(bytes))
+    };
+    let listed = state.keep().map(|k| k.bytes()).unwrap_or_default();
+    if !listed.len().is_multiple_of(16) {
+        return Err(format!("a keep list of {} bytes", listed.len()));
+    }
+    let after = match state.keep_after().map(|a| a.bytes()).unwrap_or_default() {
+        [] => None,
+        bytes => Some(digest(bytes)?),
+    };
+    let upto = digest(state.keep_upto().map(|u| u.bytes()).unwrap_or_default())?;
+    let digests = listed
+        .chunks_exact(16)
+        .map(|d| u128::from_le_bytes(d.try_into().expect("16 bytes")))
+        .collect();
+    Ok(Some(KeepRange {
+        after,
+        upto,
+        digests,
+    }))
+}
+
 fn decode_body(msg: &pb::PeerMsg<'_>) -> Result<Body, String> {
     let missing = || "a message names no body".to_string();
     Ok(match msg.body_type() {
@@ -268,22 +324,29 @@ fn decode_body(msg: &pb::PeerMsg<'_>) -> Result<Body, String> {
         }
         pb::Body::PositionReport => {
             let report = msg.body_as_position_report().ok_or_else(missing)?;
-            Body::Position(report.position().map(from_position).unwrap_or_default())
+            let at = report.position().map(from_position).unwrap_or_default();
+            match report.partial() {
+                true => Body::ResumeTransfer(at),
+                false => Body::Position(at),
+            }
         }
         pb::Body::Probe => Body::Probe,
         pb::Body::State => {
             let state = msg.body_as_state().ok_or_else(missing)?;
-            let last = state.last().then(|| {
-                let keep = state.keep().map(|k| k.bytes()).unwrap_or_default();
-                keep.chunks_exact(16)
-                    .map(|d| u128::from_le_bytes(d.try_into().expect("16 bytes")))
-                    .collect()
-            });
             Body::State {
+                transfer: state.transfer(),
+                part: state.part(),
                 since: state.since().map(from_position).unwrap_or_default(),
                 through: state.through().map(from_position).unwrap_or_default(),
                 entries: decode_entries(state.entries()),
-                last,
+                keep: decode_keep(&state)?,
+                last: state.last().then_some(state.caught_up_at()),
+            }
+        }
+        pb::Body::StateDone => {
+            let done = msg.body_as_state_done().ok_or_else(missing)?;
+            Body::StateDone {
+                transfer: done.transfer(),
             }
         }
         pb::Body::PullState => {
@@ -360,19 +423,44 @@ mod tests {
                 suffix: Watermarks::NONE,
             },
             Body::Position(at),
+            Body::ResumeTransfer(at),
             Body::Probe,
             Body::State {
+                transfer: 4,
+                part: 0,
                 since: Position { seq: 1, version: 5 },
-                through: at,
+                through: Position::default(),
                 entries: vec![entry(2)],
+                keep: None,
                 last: None,
             },
             Body::State {
+                transfer: 4,
+                part: 1,
+                since: Position { seq: 1, version: 5 },
+                through: at,
+                entries: vec![],
+                keep: Some(KeepRange {
+                    after: None,
+                    upto: 7,
+                    digests: vec![1, 7],
+                }),
+                last: None,
+            },
+            Body::State {
+                transfer: 4,
+                part: 2,
                 since: Position::default(),
                 through: at,
                 entries: vec![],
-                last: Some(vec![1, u128::MAX]),
+                keep: Some(KeepRange {
+                    after: Some(7),
+                    upto: u128::MAX,
+                    digests: vec![u128::MAX],
+                }),
+                last: Some(11),
             },
+            Body::StateDone { transfer: 4 },
             Body::PullState { since: at },
         ]
         .into_iter()

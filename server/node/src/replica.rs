@@ -43,11 +43,8 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use tessera_core::placement::NodeId;
-use tessera_core::replication::{
-    Effect, Entry, PeerMsg, Position, Replicator, StateRead, Ticket, WriteFailure,
-};
+use tessera_core::replication::{Effect, PeerMsg, Replicator, Ticket, WriteFailure};
 use tessera_schema::frame::{FrameEvent, FrameReader};
-use tessera_store::{finish_state_read, StateItem};
 
 use crate::cluster::Cluster;
 use crate::peer_wire::{self, decode_batch, decode_hello, encode_batch, encode_hello, Hello};
@@ -143,10 +140,16 @@ pub struct Replica {
     pumping: Cell<bool>,
     /// Names accepted connections, so that a stale one's end is told from the current one's.
     next_inbound: Cell<u64>,
+    /// The state transfers this shard sends (`transfer.rs`).
+    pub transfers: crate::transfer::Transfers,
 }
 
 impl Replica {
-    pub fn new(cluster: Arc<Cluster>, replicator: Replicator) -> Replica {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        replicator: Replicator,
+        transfers: crate::transfer::TransferSettings,
+    ) -> Replica {
         Replica {
             cluster,
             replicator: RefCell::new(replicator),
@@ -155,6 +158,7 @@ impl Replica {
             applied_waiters: RefCell::new(BTreeMap::new()),
             pumping: Cell::new(false),
             next_inbound: Cell::new(0),
+            transfers: crate::transfer::Transfers::new(transfers),
         }
     }
 
@@ -223,9 +227,12 @@ pub fn pump(shard: &Rc<Shard>) {
         let effect = replica.replicator.borrow_mut().poll_effect();
         match effect {
             Some(Effect::Send(out)) => enqueue(replica, out.to, out.msg),
-            Some(Effect::ReadState { vnode, to, since }) => {
-                glommio::spawn_local(transfer_state(shard.clone(), vnode, to, since)).detach();
-            }
+            Some(Effect::ReadState {
+                vnode,
+                to,
+                since,
+                transfer,
+            }) => crate::transfer::spawn(shard, vnode, to, since, transfer),
             Some(Effect::WriteDone { ticket, result }) => {
                 if let Some(sender) = replica.write_waiters.borrow_mut().remove(&ticket) {
                     let _ = sender.send(result);
@@ -398,6 +405,7 @@ fn link_down(replica: &Replica, node: NodeId) {
 /// needs, and the core's clock.
 pub fn start(shard: &Rc<Shard>, listener: TcpListener) {
     let replica = shard.replica.as_ref().expect("a cluster shard");
+    replica.transfers.start();
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let needed = needed_connections(replica);
     for (node, remote_shards) in needed {
@@ -774,66 +782,4 @@ fn deliver(shard: &Rc<Shard>, replica: &Replica, from: NodeId, messages: Vec<Pee
     }
     shard.kick_flusher();
     pump(shard);
-}
-
-/// Reads a vnode's state for a transfer (values from disk where they are not in the log tail)
-/// and hands it to the core.
-async fn transfer_state(shard: Rc<Shard>, vnode: u16, to: NodeId, since: Position) {
-    let snapshot = shard
-        .store
-        .borrow()
-        .state_since(vnode, since.version, now_ms());
-    let mut entries = Vec::with_capacity(snapshot.items.len());
-    for item in snapshot.items {
-        match item {
-            StateItem::Ready(entry) => entries.push(entry),
-            StateItem::OnDisk { digest, read } => {
-                if let Some(entry) = read_state_item(&shard, vnode, digest, read).await {
-                    entries.push(entry);
-                }
-            }
-        }
-    }
-    let replica = shard.replica.as_ref().expect("cluster");
-    let read = StateRead {
-        vnode,
-        to,
-        since,
-        through: snapshot.through,
-        entries,
-        keep: snapshot.keep,
-    };
-    {
-        let mut store = shard.store.borrow_mut();
-        replica
-            .replicator
-            .borrow_mut()
-            .handle_state_read(read, &mut *store, now_ms());
-    }
-    pump(&shard);
-}
-
-/// One key of a state transfer from disk. Compaction may have moved its record since the
-/// snapshot: then it is looked up again; a key written since is skipped (its newer write
-/// follows in the live stream).
-async fn read_state_item(
-    shard: &Shard,
-    vnode: u16,
-    digest: u128,
-    read: tessera_store::DiskRead,
-) -> Option<Entry> {
-    let mut read = read;
-    for _ in 0..3 {
-        if let Ok(bytes) = shard.segments.read(&read).await {
-            match finish_state_read(&read, digest, &bytes) {
-                Ok(entry) => return Some(entry),
-                Err(corrupt) => tracing::error!(shard = shard.index, "state transfer: {corrupt}"),
-            }
-        }
-        match shard.store.borrow().locate(vnode, digest, read.version)? {
-            StateItem::Ready(entry) => return Some(entry),
-            StateItem::OnDisk { read: moved, .. } => read = moved,
-        }
-    }
-    None
 }

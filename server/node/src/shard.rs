@@ -53,6 +53,9 @@ pub struct NodeShared {
     pub drained: AtomicUsize,
     /// Each shard's compaction rate limit (`--compaction-mib-per-s`); `None`: no limit.
     pub compaction_bytes_per_s: Option<u64>,
+    /// Each shard's bounds on the state transfers it sends (`--transfers-per-shard`,
+    /// `--transfer-mib-per-s`).
+    pub transfers: crate::transfer::TransferSettings,
     /// Each shard's share of `--connection-memory` (`budget.rs`), by shard index.
     pub budgets: Vec<Arc<ShardBudget>>,
     /// Each shard's share of `--max-connections`.
@@ -564,6 +567,11 @@ impl Shard {
             synced_writes: store.synced_writes,
             uptime_ms: self.node.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            transfers: self
+                .replica
+                .as_ref()
+                .map(|r| r.transfers.stats())
+                .unwrap_or_default(),
         }
     }
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cli_binary, client_config, rss_bytes, runtime, Raw, TestCluster};
+use common::{
+    assert_replicas_agree, cli_binary, client_config, rss_bytes, runtime, Raw, TestCluster,
+};
 use tessera_client::{
     BatchOp, Client, ClientConfig, ClientError, DeleteRequest, Durability, Level, OpResult,
     PutRequest, Request, Response, ScanRequest, Status,
@@ -54,33 +56,6 @@ fn put(key: &[u8], value: &[u8], if_version: Option<u64>) -> PutRequest {
         ttl_ms: 0,
         if_version,
         durability: Durability::Default,
-    }
-}
-
-/// Runs `tessera verify` against the cluster; its exit status and output.
-fn cli_verify(cluster: &TestCluster) -> (bool, String) {
-    let output = std::process::Command::new(cli_binary())
-        .args(["--addr", &cluster.addr_list(), "verify"])
-        .output()
-        .expect("run tessera verify");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
-
-/// Waits (bounded) until `tessera verify` says every replica agrees.
-fn assert_replicas_agree(cluster: &TestCluster) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (agree, text) = cli_verify(cluster);
-        if agree {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas still differ after 30 s:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

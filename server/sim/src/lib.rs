@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use tessera_core::placement::NodeId;
 use tessera_lincheck::Verdict;
-use tessera_store::{finish_state_read, StateItem};
+use tessera_store::{TransferLimits, TransferNext, TransferSource};
 
 use crate::clients::Clients;
 use crate::world::World;
@@ -219,18 +219,33 @@ fn contents(world: &mut World, node: NodeId, vnode: u16) -> BTreeMap<Vec<u8>, (V
     let now = world.now_ms;
     let slot = &mut world.nodes[node as usize];
     let running = slot.running.as_mut().expect("healed");
-    let snapshot = running.store.state_since(vnode, 0, now);
-    snapshot
-        .items
-        .into_iter()
-        .map(|item| match item {
-            StateItem::Ready(entry) => entry,
-            StateItem::OnDisk { digest, read } => {
-                finish_state_read(&read, digest, &slot.disk.read(&read)).expect("intact")
+    // Every live key's newest write, read the way a state transfer from nothing reads them.
+    let everything = TransferLimits {
+        keys_per_pass: usize::MAX,
+        part_bytes: usize::MAX,
+        keep_per_part: usize::MAX,
+        walk_step: usize::MAX,
+        reads_at_once: usize::MAX,
+    };
+    let mut source = TransferSource::new(vnode, Default::default(), everything);
+    let mut copy = BTreeMap::new();
+    loop {
+        match source.next(&running.store, now) {
+            TransferNext::Read(items) => {
+                for item in items {
+                    source.push(world::read_item(&slot.disk, item));
+                }
             }
-        })
-        .map(|entry| (entry.key, (entry.value.unwrap_or_default(), entry.version)))
-        .collect()
+            TransferNext::Yield => {}
+            TransferNext::Send(part) => {
+                for entry in part.entries {
+                    copy.insert(entry.key, (entry.value.unwrap_or_default(), entry.version));
+                }
+                continue;
+            }
+            TransferNext::Done => return copy,
+        }
+    }
 }
 
 /// Every vnode's replicas hold the same keys, values and versions.

@@ -34,14 +34,17 @@ fn body(body: &Body) -> String {
             entries(list)
         ),
         Body::State {
+            transfer,
+            part,
             since,
             through,
             entries: list,
+            keep,
             last,
         } => format!(
-            "State since {since:?} through {through:?} [{}] last {:?}",
+            "State {transfer}/{part} since {since:?} through {through:?} [{}] keep {:?} last {last:?}",
             entries(list),
-            last.as_ref().map(Vec::len)
+            keep.as_ref().map(|k| k.digests.len())
         ),
         other => format!("{other:?}"),
     }

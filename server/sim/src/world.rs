@@ -10,10 +10,32 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tessera_core::placement::{ChainTable, NodeId};
 use tessera_core::replication::{
-    Config, Effect, PeerMsg, Replicator, StateRead, Ticket, VnodeStore, WriteFailure,
+    Config, Effect, PeerMsg, Replicator, Ticket, VnodeStore, WriteFailure,
 };
 use tessera_store::testing::{MemDisk, Rng};
-use tessera_store::{finish_state_read, FsyncPolicy, StateItem, Store, StoreConfig, Visibility};
+use tessera_store::{
+    finish_state_read, FsyncPolicy, StateItem, Store, StoreConfig, TransferLimits, TransferNext,
+    TransferSource, Visibility,
+};
+
+/// Small transfer parts, passes and walk steps, so that transfers come in many parts.
+const SIM_TRANSFER_LIMITS: TransferLimits = TransferLimits {
+    keys_per_pass: 4,
+    part_bytes: 256,
+    keep_per_part: 4,
+    walk_step: 8,
+    reads_at_once: 3,
+};
+
+/// A transfer's item, read from the simulated disk where it is not in memory.
+pub(crate) fn read_item(disk: &MemDisk, item: StateItem) -> tessera_core::replication::Entry {
+    match item {
+        StateItem::Ready(entry) => entry,
+        StateItem::OnDisk { digest, read } => {
+            finish_state_read(&read, digest, &disk.read(&read)).expect("intact records")
+        }
+    }
+}
 
 use crate::SimConfig;
 
@@ -292,7 +314,12 @@ impl World {
             };
             match effect {
                 Effect::Send(out) => self.send(node, out.to, out.msg),
-                Effect::ReadState { vnode, to, since } => self.serve_state(node, vnode, to, since),
+                Effect::ReadState {
+                    vnode,
+                    to,
+                    since,
+                    transfer,
+                } => self.serve_state(node, vnode, to, since, transfer),
                 Effect::WriteDone { ticket, result } => {
                     self.note(&[5, u64::from(node), ticket, u64::from(result.is_ok())]);
                     self.completions.push(Completion {
@@ -318,43 +345,47 @@ impl World {
         link.queue.push_back(((now + delay).max(after), msg));
     }
 
+    /// Serves a state transfer at once, in small parts (so that a cut link or a crash can
+    /// end it in the middle): the sending side as the shell runs it, without its pacing.
     fn serve_state(
         &mut self,
         node: NodeId,
         vnode: u16,
         to: NodeId,
         since: tessera_core::replication::Position,
+        transfer: u64,
     ) {
         let now = self.now_ms;
         let slot = &mut self.nodes[node as usize];
         let running = slot.running.as_mut().expect("up");
-        let snapshot = running.store.state_since(vnode, since.version, now);
         if self.config.watch_vnode == Some(vnode) {
-            let items = snapshot.items.len();
-            eprintln!("{now} state read at {node} for {to} since {since:?}: {items} items");
+            eprintln!("{now} state read at {node} for {to} since {since:?}");
         }
-        let entries = snapshot
-            .items
-            .into_iter()
-            .map(|item| match item {
-                StateItem::Ready(entry) => entry,
-                StateItem::OnDisk { digest, read } => {
-                    let bytes = slot.disk.read(&read);
-                    finish_state_read(&read, digest, &bytes).expect("intact records")
+        let mut source = TransferSource::new(vnode, since, SIM_TRANSFER_LIMITS);
+        loop {
+            match source.next(&running.store, now) {
+                TransferNext::Read(items) => {
+                    for item in items {
+                        source.push(read_item(&slot.disk, item));
+                    }
                 }
-            })
-            .collect();
-        let read = StateRead {
-            vnode,
-            to,
-            since,
-            through: snapshot.through,
-            entries,
-            keep: snapshot.keep,
-        };
-        running
-            .replicator
-            .handle_state_read(read, &mut running.store, now);
+                TransferNext::Yield => {}
+                TransferNext::Send(part) => {
+                    let replicator = &mut running.replicator;
+                    if !replicator.handle_state_part(
+                        vnode,
+                        to,
+                        transfer,
+                        part,
+                        &mut running.store,
+                        now,
+                    ) {
+                        return;
+                    }
+                }
+                TransferNext::Done => return,
+            }
+        }
     }
 
     /// Delivers, on every link in a random order, the first message that is due.

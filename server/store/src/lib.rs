@@ -27,15 +27,17 @@ pub mod recovery;
 pub mod replica;
 pub mod store;
 pub mod testing;
+pub mod transfer;
 pub mod visibility;
 
 pub use config::{FsyncPolicy, StoreConfig};
 pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};
 pub use recovery::{CorruptSegment, Recovery, RecoveryAction, SegmentReport};
-pub use replica::{finish_state_read, StateItem, StateSnapshot, VnodeCheck};
+pub use replica::{finish_state_read, StateItem, VnodeCheck};
 pub use store::{
     finish_key_read, finish_read, DiskRead, Lookup, ReplicatedWrite, ScanItem, ScanKey, Store,
     StoreStats, Write, WriteAck, WriteError, VERSIONS_PER_MS,
 };
+pub use transfer::{Next as TransferNext, TransferLimits, TransferSource};
 pub use visibility::{Barrier, Visibility, VnodeLog};

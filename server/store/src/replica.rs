@@ -1,16 +1,16 @@
 //! The store as chain replication sees it: `tessera_core::replication::VnodeStore`, and the
 //! snapshot a state transfer sends.
 //!
-//! A state transfer sends each key's newest write of a vnode newer than the receiver's
-//! position, as of one moment (`state_since`): writes already in the log tail come with it,
-//! the others are read back from disk by the shell (`finish_state_read`). The receiver applies
-//! them in version order and then drops every key the sender does not hold (`finish_state`):
-//! it writes a tombstone per dropped key, naming the key by its digest, since the index keeps
-//! no keys and reading each one back would be I/O (`ondisk::FLAG_DIGEST_KEY`).
+//! A state transfer (`transfer.rs` reads it) sends each key's newest write of a vnode newer
+//! than the receiver's position: writes already in the log tail come with it, the others are
+//! read back from disk by the shell (`finish_state_read`). The receiver applies them in
+//! version order and then drops every key the sender does not hold, range by range
+//! (`drop_absent`): it writes a tombstone per dropped key, naming the key by its digest, since
+//! the index keeps no keys and reading each one back would be I/O (`ondisk::FLAG_DIGEST_KEY`).
 
 use std::collections::HashSet;
 
-use tessera_core::replication::{Entry, Position, VnodeStore};
+use tessera_core::replication::{Entry, KeepRange, Position, VnodeStore};
 
 use crate::index::{Digest, Entry as IndexEntry};
 use crate::ondisk::{self, Parsed, RecordHeader};
@@ -35,48 +35,8 @@ pub struct VnodeCheck {
     pub digest: u64,
 }
 
-/// A vnode's state newer than some position, as of `through`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateSnapshot {
-    pub through: Position,
-    /// In version order.
-    pub items: Vec<StateItem>,
-    /// Every live key digest of the vnode.
-    pub keep: Vec<u128>,
-}
-
 impl Store {
-    /// The vnode's live keys whose newest write is newer than `since_version`, and every live
-    /// key digest, as of now.
-    pub fn state_since(&self, vnode: u16, since_version: u64, now_ms: u64) -> StateSnapshot {
-        let mut newer: Vec<(Digest, IndexEntry)> = Vec::new();
-        let mut keep = Vec::new();
-        for (digest, _) in self.indexes[usize::from(vnode)].iter_after(None) {
-            let Some(entry) = self.entry(vnode, digest).filter(|e| e.is_live(now_ms)) else {
-                continue;
-            };
-            keep.push(digest);
-            if entry.version > since_version {
-                newer.push((digest, entry));
-            }
-        }
-        newer.sort_by_key(|(_, entry)| entry.version);
-        let items = newer
-            .into_iter()
-            .map(|(digest, entry)| self.state_item(digest, &entry))
-            .collect();
-        let log = self.vnode_log(vnode);
-        StateSnapshot {
-            through: Position {
-                seq: log.applied_seq,
-                version: log.applied_version,
-            },
-            items,
-            keep,
-        }
-    }
-
-    fn state_item(&self, digest: Digest, entry: &IndexEntry) -> StateItem {
+    pub(crate) fn state_item(&self, digest: Digest, entry: &IndexEntry) -> StateItem {
         let (offset, len) = (u64::from(entry.offset), entry.record_len as usize);
         let in_tail = self
             .tail
@@ -221,28 +181,46 @@ impl VnodeStore for Store {
         }
     }
 
-    fn finish_state(
+    fn drop_absent(
         &mut self,
         vnode: u16,
-        keep: &[u128],
+        keep: &KeepRange,
         through: Position,
         epoch: u64,
-        _now_ms: u64,
     ) -> Result<(), String> {
         if let Some(reason) = self.failure() {
             return Err(reason.to_string());
         }
-        let keep: HashSet<u128> = keep.iter().copied().collect();
+        let listed: HashSet<u128> = keep.digests.iter().copied().collect();
         let absent: Vec<(Digest, IndexEntry)> = self.indexes[usize::from(vnode)]
-            .iter_after(None)
-            .filter(|(digest, entry)| !keep.contains(digest) && entry.version <= through.version)
+            .iter_after(keep.after)
+            .take_while(|(digest, _)| *digest <= keep.upto)
+            .filter(|(digest, entry)| !listed.contains(digest) && entry.version <= through.version)
             .collect();
+        // The tombstones carry the vnode's position, not `through`: a restart in the middle
+        // of the keep list must not find the vnode further than its values went.
+        let seq = self.vnode_log(vnode).applied_seq;
         for (digest, _) in absent {
             let entry = self.entry(vnode, digest).expect("listed just now");
-            self.drop_by_digest(vnode, digest, entry, through.seq, epoch as u32);
+            self.drop_by_digest(vnode, digest, entry, seq, epoch as u32);
+        }
+        Ok(())
+    }
+
+    fn finish_state(&mut self, vnode: u16, through: Position) -> Result<(), String> {
+        if let Some(reason) = self.failure() {
+            return Err(reason.to_string());
         }
         self.raise_position(vnode, through);
         Ok(())
+    }
+
+    fn hold_reads(&mut self, vnode: u16) {
+        Store::hold_reads(self, vnode);
+    }
+
+    fn accepts_writes(&self) -> bool {
+        self.check_writable().is_ok()
     }
 
     fn set_committed(&mut self, vnode: u16, seq: u64) {

@@ -382,6 +382,16 @@ impl Store {
         }
     }
 
+    /// The replication core's word that this replica's copy of `vnode` is not whole (a state
+    /// transfer is filling it): every read waits until `release_reads` again.
+    pub fn hold_reads(&mut self, vnode: u16) {
+        let log = &mut self.vnode_logs[usize::from(vnode)];
+        if log.read_floor.is_some() {
+            log.read_floor = None;
+            self.unsettled.mark_changed(vnode);
+        }
+    }
+
     /// A reader waits for `barrier`: make sure a sync is on its way, whatever the fsync policy
     /// (on one node visibility follows durability).
     pub fn want_visible(&mut self, _barrier: Barrier) {
@@ -505,7 +515,7 @@ impl Store {
             .filter(|entry| entry.is_live(now_ms))
     }
 
-    fn check_writable(&self) -> Result<(), WriteError> {
+    pub(crate) fn check_writable(&self) -> Result<(), WriteError> {
         if let Some(reason) = &self.failed {
             return Err(WriteError::Failed(reason.clone()));
         }

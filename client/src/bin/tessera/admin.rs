@@ -5,14 +5,16 @@
 //! bytes and memory (index plus value cache). Per vnode: its chain, epoch, each replica's
 //! applied sequence number (VERIFY, an index walk on every node: see `cluster_cmds`) and its
 //! lag, the head's number minus the furthest-behind replica's. A chain is short when a replica
-//! does not answer. The exit status is 2 when a node is down or a chain is short.
+//! does not answer. State transfers in flight (a replica being caught up from a predecessor)
+//! are listed with the keys and bytes sent so far and their rate. The exit status is 2 when a
+//! node is down or a chain is short.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::json;
 use tessera_client::routing::Routing;
-use tessera_client::{Client, ClientError, ShardStats, Status, VnodeCheck};
+use tessera_client::{Client, ClientError, ShardStats, Status, TransferStats, VnodeCheck};
 
 use crate::cluster_cmds::ask_members;
 
@@ -112,7 +114,32 @@ fn totals(shards: &[ShardStats]) -> (u64, String, usize, u64, u64, u64) {
     )
 }
 
+/// Every transfer the nodes that answered are sending: (from node, transfer).
+fn transfers(nodes: &[Node]) -> Vec<(usize, &TransferStats)> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(id, node)| node.stats.as_ref().ok().map(|shards| (id, shards)))
+        .flat_map(|(id, shards)| {
+            shards
+                .iter()
+                .flat_map(move |s| s.transfers.iter().map(move |t| (id, t)))
+        })
+        .collect()
+}
+
+fn mib_per_s(t: &TransferStats) -> f64 {
+    t.bytes as f64 / (1 << 20) as f64 / (t.elapsed_ms.max(1) as f64 / 1000.0)
+}
+
 fn write_json(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io::Result<()> {
+    let transfers: Vec<_> = transfers(nodes)
+        .into_iter()
+        .map(|(from, t)| {
+            json!({"vnode": t.vnode, "from": from, "to": t.to_node, "keys": t.keys,
+                   "bytes": t.bytes, "elapsed_ms": t.elapsed_ms, "mib_per_s": mib_per_s(t)})
+        })
+        .collect();
     let nodes: Vec<_> = nodes
         .iter()
         .enumerate()
@@ -138,7 +165,7 @@ fn write_json(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io
                    "lag": c.lag(), "short": c.short()})
         })
         .collect();
-    let report = json!({"nodes": nodes, "chains": chains});
+    let report = json!({"nodes": nodes, "chains": chains, "transfers": transfers});
     writeln!(out, "{report}")
 }
 
@@ -174,6 +201,20 @@ fn write_text(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io
         short.len(),
         lagging.len()
     )?;
+    let transfers = transfers(nodes);
+    writeln!(out, "transfers in flight: {}", transfers.len())?;
+    for (from, t) in transfers.iter().take(LISTED) {
+        writeln!(
+            out,
+            "  vnode {} from node {from} to node {}: {} keys, {} in {:.1} s ({:.1} MiB/s)",
+            t.vnode,
+            t.to_node,
+            t.keys,
+            mib(t.bytes),
+            t.elapsed_ms as f64 / 1000.0,
+            mib_per_s(t)
+        )?;
+    }
     for chain in short.iter().chain(lagging.iter()).take(LISTED) {
         let replicas: Vec<String> = chain
             .replicas

@@ -43,12 +43,13 @@
 mod msg;
 mod progress;
 mod replicator;
+mod transfer;
 mod vnode;
 
-pub use msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
+pub use msg::{Body, Entry, KeepRange, Level, Outgoing, PeerMsg, Position, Watermarks};
 pub use progress::{CatchUps, Progress, SuccessorLag};
 pub use replicator::{
-    Config, Effect, Refusal, Replicator, StateRead, Ticket, VnodeStore, WriteFailure,
+    Config, Effect, Refusal, Replicator, StatePart, Ticket, VnodeStore, WriteFailure,
 };
 
 #[cfg(test)]

@@ -69,23 +69,39 @@ pub enum Body {
     /// "Send me what comes after this": a successor on (re)connecting, or when a stream skipped;
     /// also the answer to a `Probe`.
     Position(Position),
+    /// Like `Position`, from a successor whose copy a transfer left partial (it was cut short):
+    /// its position is good only as the start of another transfer, never for a resend from
+    /// the queue, which does not carry the deletes that only a transfer's keep list brings.
+    ResumeTransfer(Position),
     /// A restarted head asks every replica where it stands before taking writes.
     Probe,
-    /// Sender -> receiver: the sender's whole state of the vnode newer than `since`, so that
-    /// the receiver ends up equal to the sender as of `through`. Entries come in version order
-    /// (their sequence numbers grow, with gaps: each key's newest write only).
+    /// Sender -> receiver: one part of a state transfer (`transfer.rs` has the protocol).
+    /// Parts come in order: first each live key's newest write newer than `since`, in
+    /// version order (so sequence numbers grow, with gaps); then the live key digests, by
+    /// digest range, so that the receiver drops the keys the sender no longer holds.
     State {
+        /// Names the transfer: parts of any other one are refused.
+        transfer: u64,
+        /// 0, 1, 2, ...: a part out of order ends the transfer at the receiver.
+        part: u32,
         /// The transfer holds every key's newest write after this position: a receiver behind
         /// it would be left with a hole, and asks again from where it is instead.
         since: Position,
+        /// The values were sent through this position (meaningful on parts with `keep`).
         through: Position,
         entries: Vec<Entry>,
-        /// The last part: also every key digest the sender holds, so the receiver drops any
-        /// key it has that the sender does not (deletes whose tombstones are gone).
-        last: Option<Vec<u128>>,
+        /// A range of the sender's live key digests (after the last part with entries).
+        keep: Option<KeepRange>,
+        /// The last part: the sender's applied sequence number when it read the last value.
+        /// A key rewritten meanwhile was left out (its write comes in the stream after
+        /// `through`): the receiver serves no read until it has applied this far.
+        last: Option<u64>,
     },
     /// A restarted head asks the replica that is ahead of it for its state newer than `since`.
     PullState { since: Position },
+    /// Receiver -> sender: every part of this transfer is applied (the receiver holds its
+    /// `through`); the sender may resend from its queue again.
+    StateDone { transfer: u64 },
 }
 
 impl Body {
@@ -94,14 +110,24 @@ impl Body {
         const FIXED: usize = 64;
         match self {
             Body::Append { entries, .. } => FIXED + entries.iter().map(Entry::bytes).sum::<usize>(),
-            Body::State { entries, last, .. } => {
+            Body::State { entries, keep, .. } => {
                 FIXED
                     + entries.iter().map(Entry::bytes).sum::<usize>()
-                    + last.as_ref().map_or(0, |keep| keep.len() * 16)
+                    + keep.as_ref().map_or(0, |keep| keep.digests.len() * 16)
             }
             _ => FIXED,
         }
     }
+}
+
+/// The sender's live key digests in `(after, upto]` (`after: None`: from the first digest),
+/// as it held them when it read them: the receiver drops each key of that range it holds that
+/// is not listed (a delete whose tombstone is gone, or that was never sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepRange {
+    pub after: Option<u128>,
+    pub upto: u128,
+    pub digests: Vec<u128>,
 }
 
 /// Sequence numbers a replica (or a run of replicas) has applied and made durable.

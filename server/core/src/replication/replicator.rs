@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::msg::{Entry, Level, Outgoing, PeerMsg, Position};
+use super::msg::{Entry, KeepRange, Level, Outgoing, PeerMsg, Position};
 use super::progress::{Progress, SuccessorLag};
 use super::vnode::{Ctx, VnodeState};
 use crate::placement::{Chain, NodeId};
@@ -16,21 +16,28 @@ pub trait VnodeStore {
     fn durable_seq(&self, vnode: u16) -> u64;
     /// Applies a write of the vnode's head as it is (sequence numbers only grow).
     fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, now_ms: u64) -> Result<(), String>;
-    /// Ends a state transfer: drops every key of the vnode not in `keep` (and not written
-    /// after `through`), and moves the vnode's position to `through`.
-    fn finish_state(
+    /// A part of a state transfer lists the sender's live keys of a digest range: drops every
+    /// key of that range not listed (and not written after `through`).
+    fn drop_absent(
         &mut self,
         vnode: u16,
-        keep: &[u128],
+        keep: &KeepRange,
         through: Position,
         epoch: u64,
-        now_ms: u64,
     ) -> Result<(), String>;
+    /// Ends a state transfer: moves the vnode's position to `through`.
+    fn finish_state(&mut self, vnode: u16, through: Position) -> Result<(), String>;
     /// The chain has committed the vnode's writes through `seq`: `strong` reads may show them.
     fn set_committed(&mut self, vnode: u16, seq: u64);
     /// This replica's copy holds every committed write again (after a restart): reads may go
     /// once the commit point reaches `floor`. Until then every read of the vnode waits.
     fn release_reads(&mut self, vnode: u16, floor: u64);
+    /// This replica's copy is not whole (a state transfer is filling it): every read of the
+    /// vnode waits until `release_reads` again.
+    fn hold_reads(&mut self, vnode: u16);
+    /// Whether `apply` would take a write now (no full disk, no failed disk, room in the
+    /// write buffer): a replica that refused writes asks for them again only then.
+    fn accepts_writes(&self) -> bool;
 }
 
 #[derive(Clone, Debug)]
@@ -82,13 +89,14 @@ pub enum Refusal {
 pub enum Effect {
     /// Send this message to the shard that holds its vnode on node `to`.
     Send(Outgoing),
-    /// Read the store's state of `vnode` newer than `since` (entries in version order, each
-    /// key's newest write as of one moment, and every key digest held then) and give it to
-    /// `Replicator::handle_state_read` for `to`.
+    /// Read the store's state of `vnode` newer than `since` (`tessera-store`'s
+    /// `TransferSource`) and give it, part by part, to `Replicator::handle_state_part` for
+    /// `to`, while `Replicator::transfer_current` says the transfer still matters.
     ReadState {
         vnode: u16,
         to: NodeId,
         since: Position,
+        transfer: u64,
     },
     /// A client write reached its ack point, or never will.
     WriteDone {
@@ -97,18 +105,17 @@ pub enum Effect {
     },
 }
 
-/// The answer to `Effect::ReadState`: the vnode's state as of `through`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateRead {
-    pub vnode: u16,
-    pub to: NodeId,
-    /// The position the transfer starts after (`Effect::ReadState`'s `since`).
-    pub since: Position,
-    pub through: Position,
-    /// Each key's newest write newer than the `since` asked for, in version order.
+/// One part of the answer to `Effect::ReadState`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatePart {
+    /// Live keys' newest writes, in version order, continuing the parts before.
     pub entries: Vec<Entry>,
-    /// Every key digest the vnode holds.
-    pub keep: Vec<u128>,
+    /// The values were sent through this position (on parts with `keep`).
+    pub through: Position,
+    /// A range of the live key digests (after every part with entries).
+    pub keep: Option<KeepRange>,
+    /// The last part: the sender's applied sequence number when it read the last value.
+    pub last: Option<u64>,
 }
 
 pub struct Replicator {
@@ -128,6 +135,8 @@ pub struct Replicator {
     /// Per successor, the vnodes whose streams wait for room in its outbox.
     paused: BTreeMap<NodeId, BTreeSet<u16>>,
     progress: Progress,
+    /// Names the next state transfer this shard sends.
+    next_transfer: u64,
 }
 
 impl Replicator {
@@ -157,6 +166,7 @@ impl Replicator {
             waiting: BTreeSet::new(),
             paused: BTreeMap::new(),
             progress: Progress::default(),
+            next_transfer: 1,
         }
     }
 
@@ -164,8 +174,10 @@ impl Replicator {
         self.effects.pop_front()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn ctx<'a>(
         effects: &'a mut VecDeque<Effect>,
+        next_transfer: &'a mut u64,
         outbox: &'a mut BTreeMap<NodeId, usize>,
         progress: &'a mut Progress,
         config: &Config,
@@ -182,6 +194,7 @@ impl Replicator {
             outbox_limit: config.outbox_limit_bytes,
             congested: queued_bytes >= config.queue_limit_bytes,
             progress,
+            next_transfer,
         }
     }
 
@@ -198,6 +211,7 @@ impl Replicator {
         };
         let mut cx = Self::ctx(
             &mut self.effects,
+            &mut self.next_transfer,
             &mut self.outbox,
             &mut self.progress,
             &self.config,
@@ -229,7 +243,10 @@ impl Replicator {
 
     /// Once the queues have room, the vnodes that refused appends ask for them again.
     fn resume_refused(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
-        if self.queued_bytes >= self.config.queue_limit_bytes || self.refused.is_empty() {
+        if self.queued_bytes >= self.config.queue_limit_bytes
+            || self.refused.is_empty()
+            || !store.accepts_writes()
+        {
             return;
         }
         for vnode in std::mem::take(&mut self.refused) {
@@ -317,10 +334,46 @@ impl Replicator {
         self.resume_refused(store, now_ms);
     }
 
-    /// The shell read the state an `Effect::ReadState` asked for.
-    pub fn handle_state_read(&mut self, read: StateRead, store: &mut dyn VnodeStore, now_ms: u64) {
-        self.with_vnode(read.vnode, store, now_ms, |state, cx| {
-            state.handle_state_read(read, cx);
+    /// Whether the transfer an `Effect::ReadState` asked for is still wanted (a link that
+    /// went down, a newer transfer or a finished one end it): the reader stops when not.
+    pub fn transfer_current(&self, vnode: u16, to: NodeId, transfer: u64) -> bool {
+        self.vnodes
+            .get(&vnode)
+            .is_some_and(|s| s.sending_transfer(to, transfer))
+    }
+
+    /// The shell read one part of a transfer: sends it. False when the transfer is no longer
+    /// wanted (the reader stops).
+    pub fn handle_state_part(
+        &mut self,
+        vnode: u16,
+        to: NodeId,
+        transfer: u64,
+        part: StatePart,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+    ) -> bool {
+        let mut sent = false;
+        self.with_vnode(vnode, store, now_ms, |state, cx| {
+            let (ok, delta) = state.send_state_part(to, transfer, part, cx);
+            sent = ok;
+            delta
+        });
+        sent
+    }
+
+    /// The shell could not read a transfer (an unreadable record): it is abandoned, and the
+    /// successor stays behind until it asks again (it is reported, never skipped).
+    pub fn handle_state_failed(
+        &mut self,
+        vnode: u16,
+        to: NodeId,
+        transfer: u64,
+        store: &mut dyn VnodeStore,
+        now_ms: u64,
+    ) {
+        self.with_vnode(vnode, store, now_ms, |state, _| {
+            state.abandon_transfer(to, transfer);
             0
         });
     }
@@ -397,6 +450,7 @@ impl Replicator {
         for state in self.vnodes.values_mut() {
             let mut cx = Self::ctx(
                 &mut self.effects,
+                &mut self.next_transfer,
                 &mut self.outbox,
                 &mut self.progress,
                 &self.config,
@@ -438,9 +492,10 @@ impl Replicator {
         self.vnodes.get(&vnode).map(|s| &s.chain)
     }
 
-    /// What this replica has applied of `vnode` (a `session` read waits for its token).
+    /// What this replica has applied of `vnode` (a `session` read waits for its token), as
+    /// it may claim it: while a transfer here is incomplete, no more than where it started.
     pub fn applied(&self, vnode: u16) -> Option<u64> {
-        self.vnodes.get(&vnode).map(|s| s.own.applied)
+        self.vnodes.get(&vnode).map(|s| s.claimed().applied)
     }
 
     /// The commit point this replica knows for `vnode`.

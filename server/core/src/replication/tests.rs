@@ -29,6 +29,8 @@ struct MapStore {
     auto_durable: bool,
     /// What was durable at the last `sync`: a crash goes back to it.
     durable_copy: Option<Box<MapStore>>,
+    /// `apply` of this sequence number fails once (a full disk, say).
+    fail_once_at: Option<u64>,
 }
 
 impl MapStore {
@@ -69,7 +71,9 @@ impl MapStore {
         entry
     }
 
-    fn state_since(&self, since: Position) -> (Vec<Entry>, Vec<u128>) {
+    /// A transfer's parts from `since`, as `tessera-store` makes them but all at once: values
+    /// in version order, `per_part` to a part, then the sorted digests, `per_part` to a part.
+    fn state_parts(&self, since: Position, per_part: usize) -> Vec<StatePart> {
         let mut entries: Vec<Entry> = self
             .data
             .iter()
@@ -83,7 +87,40 @@ impl MapStore {
             })
             .collect();
         entries.sort_by_key(|e| e.version);
-        (entries, self.data.keys().map(|k| digest(k)).collect())
+        let mut parts: Vec<StatePart> = entries
+            .chunks(per_part)
+            .map(|chunk| StatePart {
+                entries: chunk.to_vec(),
+                ..StatePart::default()
+            })
+            .collect();
+        let mut digests: Vec<u128> = self.data.keys().map(|k| digest(k)).collect();
+        digests.sort_unstable();
+        let chunks: Vec<&[u128]> = match digests.is_empty() {
+            true => vec![&[]],
+            false => digests.chunks(per_part).collect(),
+        };
+        let mut after = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let upto = if last {
+                u128::MAX
+            } else {
+                chunk[chunk.len() - 1]
+            };
+            parts.push(StatePart {
+                entries: Vec::new(),
+                through: self.position,
+                keep: Some(KeepRange {
+                    after,
+                    upto,
+                    digests: chunk.to_vec(),
+                }),
+                last: last.then_some(self.position.seq),
+            });
+            after = Some(upto);
+        }
+        parts
     }
 }
 
@@ -106,6 +143,10 @@ impl VnodeStore for MapStore {
             "applied in order: {entry:?} after {:?}",
             self.position
         );
+        if self.fail_once_at == Some(entry.seq) {
+            self.fail_once_at = None;
+            return Err("no space left on the device".into());
+        }
         match &entry.value {
             Some(value) => {
                 self.data
@@ -124,30 +165,47 @@ impl VnodeStore for MapStore {
         }
         Ok(())
     }
-    fn finish_state(
+    fn drop_absent(
         &mut self,
         _vnode: u16,
-        keep: &[u128],
+        keep: &KeepRange,
         through: Position,
         _epoch: u64,
-        _now_ms: u64,
     ) -> Result<(), String> {
-        let keep: BTreeSet<u128> = keep.iter().copied().collect();
+        let listed: BTreeSet<u128> = keep.digests.iter().copied().collect();
+        let in_range = |d: u128| keep.after.is_none_or(|after| d > after) && d <= keep.upto;
         self.data.retain(|key, (_, version, _)| {
-            keep.contains(&digest(key)) || *version > through.version
+            let d = digest(key);
+            !in_range(d) || listed.contains(&d) || *version > through.version
         });
-        self.position = through;
         if self.auto_durable {
             self.sync();
         }
         Ok(())
+    }
+    fn finish_state(&mut self, _vnode: u16, through: Position) -> Result<(), String> {
+        if through.seq > self.position.seq {
+            self.position = through;
+        }
+        if self.auto_durable {
+            self.sync();
+        }
+        Ok(())
+    }
+    fn hold_reads(&mut self, _vnode: u16) {
+        self.released = None;
+    }
+    fn accepts_writes(&self) -> bool {
+        true
     }
     fn set_committed(&mut self, _vnode: u16, seq: u64) {
         assert!(seq >= self.committed, "the commit point never goes back");
         self.committed = seq;
     }
     fn release_reads(&mut self, _vnode: u16, floor: u64) {
-        self.released = Some(floor);
+        if self.released.is_none_or(|old| floor > old) {
+            self.released = Some(floor);
+        }
     }
 }
 
@@ -165,6 +223,11 @@ struct Cluster {
     done: BTreeMap<Ticket, Result<(), WriteFailure>>,
     now_ms: u64,
     config: Config,
+    /// Values (and digests) per part of a state transfer.
+    part_size: usize,
+    /// State reads are kept here instead of served (a test serves them by hand).
+    stash_state_reads: bool,
+    stashed: Vec<(NodeId, Effect)>,
 }
 
 impl Cluster {
@@ -189,6 +252,9 @@ impl Cluster {
             done: BTreeMap::new(),
             now_ms: 1000,
             config,
+            part_size: 1000,
+            stash_state_reads: false,
+            stashed: Vec::new(),
         };
         for node in 1..=3 {
             cluster.start(
@@ -278,20 +344,28 @@ impl Cluster {
                             self.in_flight.push_back((node, out.to, out.msg));
                         }
                     }
-                    Effect::ReadState { vnode, to, since } => {
-                        let (entries, keep) = member.store.state_since(since);
-                        let through = member.store.position;
-                        let read = StateRead {
-                            vnode,
-                            to,
-                            since,
-                            through,
-                            entries,
-                            keep,
-                        };
-                        member
-                            .replicator
-                            .handle_state_read(read, &mut member.store, now);
+                    effect @ Effect::ReadState { .. } if self.stash_state_reads => {
+                        self.stashed.push((node, effect));
+                    }
+                    Effect::ReadState {
+                        vnode,
+                        to,
+                        since,
+                        transfer,
+                    } => {
+                        for part in member.store.state_parts(since, self.part_size) {
+                            let replicator = &mut member.replicator;
+                            if !replicator.handle_state_part(
+                                vnode,
+                                to,
+                                transfer,
+                                part,
+                                &mut member.store,
+                                now,
+                            ) {
+                                break;
+                            }
+                        }
                     }
                     Effect::WriteDone { ticket, result } => {
                         self.done.insert(ticket, result);
@@ -299,6 +373,24 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Delivers the oldest message in flight from `from` to `to` (each link stays FIFO).
+    fn deliver_on(&mut self, from: NodeId, to: NodeId) -> Option<Body> {
+        self.collect();
+        let at = self
+            .in_flight
+            .iter()
+            .position(|(f, t, _)| (*f, *t) == (from, to))?;
+        let (_, _, msg) = self.in_flight.remove(at).expect("found");
+        let body = msg.body.clone();
+        let now = self.now_ms;
+        let member = self.members.get_mut(&to).unwrap();
+        member
+            .replicator
+            .handle_message(from, msg, &mut member.store, now);
+        self.collect();
+        Some(body)
     }
 
     /// Delivers messages until none are left.
@@ -601,11 +693,14 @@ fn a_replica_that_lost_committed_writes_holds_reads_until_it_has_them_again() {
         Some(4),
         "reads go once the copy reaches the commit point"
     );
-    // With durable commit nothing committed can be lost: a restarted replica releases at once.
+    // With durable commit nothing committed can be lost, but a restarted replica may hold a
+    // transfer its crash cut short: it releases reads once its predecessor's stream answers.
     let mut durable = Cluster::new(true);
     durable.write("k", Some("v"), Level::Strong).unwrap();
     durable.run();
     durable.crash_and_restart(3);
+    assert_eq!(durable.members[&3].store.released, None);
+    durable.run();
     assert_eq!(durable.members[&3].store.released, Some(1));
 }
 
@@ -696,4 +791,232 @@ fn a_restarted_member_learns_the_commit_point_of_an_idle_vnode() {
             );
         }
     }
+}
+
+// ------------------------------------------------------------------ state transfers (issue 16)
+
+/// The tail is away while its middle's queue is lost; "doomed" is deleted meanwhile and three
+/// large values are written: the tail's return needs a transfer of several parts, with the
+/// delete only in the keep list.
+fn transfer_pending(part_size: usize) -> Cluster {
+    let mut c = Cluster::new(false);
+    c.part_size = part_size;
+    c.write("doomed", Some("x"), Level::Strong).unwrap();
+    c.run();
+    c.disconnect(2, 3);
+    for key in ["a0", "a1"] {
+        c.write(key, Some("v"), Level::Eventual).unwrap();
+        c.run();
+    }
+    c.members
+        .get_mut(&2)
+        .unwrap()
+        .replicator
+        .trim_all_queues_for_test();
+    c.write("doomed", None, Level::Eventual).unwrap();
+    c.write("a2", Some("v"), Level::Eventual).unwrap();
+    c.run();
+    c
+}
+
+fn is_values_part(body: &Option<Body>) -> bool {
+    matches!(body, Some(Body::State { keep: None, .. }))
+}
+
+/// Defect 2 (review F1): a transfer cut after the tail acknowledged its first parts, then
+/// resumed, still brings the deletes that only the keep list carries, whether the link drops
+/// or the tail is killed.
+#[test]
+fn a_transfer_cut_short_still_applies_the_deletes_it_carried() {
+    for crash in [false, true] {
+        let mut c = transfer_pending(1);
+        c.connect(2, 3);
+        // The tail's Position reaches the middle, which starts the transfer.
+        assert!(matches!(c.deliver_on(3, 2), Some(Body::Position(_))));
+        assert!(is_values_part(&c.deliver_on(2, 3)));
+        assert!(is_values_part(&c.deliver_on(2, 3)));
+        // The tail's acks of what it applied reach the middle.
+        while c.deliver_on(3, 2).is_some() {}
+        let tail = &c.members[&3].store;
+        assert!(
+            tail.data.contains_key(b"doomed".as_slice()),
+            "not yet dropped"
+        );
+        assert_eq!(tail.released, None, "no read while the copy is partial");
+        match crash {
+            true => c.crash_and_restart(3),
+            false => {
+                c.disconnect(2, 3);
+                c.connect(2, 3);
+            }
+        }
+        c.run();
+        c.assert_converged();
+        let tail = &c.members[&3].store;
+        assert!(
+            !tail.data.contains_key(b"doomed".as_slice()),
+            "crash {crash}"
+        );
+        assert!(
+            tail.released.is_some(),
+            "reads released once whole (crash {crash})"
+        );
+    }
+}
+
+/// Defect 3 (review F2): a store error in the middle of a transfer ends it there and the tail
+/// asks again from its position; no later part is applied past the hole.
+#[test]
+fn a_store_error_inside_a_transfer_leaves_no_hole() {
+    let mut c = transfer_pending(1);
+    let a1 = c.members[&2].store.data[b"a1".as_slice()].2;
+    c.members.get_mut(&3).unwrap().store.fail_once_at = Some(a1);
+    c.connect(2, 3);
+    c.run();
+    c.tick(100); // the shard has room again: the tail asks again
+    c.assert_converged();
+    assert!(!c.live(3).contains_key(b"doomed".as_slice()));
+}
+
+/// Defect 4 (review F3): a key rewritten while the transfer was read is left out of it (its
+/// write comes in the stream); the receiver serves no read until it has applied what the
+/// sender had applied when it read its last value.
+#[test]
+fn a_key_rewritten_during_a_transfer_holds_reads_until_its_write_arrives() {
+    let mut c = transfer_pending(1);
+    c.stash_state_reads = true;
+    c.connect(2, 3);
+    c.run();
+    let (node, effect) = c.stashed.pop().expect("a state read");
+    let Effect::ReadState {
+        vnode,
+        to,
+        since,
+        transfer,
+        ..
+    } = effect
+    else {
+        unreachable!()
+    };
+    assert_eq!((node, to), (2, 3));
+    let mut parts = c.members[&2].store.state_parts(since, 1);
+    // a1 is rewritten while the transfer is read: the reader leaves it out.
+    c.disconnect(2, 3); // hold the rewrite's stream back from the tail for now
+    c.connect(2, 3);
+    c.run();
+    let (_, effect) = c.stashed.pop().expect("a new state read");
+    let Effect::ReadState { transfer: id, .. } = effect else {
+        unreachable!()
+    };
+    let _ = transfer;
+    c.write("a1", Some("new"), Level::Eventual).unwrap();
+    let caught_up_at = c.members[&2].store.position.seq;
+    parts.retain(|p| !p.entries.iter().any(|e| e.key == b"a1"));
+    parts.last_mut().unwrap().last = Some(caught_up_at);
+    let middle = c.members.get_mut(&2).unwrap();
+    for part in parts {
+        assert!(middle
+            .replicator
+            .handle_state_part(vnode, 3, id, part, &mut middle.store, 0));
+    }
+    // Every part reaches the tail, but not yet the stream's rewrite of a1.
+    while is_state(&c.deliver_on(2, 3)) {}
+    let tail = &c.members[&3].store;
+    assert!(
+        tail.released.is_some_and(|floor| floor >= caught_up_at),
+        "reads wait for the rewrite: {:?}",
+        tail.released
+    );
+    c.run();
+    c.assert_converged();
+    assert_eq!(c.live(3)[b"a1".as_slice()], b"new");
+}
+
+fn is_state(body: &Option<Body>) -> bool {
+    matches!(body, Some(Body::State { .. }))
+}
+
+/// Defect 5 (review F4): under `--fsync interval` a `session` write waiting for the middle is
+/// acknowledged only once the middle has the transfer, not when it is handed to the shell.
+#[test]
+fn a_session_write_waits_for_the_transfer_to_arrive() {
+    let mut c = Cluster::new(false);
+    c.write("a", Some("1"), Level::Strong).unwrap();
+    c.run();
+    c.disconnect(1, 2);
+    let ticket = c.write("b", Some("2"), Level::Session).unwrap();
+    c.run();
+    c.members
+        .get_mut(&1)
+        .unwrap()
+        .replicator
+        .trim_all_queues_for_test();
+    c.connect(1, 2);
+    assert!(matches!(c.deliver_on(2, 1), Some(Body::Position(_))));
+    assert!(c
+        .in_flight
+        .iter()
+        .any(|(f, t, m)| (*f, *t) == (1, 2) && matches!(m.body, Body::State { .. })));
+    assert!(
+        !c.done.contains_key(&ticket),
+        "not before the middle has it"
+    );
+    c.run();
+    assert_eq!(c.done.get(&ticket), Some(&Ok(())));
+    c.assert_converged();
+}
+
+/// An unreadable record ends the transfer (never skipped): nothing more is sent, and the
+/// successor catches up once it asks again.
+#[test]
+fn an_unreadable_record_abandons_the_transfer() {
+    let mut c = transfer_pending(1);
+    c.stash_state_reads = true;
+    c.connect(2, 3);
+    c.run();
+    let (_, effect) = c.stashed.pop().expect("a state read");
+    let Effect::ReadState {
+        vnode,
+        to,
+        transfer,
+        ..
+    } = effect
+    else {
+        unreachable!()
+    };
+    let middle = c.members.get_mut(&2).unwrap();
+    assert!(middle.replicator.transfer_current(vnode, to, transfer));
+    middle
+        .replicator
+        .handle_state_failed(vnode, to, transfer, &mut middle.store, 0);
+    assert!(!middle.replicator.transfer_current(vnode, to, transfer));
+    let part = StatePart::default();
+    assert!(!middle
+        .replicator
+        .handle_state_part(vnode, to, transfer, part, &mut middle.store, 0));
+    c.run();
+    assert!(
+        c.live(3).contains_key(b"doomed".as_slice()),
+        "behind, not wrong"
+    );
+    c.stash_state_reads = false;
+    c.disconnect(2, 3);
+    c.connect(2, 3);
+    c.run();
+    c.assert_converged();
+}
+
+/// Defect 8: a replica whose store refused a streamed write (its write buffer full after a
+/// pause) asks for it again once the store takes writes, even if the vnode gets no later
+/// write to show the gap.
+#[test]
+fn a_streamed_write_the_store_refused_is_asked_for_again() {
+    let mut c = Cluster::new(false);
+    c.write("a", Some("1"), Level::Eventual).unwrap();
+    c.run();
+    c.members.get_mut(&3).unwrap().store.fail_once_at = Some(2);
+    c.write("b", Some("2"), Level::Eventual).unwrap();
+    c.run();
+    c.tick(50);
+    c.assert_converged();
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
 use super::progress::{Progress, SuccessorLag};
 use super::replicator::{Effect, Ticket, VnodeStore, WriteFailure};
+use super::transfer::{InTransfer, OutTransfer, ReceivedPart};
 use crate::placement::{Chain, NodeId};
 
 /// Entries per `Append` message at most (bytes are bounded by the caller's batching too).
@@ -21,38 +22,53 @@ struct Waiter {
 
 /// The head's recovery after a restart: it asks every replica where it stands.
 #[derive(Debug, Default)]
-struct Recovery {
+pub(super) struct Recovery {
     answers: BTreeMap<NodeId, Position>,
     /// A pull from this replica is under way.
-    pulling_from: Option<NodeId>,
+    pub pulling_from: Option<NodeId>,
 }
 
 /// What this replica knows of its successor.
 #[derive(Debug)]
-struct Downstream {
-    node: NodeId,
+pub(super) struct Downstream {
+    pub node: NodeId,
     /// The successor's own watermarks, and its and its successors'.
     own: Watermarks,
     suffix: Watermarks,
     /// The last entry sent (the stream goes on after it); `None`: wait for its `Position`.
-    sent: Option<u64>,
+    pub sent: Option<u64>,
     /// Entries the successor has not made durable yet, oldest first.
-    queue: VecDeque<Entry>,
-    queue_bytes: usize,
+    pub queue: VecDeque<Entry>,
+    pub queue_bytes: usize,
     /// The entry just before the queue's first: a successor at or after it can be resent to
     /// from the queue. `None`: the queue lost entries (it overflowed, or this replica
     /// restarted): a successor behind the queue needs a state transfer.
-    base: Option<Position>,
-    /// A state transfer to the successor is being read (`Effect::ReadState`).
-    transferring: bool,
+    pub base: Option<Position>,
+    /// The state transfer to the successor (`transfer.rs`), until it says it applied it.
+    pub transfer: Option<OutTransfer>,
+    /// A transfer to the successor started and has not completed: its position is good only
+    /// as the start of another transfer, never for a resend from the queue.
+    pub needs_transfer: bool,
     /// The successor is ahead of this replica: stream once caught up past it.
     deferred: Option<Position>,
     /// The last position the successor reported (it is at least there).
-    reported: Option<Position>,
-    link_up: bool,
+    pub reported: Option<Position>,
+    pub link_up: bool,
 }
 
 impl Downstream {
+    /// A transfer to the successor is being sent: the stream waits.
+    fn transferring(&self) -> bool {
+        self.transfer.is_some_and(|t| t.sending())
+    }
+
+    /// Whether the queue can catch up a successor at `position` (entries right after it).
+    fn covers(&self, position: Position) -> bool {
+        !self.needs_transfer
+            && self.base.is_some_and(|base| base.seq <= position.seq)
+            && self.queue.front().is_none_or(|e| e.seq <= position.seq + 1)
+    }
+
     fn new(node: NodeId, position: Position) -> Downstream {
         Downstream {
             node,
@@ -62,7 +78,8 @@ impl Downstream {
             queue: VecDeque::new(),
             queue_bytes: 0,
             base: Some(position),
-            transferring: false,
+            transfer: None,
+            needs_transfer: false,
             deferred: None,
             reported: None,
             link_up: false,
@@ -83,11 +100,18 @@ pub(crate) struct VnodeState {
     /// This replica's own watermarks, as its store has them.
     pub own: Watermarks,
     pub own_version: u64,
-    down: Option<Downstream>,
+    pub(super) down: Option<Downstream>,
     /// The commit point given to the store.
     pub committed: u64,
     /// A head that has not yet checked that no replica is ahead of it.
-    recovery: Option<Recovery>,
+    pub(super) recovery: Option<Recovery>,
+    /// The transfer being received, part by part (`transfer.rs`).
+    pub(super) incoming: Option<InTransfer>,
+    /// A transfer here started and none has completed since: acknowledgements claim no more
+    /// than this (where this replica stood when the first started).
+    pub(super) ack_cap: Option<u64>,
+    /// The transfer a recovering head pulls from this replica.
+    pub(super) serving_pull: Option<OutTransfer>,
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// An `Ack` is due to the predecessor, with these watermarks last sent.
     last_ack: Option<(Watermarks, Watermarks)>,
@@ -96,11 +120,11 @@ pub(crate) struct VnodeState {
     last_prefix_sent: Option<Watermarks>,
     last_committed_sent: u64,
     /// A `Position` was sent upstream and no stream has answered it yet.
-    awaiting_stream: bool,
+    pub(super) awaiting_stream: bool,
     /// The store's reads of this vnode are released (`VnodeStore::release_reads`).
-    clean: bool,
+    pub(super) clean: bool,
     /// The commit point the predecessor last told of.
-    upstream_committed: Option<u64>,
+    pub(super) upstream_committed: Option<u64>,
     /// Appends were refused while the shard's queues were full: ask the predecessor to resend
     /// once they have room (`resume_refused`).
     pub refused: bool,
@@ -120,9 +144,17 @@ pub(crate) struct Ctx<'a> {
     /// appends (the backpressure reaches the head, whose writes get OVERLOADED).
     pub congested: bool,
     pub progress: &'a mut Progress,
+    /// Names the next state transfer sent.
+    pub next_transfer: &'a mut u64,
 }
 
 impl Ctx<'_> {
+    pub(super) fn new_transfer_id(&mut self) -> u64 {
+        let id = *self.next_transfer;
+        *self.next_transfer += 1;
+        id
+    }
+
     /// Whether the link to `node` takes more of a stream now.
     fn has_room(&self, node: NodeId) -> bool {
         self.outbox.get(&node).copied().unwrap_or(0) < self.outbox_limit
@@ -131,7 +163,7 @@ impl Ctx<'_> {
     /// Counts a vnode's catch-up of a successor: every state transfer started, and every
     /// resend from the queue that a `Position` message asked for (a re-decision from a
     /// position already known, at a link-up or after a transfer, is not a new catch-up).
-    fn count_catch_up(&mut self, to: NodeId, transfer: bool) {
+    pub(super) fn count_catch_up(&mut self, to: NodeId, transfer: bool) {
         let counts = self.progress.catch_ups.entry(to).or_default();
         match transfer {
             true => counts.transfers += 1,
@@ -139,7 +171,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn send(&mut self, to: NodeId, vnode: u16, epoch: u64, body: Body) {
+    pub(super) fn send(&mut self, to: NodeId, vnode: u16, epoch: u64, body: Body) {
         *self.outbox.entry(to).or_default() += body.bytes();
         self.effects.push_back(Effect::Send(Outgoing {
             to,
@@ -175,6 +207,9 @@ impl VnodeState {
             down,
             committed: 0,
             recovery,
+            incoming: None,
+            ack_cap: None,
+            serving_pull: None,
             waiters: BTreeMap::new(),
             last_ack: None,
             last_prefix_sent: None,
@@ -212,7 +247,7 @@ impl VnodeState {
     /// were not sent.
     pub fn paused_on(&self) -> Option<NodeId> {
         let down = self.down.as_ref()?;
-        let sent = down.sent.filter(|_| down.link_up && !down.transferring)?;
+        let sent = down.sent.filter(|_| down.link_up && !down.transferring())?;
         down.queue
             .back()
             .filter(|e| e.seq > sent)
@@ -249,7 +284,7 @@ impl VnodeState {
         let epoch = self.chain.epoch;
         if self.chain.predecessor(self.me) == Some(node) {
             self.awaiting_stream = true;
-            cx.send(node, self.vnode, epoch, Body::Position(self.position()));
+            cx.send(node, self.vnode, epoch, self.position_report());
             // The predecessor may have restarted and forgotten what this replica has: tell it
             // again, even if nothing changed here (an idle vnode sends no other Ack, and a
             // restarted head or middle learns the commit point only from one).
@@ -267,16 +302,16 @@ impl VnodeState {
             self.last_prefix_sent = None;
             down.link_up = true;
             // What was sent on the old connection may be lost: go on from what the successor
-            // acknowledged (it skips what it has), or decide again from where it last said it
-            // was; its own Position, when it comes, settles it either way.
+            // acknowledged (it skips what it has); anything else waits for its Position, which
+            // it sends on every new link and which settles it either way.
             let acked = down.own.applied;
-            let covered = down.base.is_some_and(|b| b.seq <= acked)
-                && down.queue.front().is_none_or(|e| e.seq <= acked + 1);
+            let covered = down.covers(Position {
+                seq: acked,
+                version: 0,
+            });
             down.sent = None;
             if acked <= own.seq && covered && down.reported.is_some() {
                 down.sent = Some(acked);
-            } else if let Some(reported) = down.reported {
-                let _ = self.handle_successor_position(reported, cx);
             }
         }
     }
@@ -289,7 +324,13 @@ impl VnodeState {
         if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
             down.link_up = false;
             down.sent = None;
-            down.transferring = false;
+            down.transfer = None; // what was in flight is lost: it starts again from a Position
+        }
+        if self.incoming.is_some_and(|t| t.from == node) {
+            self.incoming = None;
+        }
+        if self.chain.head() == node {
+            self.serving_pull = None;
         }
         if let Some(recovery) = &mut self.recovery {
             if recovery.pulling_from == Some(node) {
@@ -319,17 +360,12 @@ impl VnodeState {
                 delta
             }
             Body::Ack { own, suffix } if from_successor => self.handle_ack(own, suffix, cx),
-            Body::Position(position) if self.recovery.is_some() => {
-                self.handle_probe_answer(from, position, cx);
-                if from_successor && self.handle_successor_position(position, cx) {
-                    cx.count_catch_up(from, false);
-                }
+            Body::Position(position) => {
+                self.handle_report(from, from_successor, position, false, cx);
                 0
             }
-            Body::Position(position) if from_successor => {
-                if self.handle_successor_position(position, cx) {
-                    cx.count_catch_up(from, false);
-                }
+            Body::ResumeTransfer(position) => {
+                self.handle_report(from, from_successor, position, true, cx);
                 0
             }
             Body::Probe if self.chain.head() == from => {
@@ -342,17 +378,28 @@ impl VnodeState {
                 0
             }
             Body::State {
+                transfer,
+                part,
                 since,
                 through,
                 entries,
+                keep,
                 last,
-            } => self.handle_state(from, since, through, entries, last, cx),
-            Body::PullState { since } if self.chain.head() == from => {
-                cx.effects.push_back(Effect::ReadState {
-                    vnode: self.vnode,
-                    to: from,
+            } => {
+                let part = ReceivedPart {
+                    transfer,
+                    part,
                     since,
-                });
+                    through,
+                    entries,
+                    keep,
+                    last,
+                };
+                self.handle_state(from, part, cx)
+            }
+            Body::StateDone { transfer } => self.handle_state_done(from, transfer),
+            Body::PullState { since } if self.chain.head() == from => {
+                self.serve_pull(from, since, cx);
                 0
             }
             // A message from a replica that has no business sending it (a stale chain).
@@ -377,12 +424,8 @@ impl VnodeState {
             if !self.awaiting_stream {
                 self.awaiting_stream = true;
                 let predecessor = self.chain.predecessor(self.me).expect("not the head");
-                cx.send(
-                    predecessor,
-                    self.vnode,
-                    self.chain.epoch,
-                    Body::Position(self.position()),
-                );
+                let report = self.position_report();
+                cx.send(predecessor, self.vnode, self.chain.epoch, report);
             }
             return 0;
         }
@@ -401,9 +444,11 @@ impl VnodeState {
                 .apply(self.vnode, &entry, self.chain.epoch, cx.now_ms)
                 .is_err()
             {
-                // The store cannot take it now (full disk, overload): the predecessor resends
-                // from our position once we ask.
+                // The store cannot take it now (full disk, overload): ask the predecessor to
+                // resend from here once it can (`resume_refused`); nothing else would, if the
+                // vnode gets no later write to show the gap.
                 self.awaiting_stream = false;
+                self.refused = true;
                 break;
             }
             self.own.applied = entry.seq;
@@ -425,11 +470,8 @@ impl VnodeState {
         if !std::mem::take(&mut self.refused) {
             return;
         }
-        if let Some(predecessor) = self.chain.predecessor(self.me) {
-            self.awaiting_stream = true;
-            let body = Body::Position(self.position());
-            cx.send(predecessor, self.vnode, self.chain.epoch, body);
-        }
+        self.awaiting_stream = false;
+        self.ask_again(cx);
     }
 
     /// Queues an entry for the successor (if any) and streams it when the stream is live.
@@ -453,7 +495,9 @@ impl VnodeState {
             applied: down.suffix.applied.max(suffix.applied),
             durable: down.suffix.durable.max(suffix.durable),
         };
-        // The successor has these durably: they will never be asked for again.
+        // The successor has these durably: they will never be asked for again. (While a
+        // transfer to it is incomplete its acks claim no more than where it started, and
+        // `needs_transfer` keeps the queue from serving it anyway.)
         let mut freed = 0;
         while down
             .queue
@@ -463,17 +507,23 @@ impl VnodeState {
             let entry = down.queue.pop_front().expect("front");
             down.queue_bytes -= entry.bytes();
             freed += entry.bytes() as isize;
-            down.base = Some(Position {
-                seq: entry.seq,
-                version: entry.version,
-            });
+            if down.base.is_none_or(|b| b.seq < entry.seq) {
+                down.base = Some(Position {
+                    seq: entry.seq,
+                    version: entry.version,
+                });
+            }
         }
         -freed
     }
 
     /// Decides how to go on with a successor at `position`; true when it is resent entries
     /// from the queue.
-    fn handle_successor_position(&mut self, position: Position, cx: &mut Ctx<'_>) -> bool {
+    pub(super) fn handle_successor_position(
+        &mut self,
+        position: Position,
+        cx: &mut Ctx<'_>,
+    ) -> bool {
         let own = self.position();
         let down = self.down.as_mut().expect("a successor");
         down.link_up = true;
@@ -484,34 +534,62 @@ impl VnodeState {
             // It is ahead (this replica lost writes in a crash): stream once caught up.
             down.deferred = Some(position);
             down.sent = None;
+            down.transfer = None;
             return false;
         }
         down.deferred = None;
         // Tell it where the chain stands even if nothing new is due.
         self.last_prefix_sent = None;
         let down = self.down.as_mut().expect("a successor");
-        let covered = position.seq == own.seq
-            || down.base.is_some_and(|base| base.seq <= position.seq)
-                && down.queue.front().is_none_or(|e| e.seq <= position.seq + 1);
+        let covered = (position.seq == own.seq && !down.needs_transfer) || down.covers(position);
         if covered {
             down.sent = Some(position.seq);
-            down.transferring = false;
+            down.transfer = None;
             // A successor that says it is behind (it reconnected, or refused appends while
             // its queues were full) is resent from the queue.
-            position.seq < own.seq
-        } else {
-            if !down.transferring {
-                down.transferring = true;
-                down.sent = None;
-                let to = down.node;
-                cx.effects.push_back(Effect::ReadState {
-                    vnode: self.vnode,
-                    to,
-                    since: position,
-                });
-                cx.count_catch_up(to, true);
-            }
-            false
+            return position.seq < own.seq;
+        }
+        // A Position while a transfer is under way means the successor gave it up (a store
+        // error, a part lost): start again from where it is, unless nothing was sent yet of
+        // one from that very position.
+        let unsent_from_here = down
+            .transfer
+            .is_some_and(|t| t.parts == 0 && t.since == position);
+        if !unsent_from_here {
+            self.start_transfer(position, cx);
+        }
+        false
+    }
+
+    /// Where a replica stands: an answer to a recovering head's probe, and (from the
+    /// successor) how to go on with it; `partial`: only a transfer can bring it up to date.
+    fn handle_report(
+        &mut self,
+        from: NodeId,
+        from_successor: bool,
+        position: Position,
+        partial: bool,
+        cx: &mut Ctx<'_>,
+    ) {
+        if self.recovery.is_some() {
+            self.handle_probe_answer(from, position, cx);
+        }
+        if !from_successor {
+            return;
+        }
+        if partial {
+            self.down.as_mut().expect("a successor").needs_transfer = true;
+        }
+        if self.handle_successor_position(position, cx) {
+            cx.count_catch_up(from, false);
+        }
+    }
+
+    /// What this replica says of where it stands to its predecessor (`transfer.rs`).
+    pub(super) fn position_report(&self) -> Body {
+        match self.ack_cap {
+            Some(_) => Body::ResumeTransfer(self.position()),
+            None => Body::Position(self.position()),
         }
     }
 
@@ -553,136 +631,6 @@ impl VnodeState {
                 );
             }
             None => self.recovery = None,
-        }
-    }
-
-    fn handle_state(
-        &mut self,
-        from: NodeId,
-        since: Position,
-        through: Position,
-        entries: Vec<Entry>,
-        last: Option<Vec<u128>>,
-        cx: &mut Ctx<'_>,
-    ) -> QueueDelta {
-        let pulling = self
-            .recovery
-            .as_ref()
-            .is_some_and(|r| r.pulling_from == Some(from));
-        if !pulling && self.chain.predecessor(self.me) != Some(from) {
-            return 0;
-        }
-        if since.seq > self.own.applied {
-            // Sent for a position this replica no longer has (it restarted and lost writes
-            // that were not durable): applying it would leave a hole. Ask from here.
-            if !self.awaiting_stream || pulling {
-                self.awaiting_stream = true;
-                let body = match pulling {
-                    true => Body::PullState {
-                        since: self.position(),
-                    },
-                    false => Body::Position(self.position()),
-                };
-                cx.send(from, self.vnode, self.chain.epoch, body);
-            }
-            return 0;
-        }
-        for entry in &entries {
-            if entry.seq <= self.own.applied {
-                continue;
-            }
-            if cx
-                .store
-                .apply(self.vnode, entry, self.chain.epoch, cx.now_ms)
-                .is_err()
-            {
-                return 0; // retried by the next Position
-            }
-            self.own.applied = entry.seq;
-            self.own_version = entry.version;
-        }
-        let Some(keep) = last else {
-            return 0;
-        };
-        if cx
-            .store
-            .finish_state(self.vnode, &keep, through, self.chain.epoch, cx.now_ms)
-            .is_err()
-        {
-            return 0;
-        }
-        self.own.applied = self.own.applied.max(through.seq);
-        self.own_version = self.own_version.max(through.version);
-        self.awaiting_stream = false;
-        let through_here = self.position();
-        // What a successor had queued before the transfer no longer lines up with this copy,
-        // which now stands at `through`: a successor there is in step, one behind needs a
-        // transfer of its own.
-        let mut delta = 0;
-        let mut resync = None;
-        if let Some(down) = &mut self.down {
-            delta = -(down.queue_bytes as isize);
-            down.queue.clear();
-            down.queue_bytes = 0;
-            down.base = Some(through_here);
-            // A successor being streamed to from the old queue: decide again from where it
-            // said it was (at least there; a transfer from there is safe).
-            if down.link_up && (down.sent.is_some() || down.transferring) {
-                resync = down.reported;
-                down.sent = None;
-            }
-        }
-        if pulling {
-            self.recovery = None;
-        }
-        // The copy equals the sender's as of `through`, which holds every write the sender
-        // knew committed.
-        let known = self.upstream_committed.unwrap_or(0);
-        self.upstream_committed = Some(known.max(through.seq));
-        if let Some(reported) = resync {
-            let _ = self.handle_successor_position(reported, cx);
-        }
-        delta
-    }
-
-    /// The shell read the state asked for by `Effect::ReadState`: send it, then stream on.
-    pub fn handle_state_read(&mut self, read: super::replicator::StateRead, cx: &mut Ctx<'_>) {
-        let super::replicator::StateRead {
-            to,
-            since,
-            through,
-            entries,
-            keep,
-            ..
-        } = read;
-        let epoch = self.chain.epoch;
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        for entry in entries {
-            chunk_bytes += entry.bytes();
-            chunk.push(entry);
-            if chunk_bytes >= APPEND_BATCH_BYTES {
-                let body = Body::State {
-                    since,
-                    through,
-                    entries: std::mem::take(&mut chunk),
-                    last: None,
-                };
-                cx.send(to, self.vnode, epoch, body);
-                chunk_bytes = 0;
-            }
-        }
-        let last = Body::State {
-            since,
-            through,
-            entries: chunk,
-            last: Some(keep),
-        };
-        cx.send(to, self.vnode, epoch, last);
-        if let Some(down) = self.down.as_mut().filter(|d| d.node == to) {
-            down.transferring = false;
-            down.sent = Some(through.seq);
-            down.own.applied = through.seq;
         }
     }
 
@@ -739,7 +687,13 @@ impl VnodeState {
         if self.clean {
             return;
         }
-        let floor = if cx.durable_commit || self.chain.replicas.len() == 1 {
+        if self.ack_cap.is_some() {
+            return; // a transfer here is incomplete: released when one completes
+        }
+        // A replica other than the head waits for its predecessor's word even when nothing
+        // committed can have been lost: it may hold a transfer cut short by its restart, which
+        // only its predecessor can tell (a stream answering its Position says it is whole).
+        let floor = if self.chain.replicas.len() == 1 {
             Some(self.own.applied)
         } else if self.is_head() {
             self.recovery.is_none().then_some(self.own.applied)
@@ -756,7 +710,19 @@ impl VnodeState {
         if self.is_head() {
             self.own
         } else {
-            self.prefix.min(self.own)
+            self.prefix.min(self.claimed())
+        }
+    }
+
+    /// What this replica may say it has: its own watermarks, or no more than where it stood
+    /// when a transfer started, until one completes (`transfer.rs`).
+    pub(super) fn claimed(&self) -> Watermarks {
+        match self.ack_cap {
+            Some(cap) => self.own.min(Watermarks {
+                applied: cap,
+                durable: cap,
+            }),
+            None => self.own,
         }
     }
 
@@ -768,26 +734,17 @@ impl VnodeState {
         let Some(down) = &mut self.down else {
             return;
         };
-        if let Some(deferred) = down.deferred {
-            if applied >= deferred.seq {
-                // Caught up past the successor: it is a prefix of this copy again.
-                down.deferred = None;
-                down.sent = None;
-                if down.base.is_some_and(|b| b.seq <= deferred.seq)
-                    && down.queue.front().is_none_or(|e| e.seq <= deferred.seq + 1)
-                {
-                    down.sent = Some(deferred.seq);
-                } else {
-                    down.transferring = true;
-                    cx.effects.push_back(Effect::ReadState {
-                        vnode,
-                        to: down.node,
-                        since: deferred,
-                    });
-                }
+        if let Some(deferred) = down.deferred.filter(|d| applied >= d.seq) {
+            // Caught up past the successor: it is a prefix of this copy again.
+            down.deferred = None;
+            down.sent = None;
+            if !down.covers(deferred) {
+                self.start_transfer(deferred, cx);
+                return;
             }
+            down.sent = Some(deferred.seq);
         }
-        let Some(mut sent) = down.sent.filter(|_| down.link_up && !down.transferring) else {
+        let Some(mut sent) = down.sent.filter(|_| down.link_up && !down.transferring()) else {
             return;
         };
         let mut sent_prefix = false;
@@ -831,18 +788,16 @@ impl VnodeState {
         let Some(predecessor) = self.chain.predecessor(self.me) else {
             return;
         };
+        let own = self.claimed();
         let suffix = match &self.down {
-            Some(down) => self.own.min(down.suffix),
-            None => self.own,
+            Some(down) => own.min(down.suffix),
+            None => own,
         };
-        if self.last_ack == Some((self.own, suffix)) {
+        if self.last_ack == Some((own, suffix)) {
             return;
         }
-        self.last_ack = Some((self.own, suffix));
-        let body = Body::Ack {
-            own: self.own,
-            suffix,
-        };
+        self.last_ack = Some((own, suffix));
+        let body = Body::Ack { own, suffix };
         cx.send(predecessor, self.vnode, self.chain.epoch, body);
     }
 
@@ -903,7 +858,7 @@ impl VnodeState {
     pub fn describe(&self) -> String {
         let down = self.down.as_ref().map(|d| {
             format!(
-                "down(node {} up {} sent {:?} base {:?} queue {}..{} ({} entries) transferring {} deferred {:?} own {:?} suffix {:?})",
+                "down(node {} up {} sent {:?} base {:?} queue {}..{} ({} entries) transfer {:?} needs {} deferred {:?} own {:?} suffix {:?})",
                 d.node,
                 d.link_up,
                 d.sent,
@@ -911,14 +866,15 @@ impl VnodeState {
                 d.queue.front().map_or(0, |e| e.seq),
                 d.queue.back().map_or(0, |e| e.seq),
                 d.queue.len(),
-                d.transferring,
+                d.transfer,
+                d.needs_transfer,
                 d.deferred,
                 d.own,
                 d.suffix
             )
         });
         format!(
-            "vnode {} epoch {} chain {:?} me {} own {:?} version {} prefix {:?} committed {} recovery {:?} awaiting {} waiters {} {}",
+            "vnode {} epoch {} chain {:?} me {} own {:?} version {} prefix {:?} committed {} recovery {:?} awaiting {} incoming {:?} cap {:?} waiters {} {}",
             self.vnode,
             self.chain.epoch,
             self.chain.replicas,
@@ -929,6 +885,8 @@ impl VnodeState {
             self.committed,
             self.recovery,
             self.awaiting_stream,
+            self.incoming,
+            self.ack_cap,
             self.waiters.len(),
             down.unwrap_or_default()
         )

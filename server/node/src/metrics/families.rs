@@ -40,6 +40,10 @@ pub struct NodeMetrics {
     pub(super) catch_ups: IntCounterVec,
     pub(super) queue_bytes: IntGaugeVec,
     pub(super) chain_changes: IntCounterVec,
+    pub(super) transfers_in_flight: IntGaugeVec,
+    pub(super) transfers: IntCounterVec,
+    pub(super) transfer_keys: IntCounterVec,
+    pub(super) transfer_bytes: IntCounterVec,
 }
 
 /// A family's registration failed: only a name used twice or an invalid one (a bug).
@@ -215,6 +219,29 @@ impl NodeMetrics {
             chain_changes: counter(
                 "tessera_chain_changes_total",
                 "Chain changes (new epochs) applied to vnodes held here.",
+                shard,
+            ),
+            transfers_in_flight: gauge(
+                "tessera_transfers_in_flight",
+                "State transfers this shard is sending now (including those waiting for a slot \
+                 of --transfers-per-shard).",
+                shard,
+            ),
+            transfers: counter(
+                "tessera_transfers_total",
+                "State transfers this shard finished sending, by outcome: `sent` (every part \
+                 handed to the link) or `failed` (a record could not be read).",
+                &["shard", "outcome"],
+            ),
+            transfer_keys: counter(
+                "tessera_transfer_keys_total",
+                "Keys whose values this shard's state transfers sent.",
+                shard,
+            ),
+            transfer_bytes: counter(
+                "tessera_transfer_bytes_total",
+                "Bytes of values and key digests this shard's state transfers sent (its rate is \
+                 the transfer rate, bounded by --transfer-mib-per-s).",
                 shard,
             ),
             registry: r,

@@ -69,6 +69,10 @@ pub struct ShardMetrics {
     group_commit: LocalHistogram,
     totals: StoreTotals,
     chain_changes: Mirror,
+    transfers_sent: Mirror,
+    transfers_failed: Mirror,
+    transfer_keys: Mirror,
+    transfer_bytes: Mirror,
     peers: RefCell<BTreeMap<NodeId, PeerMetrics>>,
 }
 
@@ -100,6 +104,10 @@ impl ShardMetrics {
             group_commit: node.group_commit.with_label_values(s).local(),
             totals,
             chain_changes: mirror(&node.chain_changes),
+            transfers_sent: Mirror::new(node.transfers.with_label_values(&[&shard, "sent"])),
+            transfers_failed: Mirror::new(node.transfers.with_label_values(&[&shard, "failed"])),
+            transfer_keys: mirror(&node.transfer_keys),
+            transfer_bytes: mirror(&node.transfer_bytes),
             peers: RefCell::new(BTreeMap::new()),
             shard,
             node,
@@ -245,6 +253,14 @@ fn publish_replication(shard: &Shard, replica: &crate::replica::Replica) {
         .set(replicator.queued_bytes() as i64);
     let progress = replicator.progress();
     m.chain_changes.sync(progress.chain_changes);
+    let transfers = &replica.transfers;
+    node.transfers_in_flight
+        .with_label_values(&[m.shard.as_str()])
+        .set(transfers.in_flight.borrow().len() as i64);
+    m.transfers_sent.sync(transfers.completed.get());
+    m.transfers_failed.sync(transfers.failed.get());
+    m.transfer_keys.sync(transfers.keys_sent.get());
+    m.transfer_bytes.sync(transfers.bytes_sent.get());
     let lags = replicator.successor_lag();
     let now = now_ms();
     for (member, up) in replica.link_states() {

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_schema::frame::{FrameEvent, FrameReader};
 use tessera_schema::msg::{Request, Response};
@@ -440,5 +440,32 @@ pub fn client_config(level: tessera_client::Level) -> tessera_client::ClientConf
         shard_aware: true,
         level,
         prefer_first_address: false,
+    }
+}
+
+/// Runs `tessera verify` against the cluster; its exit status and output.
+pub fn cli_verify(cluster: &TestCluster) -> (bool, String) {
+    let output = std::process::Command::new(cli_binary())
+        .args(["--addr", &cluster.addr_list(), "verify"])
+        .output()
+        .expect("run tessera verify");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Waits (bounded) until `tessera verify` says every replica agrees.
+pub fn assert_replicas_agree(cluster: &TestCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (agree, text) = cli_verify(cluster);
+        if agree {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still differ after 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
