@@ -696,16 +696,20 @@ impl Client {
 
     /// What member `member` reports for the vnodes of `from_vnode .. from_vnode + count` it
     /// holds (`tessera verify`).
+    /// `values`: also a digest of every live value (each member reads every record).
     pub async fn verify_of(
         &self,
         member: usize,
         from_vnode: u32,
         count: u32,
+        values: bool,
     ) -> Result<Vec<VnodeCheck>, ClientError> {
-        match self
-            .request_to(member, Request::Verify { from_vnode, count })
-            .await?
-        {
+        let request = Request::Verify {
+            from_vnode,
+            count,
+            values,
+        };
+        match self.request_to(member, request).await? {
             Response::Verify(checks) => Ok(checks),
             other => Err(ClientError::Protocol(format!(
                 "unexpected response {other:?}"

@@ -180,6 +180,8 @@ pub enum Request {
     Verify {
         from_vnode: u32,
         count: u32,
+        /// Also digest every live value (reads every record).
+        values: bool,
     },
 }
 
@@ -402,6 +404,8 @@ pub struct VnodeCheck {
     pub keys: u64,
     /// Order-independent digest of the live keys' (key digest, version, expiry).
     pub digest: u64,
+    /// Order-independent digest of the live keys' (key digest, version, value bytes).
+    pub values: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

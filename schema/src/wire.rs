@@ -164,10 +164,15 @@ fn build_request(builder: &mut FlatBufferBuilder<'_>, request: &Request) -> (fb:
             fb::Request::Topology,
             fb::Topology::create(builder, &fb::TopologyArgs {}).as_union_value(),
         ),
-        Request::Verify { from_vnode, count } => {
+        Request::Verify {
+            from_vnode,
+            count,
+            values,
+        } => {
             let args = fb::VerifyArgs {
                 from_vnode: *from_vnode,
                 count: *count,
+                values: *values,
             };
             (
                 fb::Request::Verify,
@@ -382,6 +387,7 @@ fn copy_request(root: fb::RequestBody<'_>) -> Result<Request, WireError> {
             Request::Verify {
                 from_vnode: verify.from_vnode(),
                 count: verify.count(),
+                values: verify.values(),
             }
         }
         other => return Err(WireError(format!("unknown operation {}", other.0))),
@@ -583,8 +589,11 @@ fn build_response<'r>(
                 .map(|c| fb::VnodeCheck::new(c.vnode, c.applied, c.keys, c.digest))
                 .collect();
             let vnodes = builder.create_vector(&items);
+            let values: Vec<u64> = checks.iter().map(|c| c.values).collect();
+            let values = builder.create_vector(&values);
             let args = fb::VerifyResultArgs {
                 vnodes: Some(vnodes),
+                values: Some(values),
             };
             let reply = fb::VerifyResult::create(builder, &args);
             (
@@ -779,13 +788,16 @@ pub fn decode_response(body: &[u8]) -> Result<Response, WireError> {
         }
         fb::Reply::VerifyResult => {
             let verify = root.reply_as_verify_result().ok_or_else(missing)?;
+            let values = verify.values();
             let checks = verify.vnodes().map(|v| {
                 v.iter()
-                    .map(|c| VnodeCheck {
+                    .enumerate()
+                    .map(|(i, c)| VnodeCheck {
                         vnode: c.vnode(),
                         applied: c.applied(),
                         keys: c.keys(),
                         digest: c.digest(),
+                        values: values.filter(|v| i < v.len()).map_or(0, |v| v.get(i)),
                     })
                     .collect()
             });
@@ -943,6 +955,7 @@ mod tests {
         roundtrip_request(Request::Verify {
             from_vnode: 7,
             count: 4089,
+            values: true,
         });
     }
 
@@ -976,6 +989,7 @@ mod tests {
                 applied: 99,
                 keys: 12,
                 digest: u64::MAX - 5,
+                values: 7,
             },
             VnodeCheck::default(),
         ]));

@@ -2101,6 +2101,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Verify<'a> {
 impl<'a> Verify<'a> {
   pub const VT_FROM_VNODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_COUNT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2114,6 +2115,7 @@ impl<'a> Verify<'a> {
     let mut builder = VerifyBuilder::new(_fbb);
     builder.add_count(args.count);
     builder.add_from_vnode(args.from_vnode);
+    builder.add_values(args.values);
     builder.finish()
   }
 
@@ -2132,6 +2134,15 @@ impl<'a> Verify<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Verify::VT_COUNT, Some(0)).unwrap()}
   }
+  /// Also read every live value for `VerifyResult.values` (`tessera verify`; a read of each
+  /// record, where the rest is a walk of the in-memory index).
+  #[inline]
+  pub fn values(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Verify::VT_VALUES, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Verify<'_> {
@@ -2142,6 +2153,7 @@ impl ::flatbuffers::Verifiable for Verify<'_> {
     v.visit_table(pos)?
      .visit_field::<u32>("from_vnode", Self::VT_FROM_VNODE, false)?
      .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .visit_field::<bool>("values", Self::VT_VALUES, false)?
      .finish();
     Ok(())
   }
@@ -2149,6 +2161,7 @@ impl ::flatbuffers::Verifiable for Verify<'_> {
 pub struct VerifyArgs {
     pub from_vnode: u32,
     pub count: u32,
+    pub values: bool,
 }
 impl<'a> Default for VerifyArgs {
   #[inline]
@@ -2156,6 +2169,7 @@ impl<'a> Default for VerifyArgs {
     VerifyArgs {
       from_vnode: 0,
       count: 0,
+      values: false,
     }
   }
 }
@@ -2172,6 +2186,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VerifyBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_count(&mut self, count: u32) {
     self.fbb_.push_slot::<u32>(Verify::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: bool) {
+    self.fbb_.push_slot::<bool>(Verify::VT_VALUES, values, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VerifyBuilder<'a, 'b, A> {
@@ -2193,6 +2211,7 @@ impl ::core::fmt::Debug for Verify<'_> {
     let mut ds = f.debug_struct("Verify");
       ds.field("from_vnode", &self.from_vnode());
       ds.field("count", &self.count());
+      ds.field("values", &self.values());
       ds.finish()
   }
 }
@@ -4239,6 +4258,7 @@ impl<'a> ::flatbuffers::Follow<'a> for VerifyResult<'a> {
 
 impl<'a> VerifyResult<'a> {
   pub const VT_VNODES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4250,6 +4270,7 @@ impl<'a> VerifyResult<'a> {
     args: &'args VerifyResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<VerifyResult<'bldr>> {
     let mut builder = VerifyResultBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
     if let Some(x) = args.vnodes { builder.add_vnodes(x); }
     builder.finish()
   }
@@ -4262,6 +4283,15 @@ impl<'a> VerifyResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, VnodeCheck>>>(VerifyResult::VT_VNODES, None)}
   }
+  /// Per entry of `vnodes`, in order: an order-independent digest of the live keys' (key
+  /// digest, version, value bytes), read from the records.
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(VerifyResult::VT_VALUES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for VerifyResult<'_> {
@@ -4271,18 +4301,21 @@ impl ::flatbuffers::Verifiable for VerifyResult<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, VnodeCheck>>>("vnodes", Self::VT_VNODES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("values", Self::VT_VALUES, false)?
      .finish();
     Ok(())
   }
 }
 pub struct VerifyResultArgs<'a> {
     pub vnodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, VnodeCheck>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for VerifyResultArgs<'a> {
   #[inline]
   fn default() -> Self {
     VerifyResultArgs {
       vnodes: None,
+      values: None,
     }
   }
 }
@@ -4295,6 +4328,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VerifyResultBuilder<'a, 'b, A
   #[inline]
   pub fn add_vnodes(&mut self, vnodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , VnodeCheck>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(VerifyResult::VT_VNODES, vnodes);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(VerifyResult::VT_VALUES, values);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VerifyResultBuilder<'a, 'b, A> {
@@ -4315,6 +4352,7 @@ impl ::core::fmt::Debug for VerifyResult<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("VerifyResult");
       ds.field("vnodes", &self.vnodes());
+      ds.field("values", &self.values());
       ds.finish()
   }
 }

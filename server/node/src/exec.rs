@@ -68,23 +68,37 @@ pub async fn run_shard_op(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             }
         }
         ShardOp::Stats => ShardReply::Stats(shard.stats()),
-        ShardOp::Verify { vnodes } => ShardReply::Verify(verify(shard, vnodes).await),
+        ShardOp::Verify { vnodes, values } => {
+            ShardReply::Verify(verify(shard, vnodes, values).await)
+        }
     };
     shard.inflight.set(shard.inflight.get() - 1);
     reply
 }
 
-/// Each vnode's `VnodeCheck`: a walk of its index, yielding between vnodes so that a verify
-/// of a big shard does not hold up its requests.
-async fn verify(shard: &Shard, vnodes: Vec<u16>) -> Vec<VnodeCheck> {
+/// Each vnode's `VnodeCheck`: a walk of its index, then a read of every live value (as a
+/// state transfer reads them: `transfer::value_digest`), yielding between vnodes so that a
+/// verify of a big shard does not hold up its requests.
+async fn verify(shard: &Shard, vnodes: Vec<u16>, with_values: bool) -> Vec<VnodeCheck> {
     let mut checks = Vec::with_capacity(vnodes.len());
     for vnode in vnodes {
         let check = shard.store.borrow().vnode_check(vnode, now_ms());
+        let values = match check.keys {
+            _ if !with_values => 0,
+            0 => 0,
+            _ => crate::transfer::value_digest(shard, vnode)
+                .await
+                .unwrap_or_else(|why| {
+                    tracing::error!(shard = shard.index, vnode, "verify: {why}");
+                    u64::MAX // an unreadable value: never agrees
+                }),
+        };
         checks.push(VnodeCheck {
             vnode,
             applied: check.applied,
             keys: check.keys,
             digest: check.digest,
+            values,
         });
         glommio::yield_if_needed().await;
     }

@@ -41,6 +41,8 @@ pub enum ShardOp {
     /// `tessera verify`'s view of these vnodes (all owned by the target).
     Verify {
         vnodes: Vec<u16>,
+        /// Also digest every live value.
+        values: bool,
     },
 }
 

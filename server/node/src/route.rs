@@ -53,7 +53,11 @@ pub async fn handle_request(
         Request::Scan(scan_request) => scan(shard, scan_request, options, charge).await,
         Request::Stats => stats(shard).await,
         Request::Topology => Response::Topology(shard.node.topology()),
-        Request::Verify { from_vnode, count } => verify(shard, from_vnode, count).await,
+        Request::Verify {
+            from_vnode,
+            count,
+            values,
+        } => verify(shard, from_vnode, count, values).await,
     }
 }
 
@@ -290,7 +294,7 @@ async fn scan(
 
 /// VERIFY: the checks of the vnodes of `from_vnode .. from_vnode + count` this node holds,
 /// gathered from their shards.
-async fn verify(shard: &Rc<Shard>, from_vnode: u32, count: u32) -> Response {
+async fn verify(shard: &Rc<Shard>, from_vnode: u32, count: u32, values: bool) -> Response {
     let vnodes = shard.node.vnodes;
     let end = from_vnode.saturating_add(count).min(vnodes);
     let mut per_shard: Vec<Vec<u16>> = vec![Vec::new(); usize::from(shard.node.shards)];
@@ -305,7 +309,7 @@ async fn verify(shard: &Rc<Shard>, from_vnode: u32, count: u32) -> Response {
         .enumerate()
         .filter(|(_, vnodes)| !vnodes.is_empty())
         .map(|(target, vnodes)| async move {
-            let op = ShardOp::Verify { vnodes };
+            let op = ShardOp::Verify { vnodes, values };
             let reply = if target == usize::from(shard.index) {
                 Some(run_shard_op(shard, op).await)
             } else {

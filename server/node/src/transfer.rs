@@ -258,6 +258,43 @@ async fn send_part(shard: &Rc<Shard>, to: NodeId, id: u64, vnode: u16, part: Sta
     true
 }
 
+/// An order-independent digest of `vnode`'s live keys' (key digest, version, value bytes),
+/// read the way a state transfer reads them (`tessera verify`).
+pub async fn value_digest(shard: &Shard, vnode: u16) -> Result<u64, String> {
+    let mut source = TransferSource::new(vnode, Position::default(), TransferLimits::DEFAULT);
+    let mut sum = 0u64;
+    loop {
+        let next = source.next(&shard.store.borrow(), now_ms());
+        match next {
+            TransferNext::Read(items) => {
+                let reads = items.into_iter().map(|item| resolve(shard, vnode, item));
+                for entry in futures::future::join_all(reads).await {
+                    if let Some(entry) = entry? {
+                        source.push(entry);
+                    }
+                }
+            }
+            TransferNext::Yield => glommio::executor().yield_if_needed().await,
+            TransferNext::Send(part) if part.keep.is_some() => return Ok(sum),
+            TransferNext::Send(part) => {
+                for entry in &part.entries {
+                    sum = sum.wrapping_add(entry_digest(entry));
+                }
+            }
+            TransferNext::Done => return Ok(sum),
+        }
+    }
+}
+
+fn entry_digest(entry: &Entry) -> u64 {
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(&tessera_store::digest(&entry.key).to_le_bytes());
+    bytes.extend_from_slice(&entry.version.to_le_bytes());
+    let value = entry.value.as_deref().unwrap_or_default();
+    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(value).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
 /// One key of a transfer, read from disk if it is not in memory.
 async fn resolve(shard: &Shard, vnode: u16, item: StateItem) -> Result<Option<Entry>, String> {
     match item {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_replicas_agree, cli_binary, client_config, rss_bytes, runtime, Raw, TestCluster,
+    assert_replicas_agree, cli_binary, client_config, rss_bytes, runtime, signal, Raw, TestCluster,
 };
 use tessera_client::{
     BatchOp, Client, ClientConfig, ClientError, DeleteRequest, Durability, Level, OpResult,
@@ -548,14 +548,6 @@ fn a_member_that_stops_reading_cannot_grow_its_upstream() {
     );
     signal(stopped, "-CONT");
     assert_replicas_agree(&cluster);
-}
-
-fn signal(pid: u32, which: &str) {
-    let status = std::process::Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// `tessera admin status [--json]` against the cluster: exit status, and the JSON report.

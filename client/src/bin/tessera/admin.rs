@@ -79,7 +79,7 @@ pub async fn status(client: &Client, out: &mut impl Write, json: bool) -> Result
 async fn chains(client: &Client, routing: &Routing) -> Vec<Chain> {
     let vnodes: Vec<u16> = (0..routing.vnodes()).map(|v| v as u16).collect();
     let asked: Vec<Result<BTreeMap<u16, VnodeCheck>, String>> =
-        ask_members(client, routing, &vnodes).await;
+        ask_members(client, routing, &vnodes, false).await;
     vnodes
         .iter()
         .map(|&vnode| Chain {
@@ -133,9 +133,10 @@ fn mib_per_s(t: &TransferStats) -> f64 {
 }
 
 fn write_json(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io::Result<()> {
-    let transfers: Vec<_> = transfers(nodes)
-        .into_iter()
-        .map(|(from, t)| {
+    let in_flight = transfers(nodes);
+    let transfers: Vec<_> = in_flight
+        .iter()
+        .map(|&(from, t)| {
             json!({"vnode": t.vnode, "from": from, "to": t.to_node, "keys": t.keys,
                    "bytes": t.bytes, "elapsed_ms": t.elapsed_ms, "mib_per_s": mib_per_s(t)})
         })
@@ -162,11 +163,33 @@ fn write_json(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io
                 .map(|(node, applied)| json!({"node": node, "applied": applied}))
                 .collect();
             json!({"vnode": c.vnode, "epoch": c.epoch, "replicas": replicas,
-                   "lag": c.lag(), "short": c.short()})
+                   "lag": c.lag(), "short": c.short(), "behind": behind(c, &in_flight)})
         })
         .collect();
     let report = json!({"nodes": nodes, "chains": chains, "transfers": transfers});
     writeln!(out, "{report}")
+}
+
+/// Why a chain's replicas differ: a replica down, a transfer under way (from, to), or the
+/// stream (a replica behind that is not being transferred to: it catches up from its
+/// predecessor's queue, or is waiting for it). `None` when every replica agrees.
+fn behind(chain: &Chain, transfers: &[(usize, &TransferStats)]) -> Option<String> {
+    if chain.short() {
+        return Some("a replica does not answer".into());
+    }
+    if chain.lag() == 0 {
+        return None;
+    }
+    let transfer = transfers.iter().find(|(_, t)| t.vnode == chain.vnode);
+    Some(match transfer {
+        Some((from, t)) => format!(
+            "state transfer from node {from} to node {}: {} keys, {} sent",
+            t.to_node,
+            t.keys,
+            mib(t.bytes)
+        ),
+        None => "catching up from its predecessor's stream".into(),
+    })
 }
 
 fn write_text(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io::Result<()> {
@@ -226,10 +249,11 @@ fn write_text(out: &mut impl Write, nodes: &[Node], chains: &[Chain]) -> std::io
             .collect();
         writeln!(
             out,
-            "  vnode {} (epoch {}): {}",
+            "  vnode {} (epoch {}): {} ({})",
             chain.vnode,
             chain.epoch,
-            replicas.join(", ")
+            replicas.join(", "),
+            behind(chain, &transfers).unwrap_or_default()
         )?;
     }
     Ok(())

@@ -1,10 +1,11 @@
 //! `tessera topology` and `tessera verify`.
 //!
 //! `verify` asks every member for each vnode it holds: the sequence number applied there, its
-//! live keys and an order-independent digest of their (key digest, version, expiry). It costs
-//! each node one walk of its in-memory index (no disk reads; values are covered by the
-//! records' CRCs, not by the digest) and 32 bytes of answer per vnode replica, asked 1 024
-//! vnodes at a time. Replicas compare only at the same applied sequence: while writes flow,
+//! live keys, an order-independent digest of their (key digest, version, expiry), and one of
+//! their (key digest, version, value bytes). It costs each node a walk of its in-memory index
+//! and a read of every live value (the reads a state transfer makes, 64 at once, in the
+//! shard's low-priority transfer queue), and 40 bytes of answer per vnode replica, asked
+//! 1 024 vnodes at a time. Replicas compare only at the same applied sequence: while writes flow,
 //! a replica behind its head is "catching up", and `verify` asks again (up to `ROUNDS` times,
 //! `ROUND_PAUSE` apart) before it reports a vnode as not agreeing.
 
@@ -143,7 +144,7 @@ impl Compared {
 }
 
 fn same(a: &VnodeCheck, b: &VnodeCheck) -> bool {
-    (a.applied, a.keys, a.digest) == (b.applied, b.keys, b.digest)
+    (a.applied, a.keys, a.digest, a.values) == (b.applied, b.keys, b.digest, b.values)
 }
 
 pub async fn verify(client: &Client, out: &mut impl Write, json: bool) -> Result<(), ClientError> {
@@ -154,7 +155,7 @@ pub async fn verify(client: &Client, out: &mut impl Write, json: bool) -> Result
         if round > 0 {
             tokio::time::sleep(ROUND_PAUSE).await;
         }
-        let asked = ask_members(client, &routing, &pending).await;
+        let asked = ask_members(client, &routing, &pending, true).await;
         for &vnode in &pending {
             let mut entry = Compared::default();
             for member in routing.replicas(vnode) {
@@ -192,6 +193,7 @@ pub(crate) async fn ask_members(
     client: &Client,
     routing: &Routing,
     vnodes: &[u16],
+    values: bool,
 ) -> Vec<Result<BTreeMap<u16, VnodeCheck>, String>> {
     let (Some(&first), Some(&last)) = (vnodes.first(), vnodes.last()) else {
         return vec![Ok(BTreeMap::new()); routing.member_count()];
@@ -202,7 +204,7 @@ pub(crate) async fn ask_members(
         while from <= u32::from(last) {
             let count = VNODES_PER_REQUEST.min(u32::from(last) + 1 - from);
             let part = client
-                .verify_of(member, from, count)
+                .verify_of(member, from, count, values)
                 .await
                 .map_err(|e| format!("node {member} ({}): {e}", routing.addr(member)))?;
             checks.extend(part.into_iter().map(|c| (c.vnode, c)));
@@ -229,7 +231,8 @@ fn report(
                     .iter()
                     .map(|(member, check)| match check {
                         Ok(k) => serde_json::json!({"node": member, "applied": k.applied,
-                            "keys": k.keys, "digest": format!("{:016x}", k.digest)}),
+                            "keys": k.keys, "digest": format!("{:016x}", k.digest),
+                            "values": format!("{:016x}", k.values)}),
                         Err(why) => serde_json::json!({"node": member, "error": why}),
                     })
                     .collect();
@@ -259,8 +262,8 @@ fn report(
             match check {
                 Ok(k) => writeln!(
                     out,
-                    "  node {member}: applied {} keys {} digest {:016x}",
-                    k.applied, k.keys, k.digest
+                    "  node {member}: applied {} keys {} digest {:016x} values {:016x}",
+                    k.applied, k.keys, k.digest, k.values
                 )?,
                 Err(why) => writeln!(out, "  node {member}: {why}")?,
             }

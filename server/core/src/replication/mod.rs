@@ -20,9 +20,10 @@
 //! Catch-up: a replica that (re)connects to its predecessor sends its `Position`; the
 //! predecessor resends from its retention queue (the entries its successor has not made
 //! durable, bounded in bytes) when it holds them, and otherwise transfers the vnode's state
-//! newer than that position (`Effect::ReadState`, then `Body::State` messages, the last with
-//! every key digest it holds, so that the receiver drops keys deleted meanwhile; tombstones
-//! need not be kept for replicas that were away). Then the live stream goes on.
+//! newer than that position in numbered parts (`transfer.rs`: values in version order, then
+//! the live key digests by range, so that the receiver drops keys deleted meanwhile;
+//! tombstones need not be kept for replicas that were away). Then the live stream goes on.
+//! A transfer cut short resumes from the receiver's position, never from the queue.
 //!
 //! Restarts and invariants: every replica's copy is a prefix of the head's history. A head that
 //! restarts may have lost writes it had streamed (they were not durable yet); before it takes

@@ -446,7 +446,7 @@ pub fn client_config(level: tessera_client::Level) -> tessera_client::ClientConf
 /// Runs `tessera verify` against the cluster; its exit status and output.
 pub fn cli_verify(cluster: &TestCluster) -> (bool, String) {
     let output = std::process::Command::new(cli_binary())
-        .args(["--addr", &cluster.addr_list(), "verify"])
+        .args(["--addr", &cluster.addr_list(), "--timeout", "60s", "verify"])
         .output()
         .expect("run tessera verify");
     let text = String::from_utf8_lossy(&output.stdout).to_string()
@@ -468,4 +468,13 @@ pub fn assert_replicas_agree(cluster: &TestCluster) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Sends a signal (`-STOP`, `-CONT`, ...) to a process by its pid.
+pub fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
