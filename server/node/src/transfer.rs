@@ -187,14 +187,7 @@ async fn drive(
         }
         let next = source.next(&shard.store.borrow(), now_ms());
         match next {
-            TransferNext::Read(items) => {
-                let reads = items.into_iter().map(|item| resolve(shard, vnode, item));
-                for entry in futures::future::join_all(reads).await {
-                    if let Some(entry) = entry? {
-                        source.push(entry);
-                    }
-                }
-            }
+            TransferNext::Read(items) => read_items(shard, source, items).await?,
             TransferNext::Yield => glommio::executor().yield_if_needed().await,
             TransferNext::Send(part) => {
                 let last = part.last.is_some();
@@ -266,14 +259,7 @@ pub async fn value_digest(shard: &Shard, vnode: u16) -> Result<u64, String> {
     loop {
         let next = source.next(&shard.store.borrow(), now_ms());
         match next {
-            TransferNext::Read(items) => {
-                let reads = items.into_iter().map(|item| resolve(shard, vnode, item));
-                for entry in futures::future::join_all(reads).await {
-                    if let Some(entry) = entry? {
-                        source.push(entry);
-                    }
-                }
-            }
+            TransferNext::Read(items) => read_items(shard, &mut source, items).await?,
             TransferNext::Yield => glommio::executor().yield_if_needed().await,
             TransferNext::Send(part) if part.keep.is_some() => return Ok(sum),
             TransferNext::Send(part) => {
@@ -293,6 +279,23 @@ fn entry_digest(entry: &Entry) -> u64 {
     let value = entry.value.as_deref().unwrap_or_default();
     bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(value).to_le_bytes());
     xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// Reads the keys `TransferNext::Read` names, at once, and hands their writes to the source
+/// in order (a key rewritten since is left out).
+async fn read_items(
+    shard: &Shard,
+    source: &mut TransferSource,
+    items: Vec<StateItem>,
+) -> Result<(), String> {
+    let vnode = source.vnode();
+    let reads = items.into_iter().map(|item| resolve(shard, vnode, item));
+    for entry in futures::future::join_all(reads).await {
+        if let Some(entry) = entry? {
+            source.push(entry);
+        }
+    }
+    Ok(())
 }
 
 /// One key of a transfer, read from disk if it is not in memory.

@@ -48,6 +48,16 @@ pub(crate) struct OutTransfer {
 }
 
 impl OutTransfer {
+    fn new(id: u64, since: Position) -> OutTransfer {
+        OutTransfer {
+            id,
+            since,
+            parts: 0,
+            through: Position::default(),
+            last_sent: false,
+        }
+    }
+
     /// Still sending: the stream to its receiver waits.
     pub fn sending(&self) -> bool {
         !self.last_sent
@@ -79,13 +89,7 @@ impl VnodeState {
         let vnode = self.vnode;
         let down = self.down.as_mut().expect("a successor");
         let id = cx.new_transfer_id();
-        down.transfer = Some(OutTransfer {
-            id,
-            since,
-            parts: 0,
-            through: Position::default(),
-            last_sent: false,
-        });
+        down.transfer = Some(OutTransfer::new(id, since));
         down.needs_transfer = true;
         down.sent = None;
         let to = down.node;
@@ -101,13 +105,7 @@ impl VnodeState {
     /// A restarted head asks for this replica's state newer than `since`.
     pub(super) fn serve_pull(&mut self, head: NodeId, since: Position, cx: &mut Ctx<'_>) {
         let id = cx.new_transfer_id();
-        self.serving_pull = Some(OutTransfer {
-            id,
-            since,
-            parts: 0,
-            through: Position::default(),
-            last_sent: false,
-        });
+        self.serving_pull = Some(OutTransfer::new(id, since));
         cx.effects.push_back(Effect::ReadState {
             vnode: self.vnode,
             to: head,
