@@ -68,4 +68,14 @@ fn regression_seeds() {
     // reported before its crash, past the writes it lost: a State now carries `since`, and a
     // replica behind it asks again from where it is.
     run_seeds(63..64, &interval);
+    // A session read at a replica in the middle of a transfer saw an old value: the replica's
+    // position had passed the session's token while the delete was still due in the keep
+    // list. Session tokens (`Replicator::applied`) now claim no more than where the transfer
+    // started, until it completes.
+    run_seeds(44..45, &interval);
+    run_seeds(238..239, &interval);
+    // A transfer cut short, then a restart of its sender: the receiver kept its cap for ever
+    // and never acknowledged again. A replica whose copy a transfer left partial now reports
+    // `ResumeTransfer`, and its predecessor transfers again instead of resending its queue.
+    run_seeds(381..382, &interval);
 }
