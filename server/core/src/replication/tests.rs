@@ -209,6 +209,14 @@ impl VnodeStore for MapStore {
     }
 }
 
+/// An `Effect::ReadState` a test serves by hand.
+struct StashedRead {
+    vnode: u16,
+    to: NodeId,
+    since: Position,
+    transfer: u64,
+}
+
 struct Member {
     store: MapStore,
     replicator: Replicator,
@@ -372,6 +380,30 @@ impl Cluster {
                     }
                 }
             }
+        }
+    }
+
+    /// The newest state read a member asked for while `stash_state_reads` held them.
+    fn take_state_read(&mut self) -> (NodeId, StashedRead) {
+        match self.stashed.pop().expect("a state read") {
+            (
+                node,
+                Effect::ReadState {
+                    vnode,
+                    to,
+                    since,
+                    transfer,
+                },
+            ) => {
+                let read = StashedRead {
+                    vnode,
+                    to,
+                    since,
+                    transfer,
+                };
+                (node, read)
+            }
+            (_, other) => unreachable!("only state reads are stashed: {other:?}"),
         }
     }
 
@@ -887,28 +919,19 @@ fn a_key_rewritten_during_a_transfer_holds_reads_until_its_write_arrives() {
     c.stash_state_reads = true;
     c.connect(2, 3);
     c.run();
-    let (node, effect) = c.stashed.pop().expect("a state read");
-    let Effect::ReadState {
-        vnode,
-        to,
-        since,
-        transfer,
-        ..
-    } = effect
-    else {
-        unreachable!()
-    };
+    let (
+        node,
+        StashedRead {
+            vnode, to, since, ..
+        },
+    ) = c.take_state_read();
     assert_eq!((node, to), (2, 3));
     let mut parts = c.members[&2].store.state_parts(since, 1);
     // a1 is rewritten while the transfer is read: the reader leaves it out.
     c.disconnect(2, 3); // hold the rewrite's stream back from the tail for now
     c.connect(2, 3);
     c.run();
-    let (_, effect) = c.stashed.pop().expect("a new state read");
-    let Effect::ReadState { transfer: id, .. } = effect else {
-        unreachable!()
-    };
-    let _ = transfer;
+    let (_, StashedRead { transfer: id, .. }) = c.take_state_read();
     c.write("a1", Some("new"), Level::Eventual).unwrap();
     let caught_up_at = c.members[&2].store.position.seq;
     parts.retain(|p| !p.entries.iter().any(|e| e.key == b"a1"));
@@ -974,16 +997,15 @@ fn an_unreadable_record_abandons_the_transfer() {
     c.stash_state_reads = true;
     c.connect(2, 3);
     c.run();
-    let (_, effect) = c.stashed.pop().expect("a state read");
-    let Effect::ReadState {
-        vnode,
-        to,
-        transfer,
-        ..
-    } = effect
-    else {
-        unreachable!()
-    };
+    let (
+        _,
+        StashedRead {
+            vnode,
+            to,
+            transfer,
+            ..
+        },
+    ) = c.take_state_read();
     let middle = c.members.get_mut(&2).unwrap();
     assert!(middle.replicator.transfer_current(vnode, to, transfer));
     middle
