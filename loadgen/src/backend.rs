@@ -79,6 +79,7 @@ pub struct Options {
     pub key_size: usize,
     pub timeout: Duration,
     pub shard_aware: bool,
+    pub read_first: bool,
     pub level: tessera_client::Level,
 }
 
@@ -92,7 +93,7 @@ impl Conn {
                     retries: 0,
                     shard_aware: options.shard_aware,
                     level: options.level,
-                    prefer_first_address: false,
+                    prefer_first_address: options.read_first,
                 };
                 let client = Client::connect_with(address, config)
                     .await

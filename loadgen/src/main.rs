@@ -137,6 +137,10 @@ struct RunArgs {
     /// Tessera: route each key to its shard's port (false: the node forwards between shards).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     shard_aware: bool,
+    /// Tessera: reads go to the first address's node whenever it holds a replica of the key
+    /// (to load one replica, e.g. a transfer's sender); writes still go to heads.
+    #[arg(long)]
+    read_first: bool,
     /// Print a line each second (default: on for runs of 5 s or more).
     #[arg(long, action = clap::ArgAction::Set)]
     live: Option<bool>,
@@ -211,6 +215,7 @@ async fn run_async(args: &RunArgs, target: &Target) -> Result<RunResult, String>
         key_size: args.key_size,
         timeout: args.timeout,
         shard_aware: args.shard_aware,
+        read_first: args.read_first,
         level: match args.consistency {
             None => tessera_client::Level::Default,
             Some(Consistency::Eventual) => tessera_client::Level::Eventual,

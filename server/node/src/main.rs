@@ -260,6 +260,9 @@ fn run(args: Args) -> Result<(), String> {
             c.members.len()
         )
     });
+    // Signals are handled before the ready line: whoever reads it may send SIGTERM at once, and
+    // must get a drain and exit 0, not the default action.
+    watch_signals(node.clone())?;
     // Serving in the metrics before the ready line: whoever reads that line may scrape at once.
     metrics.set_state(metrics::NodeState::Serving);
     let metrics_at = metrics_addr.map_or(String::new(), |a| {
@@ -284,7 +287,6 @@ fn run(args: Args) -> Result<(), String> {
         "serving on {listen} (shards {}){member}",
         data.shards
     ));
-    watch_signals(node.clone())?;
     memory::spawn_trimmer(node.clone())
         .map_err(|e| format!("cannot start the memory trimmer: {e}"))?;
     notify::spawn_watchdog(node.clone())
