@@ -1,11 +1,11 @@
 //! A member cut off or paused for longer than its links survive, then back: real three-node
 //! clusters (`--shards 1`, loopback).
 //!
-//! The cut is nftables on the loopback interface, in a table of the test's own that it removes
-//! when done: every packet to or from the member's port range (`PORT..=PORT + 64`) is dropped,
-//! so its peers' dials to it hang on SYNs that go unanswered, as across a real partition, and
-//! no client reaches it. (The member's own dials leave from ephemeral ports and get through,
-//! but a link needs both directions, so none comes up.) The pause is SIGSTOP.
+//! The cut runs each member in a network namespace of its own, joined by a bridge
+//! (`common/netns.rs`), and drops every frame to or from the member's port of the bridge with
+//! an nftables table in the switch's namespace: its packets vanish, so its peers' dials to it
+//! hang on SYNs that go unanswered and its own go unanswered too, as across a real partition,
+//! and no client reaches it. The pause is SIGSTOP, on loopback.
 
 mod common;
 
@@ -22,38 +22,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An nftables table that drops loopback traffic of one port range; removed on drop.
-struct Cut {
-    table: String,
-}
-
-impl Cut {
-    fn ports(first: u16, last: u16) -> Option<Cut> {
-        let table = format!("tessera_test_{}", std::process::id());
-        let rules = format!(
-            "table inet {table} {{\n\
-               chain output {{ type filter hook output priority 0; policy accept;\n\
-                 tcp dport {first}-{last} drop\n\
-                 tcp sport {first}-{last} drop\n\
-               }}\n\
-             }}\n"
-        );
-        let file = std::env::temp_dir().join(format!("{table}.nft"));
-        std::fs::write(&file, rules).unwrap();
-        let applied = Command::new("nft").arg("-f").arg(&file).status();
-        let _ = std::fs::remove_file(&file);
-        applied.ok().filter(|s| s.success()).map(|_| Cut { table })
-    }
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status();
-    }
 }
 
 fn put(key: &[u8], value: &[u8]) -> PutRequest {
@@ -88,15 +56,9 @@ fn a_member_cut_off_for_a_minute_commits_strong_writes_within_two_seconds_of_the
     {
         return;
     }
-    let cluster = TestCluster::start(3, &["--vnodes", "16", "--fsync", "always"]);
+    let cluster = TestCluster::start_in_namespaces(3, &["--vnodes", "16", "--fsync", "always"]);
     let rt = runtime();
     let victim = 2;
-    let port: u16 = cluster.addrs[victim]
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
     let others = format!("{},{}", cluster.addrs[0], cluster.addrs[1]);
     let config = ClientConfig {
         timeout: Duration::from_secs(1),
@@ -105,7 +67,7 @@ fn a_member_cut_off_for_a_minute_commits_strong_writes_within_two_seconds_of_the
     };
     let client = rt.block_on(async { Client::connect_with(&others, config).await.unwrap() });
     rt.block_on(async { client.put(b"before", b"v").await.unwrap() });
-    let cut = Cut::ports(port, port + 64).expect("nft applies the cut (run as root)");
+    let cut = cluster.netns.as_ref().expect("namespaces").cut(victim);
     // Writes the member misses: eventual ones go on while it is away.
     let eventual = ClientConfig {
         timeout: Duration::from_secs(8),

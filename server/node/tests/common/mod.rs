@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,7 +52,21 @@ impl Node {
 
     /// Starts a node listening on `listen` (restarts keep their address this way).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Node {
-        let mut child = Command::new(server_binary())
+        Node::start_under(&[], data_dir, listen, extra)
+    }
+
+    /// Starts a node through `prefix` (e.g. `ip netns exec NS`), which must exec the server, so
+    /// that the child's pid is the server's.
+    pub fn start_under(prefix: &[String], data_dir: &Path, listen: &str, extra: &[&str]) -> Node {
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(server_binary());
+                command
+            }
+            None => Command::new(server_binary()),
+        };
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen, "--segment-mib", "4"])
@@ -330,6 +346,8 @@ pub struct TestCluster {
     pub addrs: Vec<String>,
     dirs: Vec<tempfile::TempDir>,
     flags: Vec<String>,
+    /// The namespaces the nodes run in, if any (after `nodes`: dropped once they are gone).
+    pub netns: Option<netns::Netns>,
 }
 
 impl TestCluster {
@@ -342,7 +360,22 @@ impl TestCluster {
                 ports.push(port);
             }
         }
-        let mut addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        TestCluster::launch(addrs, extra, None)
+    }
+
+    /// Starts `count` nodes, each in a network namespace of its own (`netns.rs`), on port 7000
+    /// of its address there: `cluster.netns` cuts them off.
+    pub fn start_in_namespaces(count: usize, extra: &[&str]) -> TestCluster {
+        let netns = netns::Netns::create(count);
+        let addrs = (0..count)
+            .map(|i| format!("{}:7000", netns.ip(i)))
+            .collect();
+        TestCluster::launch(addrs, extra, Some(netns))
+    }
+
+    fn launch(mut addrs: Vec<String>, extra: &[&str], netns: Option<netns::Netns>) -> TestCluster {
+        let count = addrs.len();
         addrs.sort_by_key(|a| a.parse::<SocketAddr>().unwrap());
         let mut flags: Vec<String> = ["--shards", "1", "--peers", &addrs.join(",")]
             .iter()
@@ -356,6 +389,7 @@ impl TestCluster {
             addrs,
             dirs,
             flags,
+            netns,
         };
         let started: Vec<Node> = std::thread::scope(|scope| {
             let starts: Vec<_> = (0..count)
@@ -377,7 +411,8 @@ impl TestCluster {
 
     fn spawn(&self, i: usize) -> Node {
         let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        Node::start_on(self.dirs[i].path(), &self.addrs[i], &flags)
+        let prefix = self.netns.as_ref().map_or(Vec::new(), |n| n.prefix(i));
+        Node::start_under(&prefix, self.dirs[i].path(), &self.addrs[i], &flags)
     }
 
     /// Every member, comma-separated (what a client is given).
