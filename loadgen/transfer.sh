@@ -34,7 +34,7 @@ stop_all() {
   for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pid[@]}"; do wait "$p" 2>/dev/null || true; done
 }
-trap 'stop_all; rm -rf "$work"' EXIT
+trap 'stop_all; cp "$work"/n*.log "$out"/ 2>/dev/null; rm -rf "$work"' EXIT
 
 base=7500
 peers=""
@@ -69,12 +69,15 @@ pin_rest() { # pid: off the sender's CPU
 if [ "${PIN:-0}" = 1 ]; then
   taskset -a -p -c 0 "${pid[$middle]}" >/dev/null
   pin_rest "${pid[$head]}"
+  # This script too, and so all it starts (the metric scrapes every 200 ms, python, the
+  # restarted tail): a scrape on the sender's CPU took 20-40 ms from it each time.
+  taskset -p -c 1 $$ >/dev/null
 fi
 kill -9 "${pid[$tail]}"; wait "${pid[$tail]}" 2>/dev/null || true; unset "pid[$tail]"
 echo "writing every key again while the tail is down"
 loadgen rewrite --ops 1 --read-ratio 1 --seed 2
 echo "baseline: reads with no transfer"
-[ "${PIN:-0}" = 1 ] && PIN_LOADGEN="taskset -c 1"
+[ "${PIN:-0}" = 1 ] && PIN_LOADGEN="taskset -c ${LOADGEN_CPU:-1}"
 loadgen without --no-load --read-first --read-ratio 1 --rate "$RATE" --duration "$DURATION"
 
 metric() { # node name
@@ -91,7 +94,7 @@ rss_before=$(rss "$sender"); rss_peak=$rss_before
 bytes0=$(metric "$middle" tessera_transfer_bytes_total)
 keys0=$(metric "$middle" tessera_transfer_keys_total)
 echo "restarting the tail: the transfer runs under the same read load"
-[ "${PIN:-0}" = 1 ] && PIN_LOADGEN="taskset -c 1"
+[ "${PIN:-0}" = 1 ] && PIN_LOADGEN="taskset -c ${LOADGEN_CPU:-1}"
 loadgen with --no-load --read-first --read-ratio 1 --rate "$RATE" --duration "$DURATION" &
 load=$!
 start "$tail"

@@ -753,8 +753,14 @@ impl VnodeState {
             let mut bytes = 0;
             // A link whose outbox is full takes no entries until the shell reports it drained
             // (`Replicator::handle_outbox`); the prefix and commit point still go.
-            let room = cx.has_room(down.node);
-            for entry in down.queue.iter().filter(|e| room && e.seq > sent) {
+            // The queue is in seq order: find the first unsent entry by bisection. A scan
+            // from the front cost O(queue) per message, and a full 64 MiB queue (300 K small
+            // entries) held the shard for up to 1.6 s under load.
+            let unsent = match cx.has_room(down.node) {
+                true => down.queue.partition_point(|e| e.seq <= sent),
+                false => down.queue.len(),
+            };
+            for entry in down.queue.range(unsent..) {
                 if bytes >= APPEND_BATCH_BYTES {
                     break;
                 }
