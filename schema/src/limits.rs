@@ -88,6 +88,18 @@ pub const MAX_SCANS_PER_CONNECTION: u64 = 4;
 /// work (or the executor's preemption interval, whichever comes first).
 pub const FRAMES_PER_FAIRNESS_CHECK: u32 = 16;
 
+/// How long a connection accepted on a peer port may take to send a Hello that is let in;
+/// it is closed then. Before this bound, half-handshakes stayed open for good.
+pub const PEER_HELLO_DEADLINE_MS: u64 = 5_000;
+/// Bytes a connection accepted on a peer port may send before its Hello is let in (a Hello is
+/// under 100 bytes); more closes it. Before this bound, a frame header announcing 16 MiB made
+/// the node buffer up to 16 MiB for a connection that had not said who it was.
+pub const PEER_PRE_HELLO_BYTES: usize = 4 * 1024;
+/// Connections accepted on one shard's peer port that have not yet said Hello; one more is
+/// closed at once. Members dial each shard once per shard of theirs it shares vnodes with, and
+/// say Hello at once, so a member never comes near it.
+pub const PEER_PENDING_HANDSHAKES: usize = 64;
+
 const _: () = assert!(CONNECTION_BASE_BYTES as usize > CONNECTION_READ_BYTES);
 const _: () = assert!(CONNECTION_SOFT_BYTES < CONNECTION_HARD_BYTES);
 const _: () = assert!((MAX_FRAME_BODY_BYTES as u64) < CONNECTION_HARD_BYTES);

@@ -387,7 +387,7 @@ async fn shard_main(
     shard.spawn_mesh_receivers(receivers);
     if let Some(cluster) = &node.cluster {
         let address = cluster.member(cluster.me).peer_addr(index);
-        let listener = TcpListener::bind(address)
+        let listener = bind_exclusive(address)
             .map_err(|e| format!("cannot listen for peers on {address}: {e}"))?;
         replica::start(&shard, listener);
     }
@@ -537,4 +537,15 @@ async fn say_goodbye(mut stream: glommio::net::TcpStream, (status, message): (St
         let _ = stream.close().await;
     };
     futures_lite::future::or(write, glommio::timer::sleep(Duration::from_secs(1))).await;
+}
+
+/// A listener no other socket can share. glommio's `bind` sets SO_REUSEPORT, which let a
+/// process of the same user bind beside a live member's peer port and take half of the
+/// connections meant for it; std's bind does not set it.
+#[allow(unsafe_code)]
+fn bind_exclusive(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = std::net::TcpListener::bind(address)?;
+    // SAFETY: `into_raw_fd` hands over a bound, listening socket that nothing else owns.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,9 @@ use glommio::net::{TcpListener, TcpStream};
 use tessera_core::placement::NodeId;
 use tessera_core::replication::{Effect, PeerMsg, Replicator, Ticket, WriteFailure};
 use tessera_schema::frame::{FrameEvent, FrameReader};
+use tessera_schema::limits::{
+    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PRE_HELLO_BYTES,
+};
 
 use crate::cluster::Cluster;
 use crate::peer_wire::{self, decode_batch, decode_hello, encode_batch, encode_hello, Hello};
@@ -142,6 +145,8 @@ pub struct Replica {
     next_inbound: Cell<u64>,
     /// The state transfers this shard sends (`transfer.rs`).
     pub transfers: crate::transfer::Transfers,
+    /// Accepted peer connections that have not yet said Hello (`PEER_PENDING_HANDSHAKES`).
+    handshakes: Rc<Cell<usize>>,
 }
 
 impl Replica {
@@ -159,6 +164,7 @@ impl Replica {
             pumping: Cell::new(false),
             next_inbound: Cell::new(0),
             transfers: crate::transfer::Transfers::new(transfers),
+            handshakes: Rc::new(Cell::new(0)),
         }
     }
 
@@ -643,23 +649,72 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// A slot among the shard's pending handshakes, given back when dropped.
+struct Handshake(Rc<Cell<usize>>);
+
+impl Handshake {
+    fn take(pending: &Rc<Cell<usize>>) -> Option<Handshake> {
+        (pending.get() < PEER_PENDING_HANDSHAKES).then(|| {
+            pending.set(pending.get() + 1);
+            Handshake(pending.clone())
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Reads a member's messages for this shard until the connection closes or misbehaves (bad
-/// frames, another cluster's id, the wrong shard): only this connection is closed.
+/// frames, another cluster's id, the wrong shard): only this connection is closed. Until its
+/// Hello is let in, a connection holds one of `PEER_PENDING_HANDSHAKES` slots, may send
+/// `PEER_PRE_HELLO_BYTES` and has `PEER_HELLO_DEADLINE_MS` to do it.
 async fn serve_accepted(shard: Rc<Shard>, mut stream: TcpStream) {
     let replica = shard.replica.as_ref().expect("cluster");
+    let Some(handshake) = Handshake::take(&replica.handshakes) else {
+        tracing::warn!(
+            shard = shard.index,
+            "closing a peer connection: {PEER_PENDING_HANDSHAKES} others have not said Hello yet"
+        );
+        return;
+    };
+    let mut handshake = Some(handshake);
     let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + Duration::from_millis(PEER_HELLO_DEADLINE_MS);
     let mut frames = FrameReader::new();
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = vec![0u8; PEER_PRE_HELLO_BYTES];
+    let mut received = 0;
     let mut from: Option<Inbound> = None;
     let why = loop {
+        if from.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
+            }
+        }
         let n = match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => break None,
+            Ok(0) => break None,
+            Err(e) if from.is_none() && e.kind() == std::io::ErrorKind::TimedOut => {
+                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"))
+            }
+            Err(_) => break None,
             Ok(n) => n,
         };
+        received += n;
+        if from.is_none() && received > PEER_PRE_HELLO_BYTES {
+            break Some(format!("{received} bytes and no Hello"));
+        }
         frames.feed(&buffer[..n]);
         match read_frames(&shard, replica, &mut frames, &mut from, &mut stream).await {
             Ok(()) => {}
             Err(why) => break why,
+        }
+        if from.is_some() && handshake.take().is_some() {
+            // Let in: a member's batches come in larger reads, and wait without a deadline.
+            let _ = stream.set_read_timeout(None);
+            buffer.resize(64 * 1024, 0);
         }
     };
     if let Some(why) = why {
