@@ -12,7 +12,8 @@
 # before and at its peak, and read p50/p99 without and with the transfer.
 # Settings (environment): KEYS (1000000), VALUE (100), LIMIT (--transfer-mib-per-s, 0: none),
 # RATE (5000), DURATION (10s), BIN (binaries; default: build target/release),
-# PIN=1 (the sender alone on CPU 0, the other nodes and the generator on CPU 1),
+# PIN=1 (the sender alone on CPU 0; the other nodes, this script and the generator on CPU 1),
+# LOADGEN_CPU (with PIN=1, the generator's CPU: 1, or 0 beside the sender), node logs kept in OUT_DIR,
 # PERF=1 (perf record -g of the sender while the transfer runs: OUT_DIR/perf.txt).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
