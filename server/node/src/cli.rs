@@ -95,6 +95,18 @@ pub struct Args {
     /// enough.
     #[arg(long, env = "TESSERA_ZONE", default_value = "")]
     pub zone: String,
+    /// This member's certificate chain (PEM) for mutual TLS on the peer ports: with
+    /// --peer-tls-key and --peer-tls-ca, every peer connection is TLS 1.3 and each side's
+    /// certificate must chain to the CA and name its member's IP address. Without them, peer
+    /// ports are plain TCP and anyone who reaches them can pose as a member.
+    #[arg(long, env = "TESSERA_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "TESSERA_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate (PEM): the only issuer whose members are trusted.
+    #[arg(long, env = "TESSERA_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<std::path::PathBuf>,
     /// Most state transfers (catch-ups of a replica that the retention queue cannot serve)
     /// each shard sends at once; the others wait their turn.
     #[arg(long, env = "TESSERA_TRANSFERS_PER_SHARD", default_value_t = 2,

@@ -13,8 +13,8 @@
 //! `PORT + 33 + i` (peers, shard i): with at most 32 shards, nothing outside `PORT..=PORT + 64`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,8 @@ pub struct Joining {
     pub zone: String,
     pub vnodes: u32,
     pub replication_factor: usize,
+    /// Mutual TLS for the forming exchange, as on the peer ports (`tls.rs`).
+    pub tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
 }
 
 impl Joining {
@@ -102,6 +104,7 @@ impl Joining {
             zone,
             vnodes,
             replication_factor,
+            tls: None,
         })
     }
 
@@ -326,8 +329,12 @@ fn form(joining: &Joining) -> Result<Cluster, String> {
     while known.len() < joining.peers.len() {
         // Answer whoever dials us.
         while let Ok((stream, _)) = listener.accept() {
-            if let Ok(hello) = exchange(stream, joining, false) {
-                record(&mut known, hello, joining)?;
+            match exchange(stream, joining, None) {
+                Ok(hello) => record(&mut known, hello, joining)?,
+                Err(why) if why.starts_with(REFUSED) => {
+                    tracing::warn!("forming the cluster: {why}")
+                }
+                Err(_) => {}
             }
         }
         for (id, peer) in joining.peers.iter().enumerate() {
@@ -337,7 +344,7 @@ fn form(joining: &Joining) -> Result<Cluster, String> {
             }
             let addr = SocketAddr::new(peer.ip(), peer.port() + PEER_PORT_OFFSET);
             if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                if let Ok(hello) = exchange(stream, joining, true) {
+                if let Ok(hello) = exchange(stream, joining, Some(peer.ip())) {
                     record(&mut known, hello, joining)?;
                 }
             }
@@ -413,17 +420,66 @@ fn record(
     Ok(())
 }
 
-/// One Hello each way on a fresh connection; returns the other's.
-fn exchange(mut stream: TcpStream, joining: &Joining, dialed: bool) -> Result<Hello, String> {
+/// How `exchange` begins an error an operator must see: a certificate refused either way.
+/// Others (a member that went away, the race of two members dialing each other) are routine.
+const REFUSED: &str = "refused: ";
+
+fn io_error(e: std::io::Error) -> String {
+    match crate::tls::refused_peer(&e) {
+        true => format!("{REFUSED}TLS: {e}"),
+        false => e.to_string(),
+    }
+}
+
+/// One Hello each way on a fresh connection (dialed to the member at `dialed`, or accepted),
+/// over TLS when the peer ports use it; returns the other's.
+fn exchange(stream: TcpStream, joining: &Joining, dialed: Option<IpAddr>) -> Result<Hello, String> {
     let io = |e: std::io::Error| e.to_string();
     stream.set_nonblocking(false).map_err(io)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(io)?;
+    let Some(tls) = &joining.tls else {
+        return exchange_over(stream, joining, dialed.is_some());
+    };
+    let bad = |e: rustls::Error| format!("TLS: {e}");
+    match dialed {
+        Some(ip) => {
+            let name = crate::tls::PeerTls::member_name(ip);
+            let connection =
+                rustls::ClientConnection::new(tls.client.clone(), name).map_err(bad)?;
+            exchange_over(rustls::StreamOwned::new(connection, stream), joining, true)
+        }
+        None => {
+            let connection = rustls::ServerConnection::new(tls.server.clone()).map_err(bad)?;
+            let mut stream = rustls::StreamOwned::new(connection, stream);
+            let hello = exchange_over(&mut stream, joining, false)?;
+            let member = joining
+                .peers
+                .get(hello.from_node as usize)
+                .ok_or_else(|| format!("a Hello from no member ({})", hello.from_node))?;
+            let cert = stream
+                .conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .ok_or("no peer certificate")?;
+            crate::tls::names_member(cert, member.ip()).map_err(|why| format!("{REFUSED}{why}"))?;
+            Ok(hello)
+        }
+    }
+}
+
+fn exchange_over<S: Read + Write>(
+    mut stream: S,
+    joining: &Joining,
+    dialed: bool,
+) -> Result<Hello, String> {
+    let io = io_error;
     let mut frame = Vec::new();
     encode_hello(&mut frame, &joining.hello());
     if dialed {
         stream.write_all(&frame).map_err(io)?;
+        stream.flush().map_err(io)?;
     }
     let hello = read_hello(&mut stream)?;
     if !hello.forming {
@@ -433,6 +489,7 @@ fn exchange(mut stream: TcpStream, joining: &Joining, dialed: bool) -> Result<He
     }
     if !dialed {
         stream.write_all(&frame).map_err(io)?;
+        stream.flush().map_err(io)?;
         // Let the dialer close first: the side that closes first keeps the port in TIME_WAIT,
         // and this one is the peer port the shard is about to listen on.
         let mut rest = [0u8; 64];
@@ -442,7 +499,7 @@ fn exchange(mut stream: TcpStream, joining: &Joining, dialed: bool) -> Result<He
 }
 
 /// Reads one Hello frame (blocking, with the stream's timeout).
-pub fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
+pub fn read_hello(stream: &mut impl Read) -> Result<Hello, String> {
     let mut reader = FrameReader::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -454,7 +511,7 @@ pub fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        let n = stream.read(&mut buffer).map_err(|e| e.to_string())?;
+        let n = stream.read(&mut buffer).map_err(io_error)?;
         if n == 0 {
             return Err("closed".into());
         }

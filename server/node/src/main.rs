@@ -25,10 +25,12 @@ mod mesh;
 mod metrics;
 mod notify;
 mod pace;
+mod peer_stream;
 mod peer_wire;
 mod replica;
 mod route;
 mod shard;
+mod tls;
 mod transfer;
 
 use std::net::SocketAddr;
@@ -177,7 +179,8 @@ fn run(args: Args) -> Result<(), String> {
     let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
     let listen = resolve_listen(&args.data_dir, args.listen, planned, !args.peers.is_empty())?;
     let data = DataDir::open(&args.data_dir, args.shards, args.vnodes)?;
-    let cluster = join_cluster(&args, &data, listen)?;
+    let peer_tls = peer_tls(&args)?;
+    let cluster = join_cluster(&args, &data, listen, peer_tls.clone())?;
     let settings = ShardSettings {
         store: StoreConfig {
             vnodes: data.vnodes,
@@ -210,6 +213,7 @@ fn run(args: Args) -> Result<(), String> {
         max_connections_per_shard: u64::from(args.max_connections).div_ceil(shards),
         frame_grace_ms: args.frame_timeout_ms,
         cluster: cluster.clone(),
+        peer_tls,
         beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         started: Instant::now(),
         metrics: metrics.clone(),
@@ -307,11 +311,12 @@ fn join_cluster(
     args: &Args,
     data: &DataDir,
     listen: SocketAddr,
+    tls: Option<Arc<tls::PeerTls>>,
 ) -> Result<Option<Arc<cluster::Cluster>>, String> {
     if args.peers.is_empty() {
         return Ok(None);
     }
-    let joining = cluster::Joining::new(
+    let mut joining = cluster::Joining::new(
         args.peers.clone(),
         listen,
         data.shards,
@@ -319,8 +324,26 @@ fn join_cluster(
         data.vnodes,
         args.replication_factor,
     )?;
+    joining.tls = tls;
     let cluster = cluster::Cluster::open_or_form(&data.root, &joining)?;
     Ok(Some(Arc::new(cluster)))
+}
+
+/// The peer ports' TLS settings (`--peer-tls-*`), loaded, or `None` for plain TCP.
+fn peer_tls(args: &Args) -> Result<Option<Arc<tls::PeerTls>>, String> {
+    let files = tls::PeerTlsFiles::from_flags(
+        args.peer_tls_cert.clone(),
+        args.peer_tls_key.clone(),
+        args.peer_tls_ca.clone(),
+    )?;
+    match files {
+        Some(files) if args.peers.is_empty() => Err(format!(
+            "--peer-tls-cert {} is for the peer ports of a cluster: give --peers too",
+            files.cert.display()
+        )),
+        Some(files) => Ok(Some(Arc::new(tls::PeerTls::load(&files)?))),
+        None => Ok(None),
+    }
 }
 
 fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
@@ -461,7 +484,12 @@ fn replica_of_shard(
         fresh: cluster.fresh,
     };
     let replicator = tessera_core::replication::Replicator::new(config, held, store);
-    replica::Replica::new(cluster.clone(), replicator, node.transfers)
+    replica::Replica::new(
+        cluster.clone(),
+        replicator,
+        node.transfers,
+        node.peer_tls.clone(),
+    )
 }
 
 /// Waits for this shard's in-flight requests, then for every peer to have done the same (a peer

@@ -50,8 +50,10 @@ use tessera_schema::limits::{
 };
 
 use crate::cluster::Cluster;
+use crate::peer_stream::{self, PeerStream};
 use crate::peer_wire::{self, decode_batch, decode_hello, encode_batch, encode_hello, Hello};
 use crate::shard::{now_ms, Shard};
+use crate::tls::PeerTls;
 
 /// Bytes handed to one member's connections and not yet written, past which streams pause.
 pub const PEER_OUTBOX_BYTES: usize = 8 << 20;
@@ -147,6 +149,8 @@ pub struct Replica {
     pub transfers: crate::transfer::Transfers,
     /// Accepted peer connections that have not yet said Hello (`PEER_PENDING_HANDSHAKES`).
     handshakes: Rc<Cell<usize>>,
+    /// Mutual TLS on the peer connections (`tls.rs`); `None`: plain TCP.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Replica {
@@ -154,6 +158,7 @@ impl Replica {
         cluster: Arc<Cluster>,
         replicator: Replicator,
         transfers: crate::transfer::TransferSettings,
+        tls: Option<Arc<PeerTls>>,
     ) -> Replica {
         Replica {
             cluster,
@@ -165,6 +170,7 @@ impl Replica {
             next_inbound: Cell::new(0),
             transfers: crate::transfer::Transfers::new(transfers),
             handshakes: Rc::new(Cell::new(0)),
+            tls,
         }
     }
 
@@ -504,7 +510,24 @@ async fn dial_loop(shard: Rc<Shard>, node: NodeId, remote_shard: u16) {
         }
         if let Ok(stream) = TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
             backoff = Duration::from_millis(20);
-            serve_dialed(&shard, node, remote_shard, stream).await;
+            match &replica.tls {
+                None => serve_dialed(&shard, node, remote_shard, stream).await,
+                Some(tls) => match peer_stream::dial(tls, addr.ip(), stream, DIAL_TIMEOUT).await {
+                    Ok(stream) => serve_dialed(&shard, node, remote_shard, stream).await,
+                    Err(failed) if failed.certificate => tracing::warn!(
+                        shard = shard.index,
+                        peer = node,
+                        "dialing a member: {}",
+                        failed.why
+                    ),
+                    Err(failed) => tracing::debug!(
+                        shard = shard.index,
+                        peer = node,
+                        "dialing a member: {}",
+                        failed.why
+                    ),
+                },
+            }
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -512,9 +535,14 @@ async fn dial_loop(shard: Rc<Shard>, node: NodeId, remote_shard: u16) {
 }
 
 /// Runs one dialed connection until it breaks.
-async fn serve_dialed(shard: &Rc<Shard>, node: NodeId, remote_shard: u16, stream: TcpStream) {
+async fn serve_dialed<S: PeerStream>(
+    shard: &Rc<Shard>,
+    node: NodeId,
+    remote_shard: u16,
+    stream: S,
+) {
     let replica = shard.replica.as_ref().expect("cluster");
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     let (mut reader, mut writer) = stream.split();
     let mut first = Vec::new();
     encode_hello(&mut first, &hello(shard, replica, remote_shard));
@@ -670,8 +698,9 @@ impl Drop for Handshake {
 /// Reads a member's messages for this shard until the connection closes or misbehaves (bad
 /// frames, another cluster's id, the wrong shard): only this connection is closed. Until its
 /// Hello is let in, a connection holds one of `PEER_PENDING_HANDSHAKES` slots, may send
-/// `PEER_PRE_HELLO_BYTES` and has `PEER_HELLO_DEADLINE_MS` to do it.
-async fn serve_accepted(shard: Rc<Shard>, mut stream: TcpStream) {
+/// `PEER_PRE_HELLO_BYTES` and has `PEER_HELLO_DEADLINE_MS` to do it (its TLS handshake
+/// included).
+async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     let replica = shard.replica.as_ref().expect("cluster");
     let Some(handshake) = Handshake::take(&replica.handshakes) else {
         tracing::warn!(
@@ -680,9 +709,35 @@ async fn serve_accepted(shard: Rc<Shard>, mut stream: TcpStream) {
         );
         return;
     };
-    let mut handshake = Some(handshake);
-    let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + Duration::from_millis(PEER_HELLO_DEADLINE_MS);
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = &replica.tls else {
+        return serve_inbound(shard.clone(), stream, handshake, deadline).await;
+    };
+    let limit = deadline.saturating_duration_since(Instant::now());
+    match peer_stream::accept(tls, stream, limit).await {
+        Ok(stream) => serve_inbound(shard.clone(), stream, handshake, deadline).await,
+        Err(failed) if failed.certificate => tracing::warn!(
+            shard = shard.index,
+            "closing a peer connection: {}",
+            failed.why
+        ),
+        Err(failed) => tracing::debug!(
+            shard = shard.index,
+            "closing a peer connection: {}",
+            failed.why
+        ),
+    }
+}
+
+async fn serve_inbound<S: PeerStream>(
+    shard: Rc<Shard>,
+    mut stream: S,
+    handshake: Handshake,
+    deadline: Instant,
+) {
+    let replica = shard.replica.as_ref().expect("cluster");
+    let mut handshake = Some(handshake);
     let mut frames = FrameReader::new();
     let mut buffer = vec![0u8; PEER_PRE_HELLO_BYTES];
     let mut received = 0;
@@ -690,7 +745,7 @@ async fn serve_accepted(shard: Rc<Shard>, mut stream: TcpStream) {
     let why = loop {
         if from.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
                 break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
             }
         }
@@ -713,7 +768,7 @@ async fn serve_accepted(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         if from.is_some() && handshake.take().is_some() {
             // Let in: a member's batches come in larger reads, and wait without a deadline.
-            let _ = stream.set_read_timeout(None);
+            let _ = stream.tcp().set_read_timeout(None);
             buffer.resize(64 * 1024, 0);
         }
     };
@@ -737,12 +792,12 @@ struct Inbound {
 /// Handles the frames buffered on an accepted connection. `Err` closes it: with the reason to
 /// log, or `None` when there is nothing to say (a forming node's Hello was answered, or the
 /// link was reset since the connection came).
-async fn read_frames(
+async fn read_frames<S: PeerStream>(
     shard: &Rc<Shard>,
     replica: &Replica,
     frames: &mut FrameReader,
     from: &mut Option<Inbound>,
-    stream: &mut TcpStream,
+    stream: &mut S,
 ) -> Result<(), Option<String>> {
     loop {
         let (opcode, body) = match frames.next_event() {
@@ -790,11 +845,11 @@ async fn read_frames(
 
 /// Checks a connection's Hello: a forming node is told who this node is; a member of this
 /// cluster dialing this shard from one of its shards this shard shares vnodes with is let in.
-async fn accept_hello(
+async fn accept_hello<S: PeerStream>(
     shard: &Shard,
     replica: &Replica,
     body: &[u8],
-    stream: &mut TcpStream,
+    stream: &mut S,
 ) -> Result<(NodeId, u16), Option<String>> {
     let hello = decode_hello(body).map_err(|e| Some(format!("undecodable Hello: {e}")))?;
     let cluster = &replica.cluster;
@@ -822,6 +877,20 @@ async fn accept_hello(
             cluster.id,
             shard.index
         )));
+    }
+    if replica.tls.is_some() {
+        // The CA vouched for a member; this checks it is the one the Hello names.
+        let ip = cluster.member(hello.from_node).addr.ip();
+        let named = stream
+            .peer_certificate()
+            .ok_or_else(|| "no peer certificate".to_string())
+            .and_then(|cert| crate::tls::names_member(cert, ip));
+        if let Err(why) = named {
+            return Err(Some(format!(
+                "refused a Hello as member {}: {why}",
+                hello.from_node
+            )));
+        }
     }
     Ok((hello.from_node, hello.from_shard))
 }

@@ -5,6 +5,8 @@
 //! machine two clusters at once would turn timing (write timeouts, catch-up) into noise.
 
 mod common;
+#[path = "common/hello.rs"]
+mod hello;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{
     assert_replicas_agree, cli_binary, client_config, rss_bytes, runtime, signal, Raw, TestCluster,
 };
+use hello::hello_frame;
 use tessera_client::{
     BatchOp, Client, ClientConfig, ClientError, DeleteRequest, Durability, Level, OpResult,
     PutRequest, Request, Response, ScanRequest, Status,
@@ -375,22 +378,6 @@ fn kill_9_of_the_tail_under_writers_loses_no_acknowledged_write() {
 }
 
 /// A Hello frame as a member would open a peer connection with.
-fn hello_frame(cluster_id: u64, from_node: u32) -> Vec<u8> {
-    use tessera_schema::peer_fb as pb;
-    let mut builder = flatbuffers::FlatBufferBuilder::new();
-    let args = pb::HelloArgs {
-        cluster_id,
-        from_node,
-        vnodes: 64,
-        ..pb::HelloArgs::default()
-    };
-    let hello = pb::Hello::create(&mut builder, &args);
-    builder.finish(hello, None);
-    let mut frame = Vec::new();
-    tessera_schema::frame::encode_frame(&mut frame, 0x40, 0, builder.finished_data());
-    frame
-}
-
 /// Whether the node closes `stream` within a few seconds.
 fn closed_by_node(mut stream: TcpStream) -> bool {
     stream

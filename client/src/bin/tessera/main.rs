@@ -15,6 +15,7 @@ use tessera_client::{
 };
 
 mod admin;
+mod certs;
 mod cluster_cmds;
 
 #[derive(Parser)]
@@ -117,6 +118,20 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Makes a CA and a certificate per member for a dev cluster's mutual TLS (the server's
+    /// --peer-tls-*): ca.pem, ca-key.pem, member-IP.pem and member-IP-key.pem in --out. Needs
+    /// no running node.
+    Certs {
+        /// The folder to write them to (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The members' IP addresses, as in their --listen.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<std::net::IpAddr>,
+        /// Days the certificates are valid from now.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 /// Standard output that ends the program quietly (status 0) when its reader goes away, as
@@ -161,6 +176,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    if let Command::Admin {
+        command: AdminCommand::Certs { out, members, days },
+    } = &cli.command
+    {
+        for path in certs::make(out, members, *days).map_err(ClientError::Io)? {
+            println!("{path}");
+        }
+        return Ok(());
+    }
     let config = ClientConfig {
         pool_size: 1,
         timeout: cli.timeout,
@@ -269,6 +293,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Admin {
             command: AdminCommand::Status { json },
         } => admin::status(&client, &mut stdout, json).await?,
+        Command::Admin {
+            command: AdminCommand::Certs { .. },
+        } => unreachable!("made before connecting"),
     }
     stdout.flush().map_err(io)
 }
