@@ -26,11 +26,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The CA and member certificates for 127.0.0.1, made by the CLI as the README says.
-fn cli_certs(dir: &Path) -> PathBuf {
+/// The CA and member certificates for `members`, made by the CLI as the README says.
+fn cli_certs(dir: &Path, members: &str) -> PathBuf {
     let out = dir.join("certs");
     let status = std::process::Command::new(cli_binary())
-        .args(["admin", "certs", "--members", "127.0.0.1", "--out"])
+        .args(["admin", "certs", "--members", members, "--out"])
         .arg(&out)
         .status()
         .expect("run tessera admin certs");
@@ -38,24 +38,30 @@ fn cli_certs(dir: &Path) -> PathBuf {
     out
 }
 
+/// Each node's own certificate: `{ip}` is its address (`TestCluster`).
 fn tls_flags(certs: &Path) -> Vec<String> {
     let file = |name: &str| certs.join(name).display().to_string();
     vec![
         "--peer-tls-cert".into(),
-        file("member-127.0.0.1.pem"),
+        file("member-{ip}.pem"),
         "--peer-tls-key".into(),
-        file("member-127.0.0.1-key.pem"),
+        file("member-{ip}-key.pem"),
         "--peer-tls-ca".into(),
         file("ca.pem"),
     ]
 }
 
-fn start(certs: &Path) -> TestCluster {
+fn cluster_flags(certs: &Path) -> Vec<String> {
     let mut flags: Vec<String> = ["--vnodes", "16", "--fsync", "always"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     flags.extend(tls_flags(certs));
+    flags
+}
+
+fn start(certs: &Path) -> TestCluster {
+    let flags = cluster_flags(certs);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     TestCluster::start(3, &flags)
 }
@@ -91,23 +97,59 @@ fn make(ip: IpAddr, issuer: Option<&Made>, ca: bool, days: (i64, i64)) -> Made {
 }
 
 /// A TLS client to a peer port presenting `cert`, trusting the cluster's CA for the server.
+/// A certificate chain and its key, as a TLS client presents them.
+struct Credentials {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Credentials {
+    fn from_files(cert: &Path, key: &Path) -> Credentials {
+        Credentials {
+            chain: CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            key: PrivateKeyDer::from_pem_file(key).unwrap(),
+        }
+    }
+}
+
+impl From<&Credentials> for Credentials {
+    fn from(credentials: &Credentials) -> Credentials {
+        Credentials {
+            chain: credentials.chain.clone(),
+            key: credentials.key.clone_key(),
+        }
+    }
+}
+
+impl From<&Made> for Credentials {
+    fn from(made: &Made) -> Credentials {
+        Credentials {
+            chain: vec![made.cert.der().clone()],
+            key: PrivateKeyDer::from_pem_slice(made.key.serialize_pem().as_bytes()).unwrap(),
+        }
+    }
+}
+
 fn tls_client(
     peer: SocketAddr,
     ca: &Path,
-    cert: &Made,
+    credentials: impl Into<Credentials>,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let credentials = credentials.into();
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(ca.unwrap()).unwrap();
     }
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = PrivateKeyDer::from_pem_slice(cert.key.serialize_pem().as_bytes()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_client_auth_cert(vec![cert.cert.der().clone()], key)
+        .with_client_auth_cert(credentials.chain, credentials.key)
         .unwrap();
     let name = ServerName::IpAddress(peer.ip().into());
     let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
@@ -162,7 +204,7 @@ fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
 fn members_on_mutual_tls_commit_strong_writes_and_refuse_outsiders() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let certs = cli_certs(dir.path());
+    let certs = cli_certs(dir.path(), "127.0.0.1");
     let cluster = start(&certs);
     assert_strong_writes_commit(&cluster, "over-tls");
     let id = cluster_id(&cluster);
@@ -246,4 +288,37 @@ fn expired_and_misnamed_certificates_of_the_cluster_ca_are_refused() {
         "a member's own certificate was refused"
     );
     assert_strong_writes_commit(&cluster, "after-odd-certificates");
+}
+
+/// Members on addresses of their own (network namespaces, `common/netns.rs`), each with a
+/// certificate for its address: they link over TLS, each dial checking the dialed member's
+/// name, and member 1's certificate is let in as member 1 and refused as member 2.
+#[test]
+fn a_member_certificate_speaks_only_for_its_own_member() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ips: Vec<String> = (0..3).map(common::netns::Netns::planned_ip).collect();
+    let certs = cli_certs(dir.path(), &ips.join(","));
+    let flags = cluster_flags(&certs);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = TestCluster::start_in_namespaces(3, &flags);
+    assert_strong_writes_commit(&cluster, "across-hosts");
+    let id = cluster_id(&cluster);
+    let peer = cluster.peer_addr(0);
+    let ca_pem = certs.join("ca.pem");
+    let member_1 = Credentials::from_files(
+        &certs.join(format!("member-{}.pem", ips[1])),
+        &certs.join(format!("member-{}-key.pem", ips[1])),
+    );
+    let stream = tls_client(peer, &ca_pem, &member_1);
+    assert!(
+        refused(stream, &hello_frame(id, 2)),
+        "member 1's certificate was let in as member 2"
+    );
+    let stream = tls_client(peer, &ca_pem, &member_1);
+    assert!(
+        !refused(stream, &hello_frame(id, 1)),
+        "member 1's own certificate was refused as member 1"
+    );
+    assert_strong_writes_commit(&cluster, "after-impersonation");
 }

@@ -410,7 +410,14 @@ impl TestCluster {
     }
 
     fn spawn(&self, i: usize) -> Node {
-        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        // `{ip}` in a flag stands for the node's IP address (a certificate of its own).
+        let ip = self.addrs[i]
+            .parse::<SocketAddr>()
+            .unwrap()
+            .ip()
+            .to_string();
+        let flags: Vec<String> = self.flags.iter().map(|f| f.replace("{ip}", &ip)).collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let prefix = self.netns.as_ref().map_or(Vec::new(), |n| n.prefix(i));
         Node::start_under(&prefix, self.dirs[i].path(), &self.addrs[i], &flags)
     }

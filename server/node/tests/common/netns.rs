@@ -24,6 +24,11 @@ pub struct Netns {
     count: usize,
 }
 
+/// One /24 per test process, away from 10.213.0.0/24 and .255.
+fn subnet() -> u8 {
+    (std::process::id() % 250 + 3) as u8
+}
+
 /// Runs `ip ARGS...` (or any program) and fails the test, saying what failed, if it does.
 fn run(program: &str, args: &[&str]) {
     let output = Command::new(program)
@@ -48,8 +53,7 @@ impl Netns {
         let pid = std::process::id();
         let netns = Netns {
             tag: format!("ts{pid}"),
-            // One /24 per test process, away from 10.213.0.0/24 and .255.
-            subnet: (pid % 250 + 3) as u8,
+            subnet: subnet(),
             count,
         };
         netns.remove();
@@ -92,6 +96,12 @@ impl Netns {
     /// Node `i`'s address.
     pub fn ip(&self, i: usize) -> String {
         format!("10.213.{}.{}", self.subnet, i + 2)
+    }
+
+    /// Node `i`'s address in the network this process makes (before it is made: certificates
+    /// are made for it).
+    pub fn planned_ip(i: usize) -> String {
+        format!("10.213.{}.{}", subnet(), i + 2)
     }
 
     /// What runs a program in node `i`'s namespace (`ip netns exec` execs it: the child's pid
