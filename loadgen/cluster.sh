@@ -12,6 +12,10 @@
 # A single node is a cluster of one: every level costs the same there (the head is the whole
 # chain), so its rows are the baseline each level is compared with.
 #
+# SIDES picks what is compared (default "single cluster"); `cluster-tls` is the same cluster
+# with mutual TLS on its peer ports (certificates from `tessera admin certs`), so
+# SIDES="cluster cluster-tls" measures what peer TLS costs, the plain cluster the baseline.
+#
 # Settings (environment): RATE (4000), KEYS (20000), VALUE (1024), DURATION (10s), REPEAT (3),
 # CONNECTIONS (16), FSYNC_MODES ("always interval"), LEVELS ("eventual session strong"),
 # SERVER_FLAGS ("--pin false": by default a one-shard node pins itself to CPU 0, and three of
@@ -30,6 +34,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 FSYNC_MODES=${FSYNC_MODES:-"always interval"}
 LEVELS=${LEVELS:-"eventual session strong"}
 SERVER_FLAGS=${SERVER_FLAGS:-"--pin false"}
+SIDES=${SIDES:-"single cluster"}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 (cd "$root" && cargo build --release -q -p tessera-server -p tessera-loadgen -p tessera-client)
@@ -62,9 +67,15 @@ start_side() {
     return
   fi
   for i in 0 1 2; do peers+="${peers:+,}127.0.0.1:$((base + 100 * i))"; done
+  local tls=""
+  if [ "$side" = cluster-tls ]; then
+    [ -f "$work/certs/ca.pem" ] ||
+      "$bin/tessera" admin certs --members 127.0.0.1 --out "$work/certs" >/dev/null
+    tls="--peer-tls-cert $work/certs/member-127.0.0.1.pem --peer-tls-key $work/certs/member-127.0.0.1-key.pem --peer-tls-ca $work/certs/ca.pem"
+  fi
   for i in 0 1 2; do
     "$bin/tessera-server" --data-dir "$work/data/n$i" --listen 127.0.0.1:$((base + 100 * i)) \
-      --shards 1 --peers "$peers" --fsync "$fsync" $SERVER_FLAGS >"$work/n$i.log" 2>&1 &
+      --shards 1 --peers "$peers" --fsync "$fsync" $SERVER_FLAGS $tls >"$work/n$i.log" 2>&1 &
     pids+=($!)
   done
   for i in 0 1 2; do wait_ready 127.0.0.1:$((base + 100 * i)); done
@@ -88,15 +99,18 @@ run_case() { # side fsync level run
 for fsync in $FSYNC_MODES; do
   for level in $LEVELS; do
     for run in $(seq 1 "$REPEAT"); do
-      if [ $((run % 2)) = 1 ]; then order="single cluster"; else order="cluster single"; fi
+      order=$SIDES
+      [ $((run % 2)) = 1 ] || order=$(echo "$SIDES" | tr ' ' '\n' | tac | tr '\n' ' ')
       for side in $order; do run_case "$side" "$fsync" "$level" "$run"; done
     done
   done
 done
 
-python3 - "$out" "$RATE" "$VALUE" "$DURATION" "$KEYS" "$REPEAT" >"$out/cluster.md" <<'EOF'
+python3 - "$out" "$RATE" "$VALUE" "$DURATION" "$KEYS" "$REPEAT" "$SIDES" >"$out/cluster.md" <<'EOF'
 import glob, json, os, statistics, sys
-out, rate, value, duration, keys, repeat = sys.argv[1:]
+out, rate, value, duration, keys, repeat, sides = sys.argv[1:]
+sides = sides.split()
+first = sides[0]
 LEVELS = ["eventual", "session", "strong"]
 def runs(pattern):
     return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, pattern)))]
@@ -104,16 +118,17 @@ def median(rs, op, pct):
     return statistics.median(r["latency_us"][op][pct] for r in rs) if rs else None
 print(f"Open loop, {rate} requests/s (half {value}-byte writes, half reads) over {keys} keys, "
       f"{duration} per run, {repeat} runs per case; each cell is the median over the case's runs. "
-      "A single node ignores the level, so its baseline for the ratios is the median over all "
-      "its runs under that fsync policy. Latencies in microseconds.\n")
-print("| fsync | level | side | write p50 | write p99 | read p50 | read p99 | errors | write p99 / single's | read p99 / single's |")
+      f"The ratios are over the {first} side's p99 (a single node ignores the level, so its "
+      "baseline is the median over all its runs under that fsync policy). Latencies in "
+      "microseconds.\n")
+print(f"| fsync | level | side | write p50 | write p99 | read p50 | read p99 | errors | write p99 / {first}'s | read p99 / {first}'s |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-fsyncs = sorted({os.path.basename(p).split("-")[1] for p in glob.glob(os.path.join(out, "*-*-*.*.json"))})
+fsyncs = sorted({os.path.basename(p).split("-")[-2] for p in glob.glob(os.path.join(out, "*.json"))})
 for fsync in fsyncs:
-    single_all = runs(f"single-{fsync}-*.json")
-    base_w, base_r = median(single_all, "write", "p99"), median(single_all, "read", "p99")
     for level in LEVELS:
-        for side in ("single", "cluster"):
+        base = runs(f"{first}-{fsync}-*.json" if first == "single" else f"{first}-{fsync}-{level}.*.json")
+        base_w, base_r = median(base, "write", "p99"), median(base, "read", "p99")
+        for side in sides:
             rs = runs(f"{side}-{fsync}-{level}.*.json")
             if not rs:
                 continue
@@ -121,7 +136,7 @@ for fsync in fsyncs:
                      (("write", "p50"), ("write", "p99"), ("read", "p50"), ("read", "p99"))]
             errors = sum(r["errors"] for r in rs)
             ratios = ["", ""]
-            if side == "cluster" and base_w and base_r:
+            if side != first and base_w and base_r:
                 ratios = [f"{cells[1] / base_w:.2f}x", f"{cells[3] / base_r:.2f}x"]
             row = [fsync, level, side] + [f"{c:.0f}" for c in cells] + [str(errors)] + ratios
             print("| " + " | ".join(row) + " |")

@@ -107,6 +107,11 @@ pub struct Args {
     /// The cluster's CA certificate (PEM): the only issuer whose members are trusted.
     #[arg(long, env = "TESSERA_PEER_TLS_CA")]
     pub peer_tls_ca: Option<std::path::PathBuf>,
+    /// Run a cluster whose peer ports are plain TCP on addresses other than loopback (no
+    /// --peer-tls-*): anyone who reaches them can pose as a member and rewrite or wipe data.
+    /// Without it such a node refuses to start. For a network you trust, or a test.
+    #[arg(long, env = "TESSERA_INSECURE")]
+    pub insecure: bool,
     /// Most state transfers (catch-ups of a replica that the retention queue cannot serve)
     /// each shard sends at once; the others wait their turn.
     #[arg(long, env = "TESSERA_TRANSFERS_PER_SHARD", default_value_t = 2,

@@ -160,6 +160,7 @@ fn validate(args: &Args) -> Result<(), String> {
         if args.zone.contains(char::is_whitespace) {
             return Err("--zone may not contain spaces".into());
         }
+        check_exposure(args)?;
     }
     store_config(args, 1).map(|_| ())
 }
@@ -327,6 +328,36 @@ fn join_cluster(
     joining.tls = tls;
     let cluster = cluster::Cluster::open_or_form(&data.root, &joining)?;
     Ok(Some(Arc::new(cluster)))
+}
+
+/// Secure by default: plain-TCP peer ports only on loopback, unless `--insecure` says so (then
+/// the log says what is exposed). Client ports have no TLS yet, so they are not checked.
+fn check_exposure(args: &Args) -> Result<(), String> {
+    let tls =
+        args.peer_tls_cert.is_some() || args.peer_tls_key.is_some() || args.peer_tls_ca.is_some();
+    let exposed: Vec<String> = args
+        .peers
+        .iter()
+        .filter(|peer| !peer.ip().is_loopback())
+        .map(|peer| peer.ip().to_string())
+        .collect();
+    if tls || exposed.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "the peer ports would be plain TCP on {} (not loopback): anyone who reaches them can \
+         pose as a member and rewrite or wipe data",
+        exposed.join(", ")
+    );
+    if !args.insecure {
+        return Err(format!(
+            "refusing to start: {what}. Give --peer-tls-cert, --peer-tls-key and --peer-tls-ca \
+             (`tessera admin certs` makes a dev cluster's set), or --insecure to run so on a \
+             network you trust"
+        ));
+    }
+    tracing::warn!("--insecure: {what}");
+    Ok(())
 }
 
 /// The peer ports' TLS settings (`--peer-tls-*`), loaded, or `None` for plain TCP.

@@ -703,6 +703,7 @@ impl Drop for Handshake {
 async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     let replica = shard.replica.as_ref().expect("cluster");
     let Some(handshake) = Handshake::take(&replica.handshakes) else {
+        shard.metrics.peer_refused("handshakes_full");
         tracing::warn!(
             shard = shard.index,
             "closing a peer connection: {PEER_PENDING_HANDSHAKES} others have not said Hello yet"
@@ -717,11 +718,14 @@ async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     let limit = deadline.saturating_duration_since(Instant::now());
     match peer_stream::accept(tls, stream, limit).await {
         Ok(stream) => serve_inbound(shard.clone(), stream, handshake, deadline).await,
-        Err(failed) if failed.certificate => tracing::warn!(
-            shard = shard.index,
-            "closing a peer connection: {}",
-            failed.why
-        ),
+        Err(failed) if failed.certificate => {
+            shard.metrics.peer_refused("tls");
+            tracing::warn!(
+                shard = shard.index,
+                "closing a peer connection: {}",
+                failed.why
+            )
+        }
         Err(failed) => tracing::debug!(
             shard = shard.index,
             "closing a peer connection: {}",
@@ -746,25 +750,33 @@ async fn serve_inbound<S: PeerStream>(
         if from.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
+                shard.metrics.peer_refused("hello_deadline");
                 break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
             }
         }
         let n = match stream.read(&mut buffer).await {
             Ok(0) => break None,
             Err(e) if from.is_none() && e.kind() == std::io::ErrorKind::TimedOut => {
-                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"))
+                shard.metrics.peer_refused("hello_deadline");
+                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
             }
             Err(_) => break None,
             Ok(n) => n,
         };
         received += n;
         if from.is_none() && received > PEER_PRE_HELLO_BYTES {
+            shard.metrics.peer_refused("pre_hello_bytes");
             break Some(format!("{received} bytes and no Hello"));
         }
         frames.feed(&buffer[..n]);
         match read_frames(&shard, replica, &mut frames, &mut from, &mut stream).await {
             Ok(()) => {}
-            Err(why) => break why,
+            Err(why) => {
+                if why.is_some() && from.is_none() {
+                    shard.metrics.peer_refused("hello");
+                }
+                break why;
+            }
         }
         if from.is_some() && handshake.take().is_some() {
             // Let in: a member's batches come in larger reads, and wait without a deadline.

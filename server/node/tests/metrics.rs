@@ -570,3 +570,42 @@ fn connections_refused_at_the_limit_are_counted_with_their_status() {
     );
     scrape.assert_promtool_accepts();
 }
+
+/// Connections to a peer port closed before their Hello was let in are counted by reason
+/// (`tessera_peer_refused_total`), and the scrape still passes promtool.
+#[test]
+fn peer_connections_refused_before_a_hello_are_counted_by_reason() {
+    let _serial = serial();
+    let flags = ["--vnodes", "16", "--metrics-listen", "127.0.0.1:0"];
+    let mut cluster = TestCluster::start(3, &flags);
+    let metrics = cluster.node(0).metrics_addr();
+    let peer = cluster.peer_addr(0);
+    let closed = |mut stream: TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(stream.read(&mut byte), Ok(0) | Err(_)),
+            "the node kept a connection"
+        );
+    };
+    // Not a frame at all.
+    let mut garbage = TcpStream::connect(peer).unwrap();
+    garbage.write_all(&[0xAB; 64]).unwrap();
+    closed(garbage);
+    // A Hello's header announcing 16 MiB, and more than a Hello's worth of its body.
+    let mut frame = Vec::new();
+    tessera_schema::frame::encode_frame(&mut frame, 0x40, 0, &vec![0u8; 16 << 20]);
+    let mut oversized = TcpStream::connect(peer).unwrap();
+    let _ = oversized.write_all(&frame[..64 * 1024]);
+    closed(oversized);
+    // Nothing at all, until the deadline.
+    closed(TcpStream::connect(peer).unwrap());
+    let scrape = scrape_until(metrics, "three refusals counted", |s| {
+        ["hello", "pre_hello_bytes", "hello_deadline"]
+            .iter()
+            .all(|reason| s.sum("tessera_peer_refused_total", &[("reason", reason)]) >= 1.0)
+    });
+    scrape.assert_promtool_accepts();
+}

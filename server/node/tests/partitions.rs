@@ -56,7 +56,8 @@ fn a_member_cut_off_for_a_minute_commits_strong_writes_within_two_seconds_of_the
     {
         return;
     }
-    let cluster = TestCluster::start_in_namespaces(3, &["--vnodes", "16", "--fsync", "always"]);
+    let cluster =
+        TestCluster::start_in_namespaces(3, &["--vnodes", "16", "--fsync", "always", "--insecure"]);
     let rt = runtime();
     let victim = 2;
     let others = format!("{},{}", cluster.addrs[0], cluster.addrs[1]);

@@ -322,3 +322,31 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
     );
     assert_strong_writes_commit(&cluster, "after-impersonation");
 }
+
+/// Secure by default: peer ports in plain TCP on an address other than loopback refuse to
+/// start, before anything is written, unless `--insecure` says so.
+#[test]
+fn plain_peer_ports_off_loopback_need_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(common::server_binary())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "192.0.2.10:7000", "--shards", "1"])
+            .args(["--peers", "192.0.2.10:7000,192.0.2.11:7000,192.0.2.12:7000"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "a node on 192.0.2.10 started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let refused = run(&[]);
+    assert!(refused.contains("refusing to start"), "{refused}");
+    assert!(refused.contains("--insecure"), "{refused}");
+    assert!(!data.exists(), "the refused node wrote {}", data.display());
+    // With --insecure the check passes (and the node then fails only to bind an address this
+    // machine does not have).
+    let insecure = run(&["--insecure"]);
+    assert!(!insecure.contains("refusing to start"), "{insecure}");
+}

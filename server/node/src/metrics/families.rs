@@ -37,6 +37,7 @@ pub struct NodeMetrics {
     pub(super) peer_lag_writes: IntGaugeVec,
     pub(super) peer_lag_seconds: GaugeVec,
     pub(super) peer_link_up: IntGaugeVec,
+    pub(super) peer_refused: IntCounterVec,
     pub(super) catch_ups: IntCounterVec,
     pub(super) queue_bytes: IntGaugeVec,
     pub(super) chain_changes: IntCounterVec,
@@ -203,6 +204,15 @@ impl NodeMetrics {
                 "tessera_replication_link_up",
                 "1 while the replication link to the member is up.",
                 peer,
+            ),
+            peer_refused: counter(
+                "tessera_peer_refused_total",
+                "Connections to a peer port closed before their Hello was let in, by reason: \
+                 `handshakes_full` (too many in progress), `hello_deadline` (none in time), \
+                 `pre_hello_bytes` (too much without one), `tls` (no TLS, or a certificate \
+                 refused either way), `hello` (another cluster, no member, the wrong shard, a \
+                 certificate naming another member, or not a Hello).",
+                &["shard", "reason"],
             ),
             catch_ups: counter(
                 "tessera_replication_catch_ups_total",

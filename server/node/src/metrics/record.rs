@@ -182,6 +182,15 @@ impl ShardMetrics {
         self.group_commit.observe(writes as f64);
     }
 
+    /// A peer connection closed before its Hello was let in (`tessera_peer_refused_total`):
+    /// rare, so counted straight into the family.
+    pub fn peer_refused(&self, reason: &'static str) {
+        self.node
+            .peer_refused
+            .with_label_values(&[self.shard.as_str(), reason])
+            .inc();
+    }
+
     /// Bytes of replication messages written to `node`.
     pub fn peer_sent(&self, node: NodeId, bytes: usize) {
         self.with_peer(node, |peer| peer.sent.inc_by(bytes as u64));
