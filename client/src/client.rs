@@ -49,6 +49,8 @@ pub struct ClientConfig {
     /// Reads go to the node of the first address given when it holds a replica of the key
     /// (the CLI: "read through this node"); otherwise they rotate over each chain.
     pub prefer_first_address: bool,
+    /// TLS to every node (`tls::client_tls`); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +62,7 @@ impl Default for ClientConfig {
             shard_aware: true,
             level: Level::Default,
             prefer_first_address: false,
+            tls: None,
         }
     }
 }
@@ -145,7 +148,7 @@ struct View {
 
 impl View {
     /// Pools of `old` are kept for the addresses that stay.
-    fn new(routing: Routing, pool_size: usize, old: Option<&View>) -> View {
+    fn new(routing: Routing, config: &ClientConfig, old: Option<&View>) -> View {
         let mut reuse: HashMap<SocketAddr, Arc<Pool>> = HashMap::new();
         for member in old.map_or(&[][..], |v| &v.members[..]) {
             for pool in std::iter::once(&member.main).chain(&member.shards) {
@@ -155,7 +158,7 @@ impl View {
         let mut pool = |addr: SocketAddr| {
             reuse
                 .entry(addr)
-                .or_insert_with(|| Arc::new(Pool::new(addr, pool_size)))
+                .or_insert_with(|| Arc::new(Pool::new(addr, config.pool_size, config.tls.clone())))
                 .clone()
         };
         let members = (0..routing.member_count())
@@ -238,7 +241,7 @@ async fn fetch_view(
     for &addr in addrs {
         let pool = old
             .and_then(|v| v.find_pool(addr))
-            .unwrap_or_else(|| Arc::new(Pool::new(addr, config.pool_size)));
+            .unwrap_or_else(|| Arc::new(Pool::new(addr, config.pool_size, config.tls.clone())));
         let answer = call(
             &pool,
             &Request::Topology,
@@ -248,7 +251,7 @@ async fn fetch_view(
         .await;
         last_error = match answer {
             Ok(Response::Topology(topology)) => match Routing::new(topology, addr) {
-                Ok(routing) => return Ok(View::new(routing, config.pool_size, old)),
+                Ok(routing) => return Ok(View::new(routing, config, old)),
                 Err(why) => ClientError::Protocol(format!("{addr}: {why}")),
             },
             Ok(other) => ClientError::Protocol(format!("{addr} answered TOPOLOGY with {other:?}")),

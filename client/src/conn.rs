@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -33,20 +32,45 @@ struct ConnState {
     flushing: bool,
 }
 
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection's two halves: plain TCP, or TLS over it (the node's certificate must name
+/// the address's IP).
+async fn open(
+    address: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Reader, Writer), ClientError> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| ClientError::Io(format!("cannot connect to {address}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        let (reader, writer) = stream.into_split();
+        return Ok((Box::new(reader), Box::new(writer)));
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| ClientError::Io(format!("TLS to {address}: {e}")))?;
+    let (reader, writer) = tokio::io::split(stream);
+    Ok((Box::new(reader), Box::new(writer)))
+}
+
 /// One pipelined connection.
 pub(crate) struct Conn {
     state: Mutex<ConnState>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     broken: Arc<AtomicBool>,
 }
 
 impl Conn {
-    async fn connect(address: SocketAddr) -> Result<Arc<Conn>, ClientError> {
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| ClientError::Io(format!("cannot connect to {address}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
+    async fn connect(
+        address: SocketAddr,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Arc<Conn>, ClientError> {
+        let (mut reader, writer) = open(address, tls).await?;
         let conn = Arc::new(Conn {
             state: Mutex::new(ConnState {
                 session: Session::new(),
@@ -183,12 +207,18 @@ pub(crate) struct Pool {
     address: SocketAddr,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Pool {
-    pub(crate) fn new(address: SocketAddr, size: usize) -> Pool {
+    pub(crate) fn new(
+        address: SocketAddr,
+        size: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Pool {
         Pool {
             address,
+            tls,
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -206,7 +236,7 @@ impl Pool {
         if let Some(conn) = slot.as_ref().filter(|c| !c.broken.load(Ordering::SeqCst)) {
             return Ok(conn.clone());
         }
-        let conn = Conn::connect(self.address).await?;
+        let conn = Conn::connect(self.address, self.tls.as_ref()).await?;
         *slot = Some(conn.clone());
         Ok(conn)
     }

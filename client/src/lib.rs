@@ -12,6 +12,7 @@ mod conn;
 pub mod duration;
 pub mod routing;
 pub mod session;
+pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use duration::{parse_duration, parse_ttl_ms};

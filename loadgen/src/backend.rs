@@ -81,6 +81,8 @@ pub struct Options {
     pub shard_aware: bool,
     pub read_first: bool,
     pub level: tessera_client::Level,
+    /// TLS to the nodes (`--tls-ca`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Conn {
@@ -94,6 +96,7 @@ impl Conn {
                     shard_aware: options.shard_aware,
                     level: options.level,
                     prefer_first_address: options.read_first,
+                    tls: options.tls.clone(),
                 };
                 let client = Client::connect_with(address, config)
                     .await

@@ -141,6 +141,9 @@ struct RunArgs {
     /// (to load one replica, e.g. a transfer's sender); writes still go to heads.
     #[arg(long)]
     read_first: bool,
+    /// Tessera: connect with TLS, trusting this CA (PEM) for the nodes' certificates.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Print a line each second (default: on for runs of 5 s or more).
     #[arg(long, action = clap::ArgAction::Set)]
     live: Option<bool>,
@@ -211,7 +214,12 @@ async fn run_async(args: &RunArgs, target: &Target) -> Result<RunResult, String>
     }
     let spec = Arc::new(spec);
     let values = Arc::new(Values::new(spec.values.max_bytes(), args.seed));
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(tessera_client::tls::client_tls(ca, None).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let options = Arc::new(Options {
+        tls,
         key_size: args.key_size,
         timeout: args.timeout,
         shard_aware: args.shard_aware,

@@ -95,6 +95,21 @@ pub struct Args {
     /// enough.
     #[arg(long, env = "TESSERA_ZONE", default_value = "")]
     pub zone: String,
+    /// The node's certificate chain (PEM) for TLS on the client and shard ports: with
+    /// --tls-key, clients connect with TLS only (TLS 1.3; --tls12 allows 1.2). Reloaded with
+    /// --tls-key and --tls-client-ca on SIGHUP; connections already open keep theirs.
+    #[arg(long, env = "TESSERA_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A CA (PEM) whose certificates clients must present on the client and shard ports
+    /// (mutual TLS). Without it, clients need no certificate.
+    #[arg(long, env = "TESSERA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Also take TLS 1.2 on the client and shard ports (1.3 only by default).
+    #[arg(long, env = "TESSERA_TLS12")]
+    pub tls12: bool,
     /// This member's certificate chain (PEM) for mutual TLS on the peer ports: with
     /// --peer-tls-key and --peer-tls-ca, every peer connection is TLS 1.3 and each side's
     /// certificate must chain to the CA and name its member's IP address. Without them, peer

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use futures::future::{AbortHandle, Abortable};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use tessera_schema::frame::{FrameEvent, FrameHeader, FrameReader, HEADER_BYTES};
 use tessera_schema::limits::*;
@@ -158,8 +157,10 @@ impl Inline {
 }
 
 /// Serves one connection until the client closes it, its stream breaks, or it misbehaves.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, budget: Arc<ConnBudget>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, budget: Arc<ConnBudget>)
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
+{
     let (reader, writer) = stream.split();
     let (out, out_rx) = local_channel::new_unbounded::<Outgoing>();
     let outstanding = Rc::new(Cell::new(0));

@@ -181,6 +181,15 @@ fn run(args: Args) -> Result<(), String> {
     let listen = resolve_listen(&args.data_dir, args.listen, planned, !args.peers.is_empty())?;
     let data = DataDir::open(&args.data_dir, args.shards, args.vnodes)?;
     let peer_tls = peer_tls(&args)?;
+    let client_tls = tls::ClientTlsFiles::from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_client_ca.clone(),
+        args.tls12,
+    )?
+    .map(tls::ClientTls::load)
+    .transpose()?
+    .map(Arc::new);
     let cluster = join_cluster(&args, &data, listen, peer_tls.clone())?;
     let settings = ShardSettings {
         store: StoreConfig {
@@ -215,6 +224,7 @@ fn run(args: Args) -> Result<(), String> {
         frame_grace_ms: args.frame_timeout_ms,
         cluster: cluster.clone(),
         peer_tls,
+        client_tls,
         beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         started: Instant::now(),
         metrics: metrics.clone(),
@@ -377,22 +387,39 @@ fn peer_tls(args: &Args) -> Result<Option<Arc<tls::PeerTls>>, String> {
     }
 }
 
+/// SIGTERM and SIGINT stop the node (once); SIGHUP reloads the client ports' certificates.
 fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload_certificates(&node);
+                    continue;
+                }
                 tracing::info!(signal, "stopping: draining in-flight requests");
                 notify::stopping();
                 node.metrics.set_state(metrics::NodeState::Stopping);
                 node.stopping.store(true, Ordering::SeqCst);
+                return;
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+fn reload_certificates(node: &NodeShared) {
+    let Some(tls) = &node.client_tls else {
+        tracing::info!("SIGHUP: no --tls-cert to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!("SIGHUP: reloaded the client ports' certificates"),
+        Err(why) => tracing::error!("SIGHUP: kept the certificates in use: {why}"),
+    }
 }
 
 async fn shard_main(
@@ -557,12 +584,40 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         shard.connections.set(shard.connections.get() + 1);
         let budget = budget::ConnBudget::new(&shard.budget);
         let shard = shard.clone();
+        let _ = stream.set_nodelay(true);
         glommio::spawn_local(async move {
-            conn::serve(shard.clone(), stream, budget).await;
+            match shard.node.client_tls.as_ref().map(|tls| tls.current()) {
+                None => conn::serve(shard.clone(), stream, budget).await,
+                Some(tls) => match client_handshake(tls, stream, shard.node.frame_grace_ms).await {
+                    Ok(stream) => conn::serve(shard.clone(), stream, budget).await,
+                    Err(why) => tracing::debug!(shard = shard.index, "client TLS: {why}"),
+                },
+            }
             shard.connections.set(shard.connections.get() - 1);
         })
         .detach();
     }
+}
+
+/// A client's TLS handshake, within the time a frame may take to arrive (`--frame-timeout-ms`:
+/// a stalled handshake holds a connection slot no longer than a stalled frame does).
+async fn client_handshake(
+    tls: Arc<rustls::ServerConfig>,
+    stream: glommio::net::TcpStream,
+    limit_ms: u64,
+) -> Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>, String> {
+    let limit = Duration::from_millis(limit_ms);
+    let accept = async {
+        futures_rustls::TlsAcceptor::from(tls)
+            .accept(stream)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let timeout = async {
+        glommio::timer::sleep(limit).await;
+        Err(format!("no handshake within {limit:?}"))
+    };
+    futures_lite::future::or(accept, timeout).await
 }
 
 /// Why a new connection cannot be served now, if it cannot.

@@ -56,6 +56,8 @@ pub struct NodeShared {
     /// Each shard's bounds on the state transfers it sends (`--transfers-per-shard`,
     /// `--transfer-mib-per-s`).
     pub transfers: crate::transfer::TransferSettings,
+    /// TLS on the client and shard ports (`--tls-*`), reloaded on SIGHUP; `None`: plain TCP.
+    pub client_tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
     /// Mutual TLS on the peer ports (`--peer-tls-*`); `None`: plain TCP.
     pub peer_tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
     /// Each shard's share of `--connection-memory` (`budget.rs`), by shard index.

@@ -163,3 +163,113 @@ pub fn names_member(cert: &CertificateDer<'_>, ip: IpAddr) -> Result<(), String>
     cert.verify_is_valid_for_subject_name(&PeerTls::member_name(ip))
         .map_err(|_| format!("its certificate does not name {ip}"))
 }
+
+/// Where the client ports' certificates are (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+#[derive(Clone, Debug)]
+pub struct ClientTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+    pub allow_tls12: bool,
+}
+
+impl ClientTlsFiles {
+    /// Both of cert and key, or neither (and then no client CA), or an error saying why.
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+        allow_tls12: bool,
+    ) -> Result<Option<ClientTlsFiles>, String> {
+        match (cert, key) {
+            (None, None) if client_ca.is_none() => Ok(None),
+            (None, None) => Err("--tls-client-ca needs --tls-cert and --tls-key".into()),
+            (Some(cert), Some(key)) => Ok(Some(ClientTlsFiles {
+                cert,
+                key,
+                client_ca,
+                allow_tls12,
+            })),
+            _ => Err("--tls-cert and --tls-key go together: give both".into()),
+        }
+    }
+
+    fn load(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        #[allow(deprecated)] // ring: see `PeerTls::load`
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = certificates(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("cannot read a private key from {}: {e}", self.key.display()))?;
+        let versions: &[&rustls::SupportedProtocolVersion] = match self.allow_tls12 {
+            true => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            false => &[&rustls::version::TLS13],
+        };
+        let bad = |e: rustls::Error| format!("client TLS: {e}");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(bad)?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certificates(ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("client TLS: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(chain, key).map_err(|e| {
+            format!(
+                "client TLS: {} and {}: {e}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The client ports' TLS settings, replaced whole on SIGHUP: a handshake takes the settings
+/// current when it starts, so connections already open are untouched.
+pub struct ClientTls {
+    files: ClientTlsFiles,
+    config: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ClientTls {
+    pub fn load(files: ClientTlsFiles) -> Result<ClientTls, String> {
+        let config = files.load()?;
+        Ok(ClientTls {
+            files,
+            config: std::sync::RwLock::new(config),
+        })
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.read().expect("TLS settings lock").clone()
+    }
+
+    /// Reads the files again; on an error the settings in use stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = self.files.load()?;
+        *self.config.write().expect("TLS settings lock") = config;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("files", &self.files)
+            .finish()
+    }
+}

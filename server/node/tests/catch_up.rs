@@ -28,6 +28,7 @@ async fn reader_via(cluster: &TestCluster, via: usize, timeout: Duration) -> Cli
     addrs.extend(others.cloned());
     let config = ClientConfig {
         prefer_first_address: true,
+        tls: None,
         retries: 0,
         timeout,
         ..client_config(Level::Strong)

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,6 +37,26 @@ struct Cli {
     /// Per-request timeout, e.g. 5s or 500ms.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Connect with TLS, trusting this CA (PEM) for the nodes' certificates (server's
+    /// --tls-cert); each node's certificate must name the IP address dialed.
+    #[arg(long, global = true, env = "TESSERA_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for nodes that ask for one (--tls-client-ca); with --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CLIENT_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CLIENT_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,6 +196,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--tls-ca` (and a client certificate): TLS to every node; none: plain TCP.
+fn tls_settings(cli: &Cli) -> Result<Option<Arc<rustls::ClientConfig>>, ClientError> {
+    let Some(ca) = &cli.tls_ca else {
+        if cli.tls_cert.is_some() {
+            return Err(ClientError::Io("--tls-cert needs --tls-ca".into()));
+        }
+        return Ok(None);
+    };
+    let identity = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+    tessera_client::tls::client_tls(ca, identity).map(Some)
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Command::Admin {
         command: AdminCommand::Certs { out, members, days },
@@ -197,6 +230,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             Some(Consistency::Strong) => Level::Strong,
         },
         prefer_first_address: true,
+        tls: tls_settings(&cli)?,
     };
     let client = Client::connect_with(&cli.addr, config).await?;
     let mut stdout = QuietPipe(std::io::stdout().lock());

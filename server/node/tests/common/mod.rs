@@ -482,6 +482,7 @@ pub fn client_config(level: tessera_client::Level) -> tessera_client::ClientConf
         shard_aware: true,
         level,
         prefer_first_address: false,
+        tls: None,
     }
 }
 

@@ -1,0 +1,200 @@
+//! TLS on the client and shard ports (`--tls-cert`, `--tls-key`, `--tls-client-ca`), against
+//! a real node with certificates `tessera admin certs` made: the CLI and the client library
+//! (shard-aware, so the shard ports too) work over TLS, plain TCP is refused, a node that asks
+//! for client certificates refuses clients without one of its CA, and SIGHUP reloads the
+//! certificates while connections already open go on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{cli_binary, client_config, runtime, signal, Node};
+use tessera_client::{Client, ClientConfig, Level};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A CA and a certificate for 127.0.0.1 in `dir`, made by the CLI.
+fn make_certs(dir: &Path) -> PathBuf {
+    let status = std::process::Command::new(cli_binary())
+        .args(["admin", "certs", "--members", "127.0.0.1", "--out"])
+        .arg(dir)
+        .output()
+        .expect("run tessera admin certs");
+    assert!(status.status.success(), "tessera admin certs failed");
+    dir.to_path_buf()
+}
+
+fn file(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+fn start(data: &Path, certs: &Path, extra: &[&str]) -> Node {
+    let (cert, key) = (
+        file(certs, "member-127.0.0.1.pem"),
+        file(certs, "member-127.0.0.1-key.pem"),
+    );
+    let mut flags = vec!["--shards", "2", "--tls-cert", &cert, "--tls-key", &key];
+    flags.extend_from_slice(extra);
+    Node::start(data, &flags)
+}
+
+/// The CLI against `node`, with `tls` flags, doing `args`.
+fn cli(node: &Node, tls: &[String], args: &[&str]) -> Output {
+    std::process::Command::new(cli_binary())
+        .args(["--addr", &node.addr(), "--timeout", "3s"])
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("run tessera")
+}
+
+fn trusting(certs: &Path) -> Vec<String> {
+    vec!["--tls-ca".into(), file(certs, "ca.pem")]
+}
+
+/// A client over TLS trusting `ca`; `shard_aware` also opens the shard ports (lazily, on
+/// first use), otherwise one connection to the client port carries everything.
+fn tls_client(node: &Node, ca: &Path, shard_aware: bool) -> Client {
+    let config = ClientConfig {
+        tls: Some(tessera_client::tls::client_tls(ca, None).unwrap()),
+        shard_aware,
+        ..client_config(Level::Default)
+    };
+    runtime()
+        .block_on(Client::connect_with(&node.addr(), config))
+        .unwrap()
+}
+
+#[test]
+fn clients_speak_tls_and_plain_tcp_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(&dir.path().join("certs"));
+    let node = start(&dir.path().join("data"), &certs, &[]);
+    let put = cli(&node, &trusting(&certs), &["put", "k", "v"]);
+    assert!(put.status.success(), "{put:?}");
+    let get = cli(&node, &trusting(&certs), &["get", "k"]);
+    assert_eq!(get.stdout, b"v", "{get:?}");
+    // The library, shard-aware: requests go to the shard ports, over TLS too.
+    let rt = runtime();
+    let client = tls_client(&node, &certs.join("ca.pem"), true);
+    rt.block_on(async {
+        for i in 0..50 {
+            let key = format!("lib:{i}");
+            client.put(key.as_bytes(), b"x").await.unwrap();
+            assert!(client.get(key.as_bytes()).await.unwrap().is_some());
+        }
+    });
+    // Plain TCP: the CLI fails, and a raw frame gets no answer.
+    let plain = cli(&node, &[], &["get", "k"]);
+    assert!(!plain.status.success(), "a plain-TCP client was answered");
+    let mut raw = TcpStream::connect(node.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut frame = Vec::new();
+    tessera_schema::wire::encode_request_frame(&mut frame, 1, &tessera_schema::msg::Request::Ping);
+    raw.write_all(&frame).unwrap();
+    let mut answer = [0u8; 64];
+    // A TLS alert (record type 21) or the connection's end: never an answer frame.
+    match raw.read(&mut answer) {
+        Ok(n) if n > 0 => assert_eq!(answer[0], 21, "a plain frame got {:?}", &answer[..n]),
+        _ => {}
+    }
+    // Another CA's client does not trust this node.
+    let other = make_certs(&dir.path().join("other"));
+    let distrust = cli(&node, &trusting(&other), &["get", "k"]);
+    assert!(
+        !distrust.status.success(),
+        "a client trusted another CA's node"
+    );
+}
+
+#[test]
+fn a_node_that_asks_for_client_certificates_refuses_clients_without_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(&dir.path().join("certs"));
+    let ca = file(&certs, "ca.pem");
+    let node = start(&dir.path().join("data"), &certs, &["--tls-client-ca", &ca]);
+    let anonymous = cli(&node, &trusting(&certs), &["put", "k", "v"]);
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate was let in"
+    );
+    let mut identified = trusting(&certs);
+    identified.extend([
+        "--tls-cert".into(),
+        file(&certs, "member-127.0.0.1.pem"),
+        "--tls-key".into(),
+        file(&certs, "member-127.0.0.1-key.pem"),
+    ]);
+    let put = cli(&node, &identified, &["put", "k", "v"]);
+    assert!(put.status.success(), "{put:?}");
+    // A certificate of another CA is refused.
+    let other = make_certs(&dir.path().join("other"));
+    let mut stranger = trusting(&certs);
+    stranger.extend([
+        "--tls-cert".into(),
+        file(&other, "member-127.0.0.1.pem"),
+        "--tls-key".into(),
+        file(&other, "member-127.0.0.1-key.pem"),
+    ]);
+    let refused = cli(&node, &stranger, &["get", "k"]);
+    assert!(
+        !refused.status.success(),
+        "another CA's client certificate was let in"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_open_connections_go_on() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let live = make_certs(&dir.path().join("live"));
+    let old = dir.path().join("old-ca.pem");
+    std::fs::copy(live.join("ca.pem"), &old).unwrap();
+    let node = start(&dir.path().join("data"), &live, &[]);
+    let rt = runtime();
+    let client = tls_client(&node, &old, false);
+    rt.block_on(async { client.put(b"before", b"v").await.unwrap() });
+    // New certificates of a new CA, in place of the old ones, then SIGHUP.
+    let fresh = make_certs(&dir.path().join("fresh"));
+    for name in ["member-127.0.0.1.pem", "member-127.0.0.1-key.pem", "ca.pem"] {
+        std::fs::copy(fresh.join(name), live.join(name)).unwrap();
+    }
+    signal(node.pid(), "-HUP");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let new_ca = cli(&node, &trusting(&fresh), &["get", "before"]);
+        if new_ca.status.success() {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reloaded, "the node never served the new certificate");
+    let old_ca = cli(
+        &node,
+        &["--tls-ca".into(), old.display().to_string()],
+        &["get", "before"],
+    );
+    assert!(
+        !old_ca.status.success(),
+        "a new connection got the old certificate"
+    );
+    // The connections opened before the reload go on.
+    rt.block_on(async {
+        for i in 0..20 {
+            let key = format!("after:{i}");
+            client.put(key.as_bytes(), b"v").await.unwrap();
+        }
+    });
+}
