@@ -122,9 +122,10 @@ pub struct Args {
     /// The cluster's CA certificate (PEM): the only issuer whose members are trusted.
     #[arg(long, env = "TESSERA_PEER_TLS_CA")]
     pub peer_tls_ca: Option<std::path::PathBuf>,
-    /// Run a cluster whose peer ports are plain TCP on addresses other than loopback (no
-    /// --peer-tls-*): anyone who reaches them can pose as a member and rewrite or wipe data.
-    /// Without it such a node refuses to start. For a network you trust, or a test.
+    /// Run with plain-TCP ports on addresses other than loopback: client and shard ports
+    /// without --tls-cert (anyone who reaches them can read and write every key), or peer
+    /// ports without --peer-tls-* (anyone can pose as a member). Without it such a node
+    /// refuses to start. For a network you trust, or a test.
     #[arg(long, env = "TESSERA_INSECURE")]
     pub insecure: bool,
     /// Most state transfers (catch-ups of a replica that the retention queue cannot serve)

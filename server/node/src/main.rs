@@ -160,8 +160,8 @@ fn validate(args: &Args) -> Result<(), String> {
         if args.zone.contains(char::is_whitespace) {
             return Err("--zone may not contain spaces".into());
         }
-        check_exposure(args)?;
     }
+    check_exposure(args)?;
     store_config(args, 1).map(|_| ())
 }
 
@@ -340,30 +340,42 @@ fn join_cluster(
     Ok(Some(Arc::new(cluster)))
 }
 
-/// Secure by default: plain-TCP peer ports only on loopback, unless `--insecure` says so (then
-/// the log says what is exposed). Client ports have no TLS yet, so they are not checked.
+/// Secure by default: plain-TCP ports only on loopback, unless `--insecure` says so (then the
+/// log says what is exposed). The client and shard ports need `--tls-cert` off loopback; the
+/// peer ports need `--peer-tls-*` when any member is off loopback.
 fn check_exposure(args: &Args) -> Result<(), String> {
-    let tls =
+    let mut exposed = Vec::new();
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
+        exposed.push(format!(
+            "the client and shard ports would be plain TCP on {} (not loopback): anyone who \
+             reaches them can read, write and delete every key",
+            args.listen.ip()
+        ));
+    }
+    let peer_tls =
         args.peer_tls_cert.is_some() || args.peer_tls_key.is_some() || args.peer_tls_ca.is_some();
-    let exposed: Vec<String> = args
+    let peers: Vec<String> = args
         .peers
         .iter()
         .filter(|peer| !peer.ip().is_loopback())
         .map(|peer| peer.ip().to_string())
         .collect();
-    if tls || exposed.is_empty() {
+    if !peer_tls && !peers.is_empty() {
+        exposed.push(format!(
+            "the peer ports would be plain TCP on {} (not loopback): anyone who reaches them \
+             can pose as a member and rewrite or wipe data",
+            peers.join(", ")
+        ));
+    }
+    if exposed.is_empty() {
         return Ok(());
     }
-    let what = format!(
-        "the peer ports would be plain TCP on {} (not loopback): anyone who reaches them can \
-         pose as a member and rewrite or wipe data",
-        exposed.join(", ")
-    );
+    let what = exposed.join("; ");
     if !args.insecure {
         return Err(format!(
-            "refusing to start: {what}. Give --peer-tls-cert, --peer-tls-key and --peer-tls-ca \
-             (`tessera admin certs` makes a dev cluster's set), or --insecure to run so on a \
-             network you trust"
+            "refusing to start: {what}. Give --tls-cert and --tls-key for clients and \
+             --peer-tls-cert, --peer-tls-key and --peer-tls-ca for members (`tessera admin \
+             certs` makes a dev set), or --insecure to run so on a network you trust"
         ));
     }
     tracing::warn!("--insecure: {what}");

@@ -299,7 +299,9 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
     let dir = tempfile::tempdir().unwrap();
     let ips: Vec<String> = (0..3).map(common::netns::Netns::planned_ip).collect();
     let certs = cli_certs(dir.path(), &ips.join(","));
-    let flags = cluster_flags(&certs);
+    // The client ports stay plain here (the test's clients speak plain TCP): --insecure.
+    let mut flags = cluster_flags(&certs);
+    flags.push("--insecure".into());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cluster = TestCluster::start_in_namespaces(3, &flags);
     assert_strong_writes_commit(&cluster, "across-hosts");
@@ -323,30 +325,56 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
     assert_strong_writes_commit(&cluster, "after-impersonation");
 }
 
-/// Secure by default: peer ports in plain TCP on an address other than loopback refuse to
-/// start, before anything is written, unless `--insecure` says so.
+/// Secure by default: plain-TCP ports on an address other than loopback refuse to start,
+/// before anything is written, unless `--insecure` says so: a single node's client port, and
+/// a cluster's peer ports (with the client port on TLS).
 #[test]
-fn plain_peer_ports_off_loopback_need_insecure() {
+fn plain_ports_off_loopback_need_insecure() {
     let dir = tempfile::tempdir().unwrap();
+    let certs = cli_certs(dir.path(), "192.0.2.10");
     let data = dir.path().join("data");
     let run = |extra: &[&str]| {
         let output = std::process::Command::new(common::server_binary())
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", "192.0.2.10:7000", "--shards", "1"])
-            .args(["--peers", "192.0.2.10:7000,192.0.2.11:7000,192.0.2.12:7000"])
             .args(extra)
             .output()
             .unwrap();
         assert!(!output.status.success(), "a node on 192.0.2.10 started");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let refused = run(&[]);
-    assert!(refused.contains("refusing to start"), "{refused}");
-    assert!(refused.contains("--insecure"), "{refused}");
-    assert!(!data.exists(), "the refused node wrote {}", data.display());
-    // With --insecure the check passes (and the node then fails only to bind an address this
-    // machine does not have).
-    let insecure = run(&["--insecure"]);
-    assert!(!insecure.contains("refusing to start"), "{insecure}");
+    let cert = certs.join("member-192.0.2.10.pem").display().to_string();
+    let key = certs
+        .join("member-192.0.2.10-key.pem")
+        .display()
+        .to_string();
+    let client_tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let peers = ["--peers", "192.0.2.10:7000,192.0.2.11:7000,192.0.2.12:7000"];
+    let cases: [(&str, Vec<&str>, &str); 2] = [
+        ("a plain client port", vec![], "client and shard ports"),
+        (
+            "plain peer ports",
+            [&client_tls[..], &peers[..]].concat(),
+            "peer ports",
+        ),
+    ];
+    for (what, flags, says) in cases {
+        let refused = run(&flags);
+        assert!(refused.contains("refusing to start"), "{what}: {refused}");
+        assert!(refused.contains(says), "{what}: {refused}");
+        assert!(
+            !data.exists(),
+            "{what}: the refused node wrote {}",
+            data.display()
+        );
+        // With --insecure the check passes (and the node then fails only to bind an address
+        // this machine does not have).
+        let insecure = run(&[&flags[..], &["--insecure"]].concat());
+        assert!(
+            !insecure.contains("refusing to start"),
+            "{what}: {insecure}"
+        );
+        let _ = std::fs::remove_dir_all(&data);
+    }
 }
