@@ -10,17 +10,21 @@
 //! Unlike on one node, an unanswered write may still take effect after the kill (another
 //! replica holds it, and a restarted head pulls it back): its window never closes.
 //!
+//! The same runs again with TLS everywhere: mutual TLS between members (`--peer-tls-*`) and
+//! TLS on the client and shard ports (`--tls-*`), certificates from `tessera admin certs`.
+//!
 //! `TESSERA_LINCHECK_SEEDS=N` runs N seeds instead of the default one.
 
 mod common;
 #[path = "common/history.rs"]
 mod history;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{runtime, TestCluster};
+use common::{cli_binary, runtime, TestCluster};
 use history::{assert_linearizable, assert_seen_values_survive, read_finals};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -28,16 +32,45 @@ use tessera_client::{ClientConfig, Level};
 use tessera_lincheck::{Outcome, Recorder};
 
 const CLIENTS: u32 = 6;
+
+/// One cluster at a time: two cores are few for two clusters under kills.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const RUN_TIME: Duration = Duration::from_secs(12);
 
-fn client_config() -> ClientConfig {
+/// The clients' settings; over TLS trusting `ca` when given.
+fn client_config(ca: Option<&Path>) -> ClientConfig {
     ClientConfig {
         pool_size: 1,
         timeout: Duration::from_secs(3),
         retries: 0,
         level: Level::Strong,
+        tls: ca.map(|ca| tessera_client::tls::client_tls(ca, None).unwrap()),
         ..ClientConfig::default()
     }
+}
+
+/// Server flags for TLS everywhere with the certificates in `certs` (for 127.0.0.1).
+fn tls_flags(certs: &Path) -> Vec<String> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    let (cert, key) = (
+        file("member-127.0.0.1.pem"),
+        file("member-127.0.0.1-key.pem"),
+    );
+    [
+        "--peer-tls-cert",
+        &cert,
+        "--peer-tls-key",
+        &key,
+        "--peer-tls-ca",
+        &file("ca.pem"),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 struct Run {
@@ -45,9 +78,17 @@ struct Run {
     kills: usize,
 }
 
-fn run_seed(seed: u64) -> Run {
-    let mut cluster = TestCluster::start(3, &["--vnodes", "64", "--fsync", "always"]);
-    let target = (cluster.addr_list(), client_config());
+/// One seed's run; with TLS everywhere when `certs` is given.
+fn run_seed(seed: u64, certs: Option<&Path>) -> Run {
+    let mut flags: Vec<String> = ["--vnodes", "64", "--fsync", "always"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    flags.extend(certs.map(tls_flags).unwrap_or_default());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = TestCluster::start(3, &flags);
+    let ca = certs.map(|c| c.join("ca.pem"));
+    let target = (cluster.addr_list(), client_config(ca.as_deref()));
     let recorder = Arc::new(Recorder::default());
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime();
@@ -90,16 +131,34 @@ fn run_seed(seed: u64) -> Run {
 
 #[test]
 fn strong_histories_stay_linearizable_while_nodes_are_killed() {
+    check_seeds(None);
+}
+
+#[test]
+fn strong_histories_stay_linearizable_under_kills_with_tls_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(cli_binary())
+        .args(["admin", "certs", "--members", "127.0.0.1", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run tessera admin certs");
+    assert!(made.status.success(), "tessera admin certs failed");
+    check_seeds(Some(dir.path()));
+}
+
+fn check_seeds(certs: Option<&Path>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seeds: u64 = std::env::var("TESSERA_LINCHECK_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     for seed in 0..seeds {
-        let run = run_seed(seed);
+        let run = run_seed(seed, certs);
         let (found, unknown) = history::summary(&run.ops);
         eprintln!(
-            "seed {seed}: {} operations, {found} reads saw a value, {unknown} writes of \
-             unknown outcome, {} kills",
+            "seed {seed} (TLS: {}): {} operations, {found} reads saw a value, {unknown} writes \
+             of unknown outcome, {} kills",
+            certs.is_some(),
             run.ops.len(),
             run.kills
         );
