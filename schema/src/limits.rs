@@ -88,6 +88,15 @@ pub const MAX_SCANS_PER_CONNECTION: u64 = 4;
 /// work (or the executor's preemption interval, whichever comes first).
 pub const FRAMES_PER_FAIRNESS_CHECK: u32 = 16;
 
+/// What one replication batch may decode to: its entries' keys and values, 32 bytes for each
+/// entry and message, and its keep lists. A batch that holds each byte once decodes to less
+/// than its frame; one whose entries share offsets (the same 1 MiB value named a thousand
+/// times) is refused before anything is copied. Before this bound, one 1.09 MiB batch decoded
+/// to ~1.5 GiB.
+pub const MAX_DECODED_PEER_BATCH_BYTES: usize = MAX_FRAME_BODY_BYTES;
+/// Bookkeeping counted for each decoded entry and message (`MAX_DECODED_PEER_BATCH_BYTES`).
+pub const DECODED_PEER_ITEM_BYTES: usize = 32;
+
 /// How long a connection accepted on a peer port may take to send a Hello that is let in;
 /// it is closed then. Before this bound, half-handshakes stayed open for good.
 pub const PEER_HELLO_DEADLINE_MS: u64 = 5_000;

@@ -8,6 +8,7 @@
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use tessera_core::replication::{Body, Entry, KeepRange, PeerMsg, Position, Watermarks};
 use tessera_schema::frame::encode_frame;
+use tessera_schema::limits::{DECODED_PEER_ITEM_BYTES, MAX_DECODED_PEER_BATCH_BYTES};
 use tessera_schema::peer_fb as pb;
 
 /// Frame opcodes of the peer protocol (disjoint from the client protocol's).
@@ -359,9 +360,46 @@ fn decode_body(msg: &pb::PeerMsg<'_>) -> Result<Body, String> {
     })
 }
 
+/// What decoding `batch` would allocate, read from the vectors' lengths without copying
+/// anything (a byte named twice counts twice), or `None` once past `limit`: the walk stops
+/// there, so a batch naming the same entries a million times costs no more than the limit's
+/// worth of entries to refuse.
+fn decoded_bytes(batch: &pb::PeerBatch<'_>, limit: usize) -> Option<usize> {
+    let mut total = 0usize;
+    let mut add = |bytes: usize| {
+        total = total.saturating_add(bytes);
+        (total <= limit).then_some(())
+    };
+    for msg in batch.messages().iter().flat_map(|m| m.iter()) {
+        add(DECODED_PEER_ITEM_BYTES)?;
+        let (entries, keep) = match msg.body_type() {
+            pb::Body::Append => (msg.body_as_append().and_then(|a| a.entries()), None),
+            pb::Body::State => match msg.body_as_state() {
+                Some(state) => (state.entries(), state.keep()),
+                None => (None, None),
+            },
+            _ => (None, None),
+        };
+        add(keep.map_or(0, |k| k.len()))?;
+        for entry in entries.iter().flat_map(|e| e.iter()) {
+            let key = entry.key().map_or(0, |k| k.len());
+            let value = entry.value().map_or(0, |v| v.len());
+            add(DECODED_PEER_ITEM_BYTES + key + value)?;
+        }
+    }
+    Some(total)
+}
+
 /// The messages of a batch frame's body.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<PeerMsg>, String> {
     let batch = flatbuffers::root::<pb::PeerBatch<'_>>(body).map_err(|e| e.to_string())?;
+    if decoded_bytes(&batch, MAX_DECODED_PEER_BATCH_BYTES).is_none() {
+        return Err(format!(
+            "a batch of {} bytes that would decode to more than {MAX_DECODED_PEER_BATCH_BYTES} \
+             (entries sharing offsets?)",
+            body.len()
+        ));
+    }
     batch
         .messages()
         .map(|messages| {

@@ -1,16 +1,21 @@
 //! The peer port before a Hello is let in, against a real three-node cluster (`--shards 1`,
 //! loopback): a connection that says nothing is closed at the deadline, one that sends more
 //! than a Hello's worth of bytes is closed at once, handshakes in progress are bounded, and no
-//! other socket can bind beside the port. Each time, the members' own links carry on.
+//! other socket can bind beside the port; and a batch whose entries share offsets (small on
+//! the wire, gigabytes once decoded) is refused before it is decoded. Each time, the members'
+//! own links carry on.
 
 mod common;
+#[path = "common/hello.rs"]
+mod hello;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{client_config, runtime, TestCluster};
+use common::{client_config, rss_bytes, runtime, TestCluster};
+use hello::hello_frame;
 use tessera_client::{Client, Level};
 use tessera_schema::limits::{
     PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PRE_HELLO_BYTES,
@@ -56,6 +61,8 @@ fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
 fn a_peer_connection_that_never_says_hello_is_closed_at_the_deadline() {
     let _serial = serial();
     let cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    // Every link up first: what follows must not stand between members that are linked.
+    assert_strong_writes_commit(&cluster, "before");
     let opened = Instant::now();
     let silent = TcpStream::connect(cluster.peer_addr(0)).unwrap();
     let mut trickle = TcpStream::connect(cluster.peer_addr(0)).unwrap();
@@ -89,6 +96,8 @@ fn a_peer_connection_that_never_says_hello_is_closed_at_the_deadline() {
 fn a_peer_connection_sending_more_than_a_hello_without_one_is_closed() {
     let _serial = serial();
     let cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    // Every link up first: what follows must not stand between members that are linked.
+    assert_strong_writes_commit(&cluster, "before");
     let mut stream = TcpStream::connect(cluster.peer_addr(0)).unwrap();
     // A Hello's frame header announcing 16 MiB, then its start: before the bound the node
     // buffered all of it for a connection that had not said who it was.
@@ -108,20 +117,38 @@ fn a_peer_connection_sending_more_than_a_hello_without_one_is_closed() {
 fn handshakes_in_progress_are_bounded_per_shard() {
     let _serial = serial();
     let cluster = TestCluster::start(3, &["--vnodes", "16"]);
-    let held: Vec<TcpStream> = (0..PEER_PENDING_HANDSHAKES)
+    // Every link up first: what follows must not stand between members that are linked.
+    assert_strong_writes_commit(&cluster, "before");
+    // One more than the bound, none saying Hello: whichever the node accepts last is closed at
+    // once (well before the Hello deadline), the others are kept.
+    let opened = Instant::now();
+    let streams: Vec<TcpStream> = (0..=PEER_PENDING_HANDSHAKES)
         .map(|_| TcpStream::connect(cluster.peer_addr(0)).unwrap())
         .collect();
-    // The accepts are served in order: give the node a moment to take all of them.
-    std::thread::sleep(Duration::from_millis(500));
-    let one_more = TcpStream::connect(cluster.peer_addr(0)).unwrap();
-    let tried = Instant::now();
-    let closed = closed_after(one_more, tried, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let closed = streams
+        .iter()
+        .filter(|stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            matches!((&**stream).read(&mut byte), Ok(0))
+                || matches!((&**stream).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        })
+        .count();
     assert!(
-        closed.is_some(),
-        "a connection past {PEER_PENDING_HANDSHAKES} pending handshakes was kept"
+        opened.elapsed() < Duration::from_millis(PEER_HELLO_DEADLINE_MS),
+        "too slow to tell the bound from the deadline"
+    );
+    assert_eq!(
+        closed,
+        1,
+        "{closed} of {} connections without a Hello were closed before the deadline",
+        PEER_PENDING_HANDSHAKES + 1
     );
     assert_strong_writes_commit(&cluster, "pending");
-    drop(held);
+    drop(streams);
 }
 
 #[test]
@@ -130,6 +157,8 @@ fn no_other_socket_binds_beside_a_peer_port() {
     use nix::sys::socket::{SockType, SockaddrIn};
     let _serial = serial();
     let cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    // Every link up first: what follows must not stand between members that are linked.
+    assert_strong_writes_commit(&cluster, "before");
     let SocketAddr::V4(peer) = cluster.peer_addr(0) else {
         unreachable!("loopback v4")
     };
@@ -152,4 +181,73 @@ fn no_other_socket_binds_beside_a_peer_port() {
         "a socket with SO_REUSEPORT bound beside member 0's peer port"
     );
     assert_strong_writes_commit(&cluster, "bind");
+}
+
+/// A replication batch of 1.5 GiB once decoded (1 500 entries naming one 1 MiB value), sent
+/// as member 1 after a plain Hello: the node closes the connection without decoding it (its
+/// RSS does not grow by the batch), and the cluster goes on. Before the bound, one such
+/// 1.09 MiB batch decoded to ~1.5 GiB.
+#[test]
+fn a_batch_that_would_decode_to_gigabytes_is_refused_before_decoding() {
+    let _serial = serial();
+    let mut cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    assert_strong_writes_commit(&cluster, "before");
+    let id = runtime().block_on(async {
+        let client = Client::connect_with(&cluster.addr_list(), client_config(Level::Strong))
+            .await
+            .unwrap();
+        client.topology().cluster_id()
+    });
+    let pid = cluster.node(0).pid();
+    let before = rss_bytes(pid);
+    let mut stream = TcpStream::connect(cluster.peer_addr(0)).unwrap();
+    stream.write_all(&hello_frame(id, 1)).unwrap();
+    let mut frame = Vec::new();
+    tessera_schema::frame::encode_frame(&mut frame, 0x41, 0, &shared_offsets_batch(1500));
+    let sent = Instant::now();
+    let _ = stream.write_all(&frame);
+    let closed = closed_after(stream, sent, Duration::from_secs(10));
+    assert!(
+        closed.is_some(),
+        "the node kept a connection that sent such a batch"
+    );
+    let grew = rss_bytes(pid).saturating_sub(before);
+    eprintln!("node 0's RSS grew by {} KiB", grew / 1024);
+    assert!(grew < 256 << 20, "node 0's RSS grew by {grew} bytes");
+    assert_strong_writes_commit(&cluster, "after-batch");
+}
+
+fn shared_offsets_batch(count: usize) -> Vec<u8> {
+    use tessera_schema::peer_fb as pb;
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let key = builder.create_vector(b"k");
+    let value = builder.create_vector(&vec![7u8; 1 << 20]);
+    let args = pb::EntryArgs {
+        seq: 1,
+        version: 1,
+        key: Some(key),
+        value: Some(value),
+        ..pb::EntryArgs::default()
+    };
+    let entry = pb::Entry::create(&mut builder, &args);
+    let entries = builder.create_vector(&vec![entry; count]);
+    let args = pb::AppendArgs {
+        entries: Some(entries),
+        ..pb::AppendArgs::default()
+    };
+    let append = pb::Append::create(&mut builder, &args);
+    let args = pb::PeerMsgArgs {
+        vnode: 0,
+        epoch: 1,
+        body_type: pb::Body::Append,
+        body: Some(append.as_union_value()),
+    };
+    let msg = pb::PeerMsg::create(&mut builder, &args);
+    let messages = builder.create_vector(&[msg]);
+    let args = pb::PeerBatchArgs {
+        messages: Some(messages),
+    };
+    let root = pb::PeerBatch::create(&mut builder, &args);
+    builder.finish(root, None);
+    builder.finished_data().to_vec()
 }

@@ -90,9 +90,16 @@ impl Node {
         });
         let line = match receiver.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
-            Err(_) => {
+            Err(why) => {
+                // Say how it ended: an exit status (its stderr, inherited, says why) or a
+                // signal, or still running after the wait.
+                std::thread::sleep(Duration::from_millis(100));
+                let status = child.try_wait();
                 let _ = child.kill();
-                panic!("tessera-server printed no ready line");
+                panic!(
+                    "tessera-server on {listen} printed no ready line ({why}; exit: {status:?}, \
+                     prefix {prefix:?})"
+                );
             }
         };
         let addr = line
