@@ -238,18 +238,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A loopback port `p` such that `p..=p + extra` were all free a moment ago (a node with N
-/// shards listens on its port and the N after it).
+/// shards listens on its port and the N after it). Taken below the kernel's ephemeral range
+/// (32768 and up): a port there can be taken between this check and the node's bind by any
+/// outgoing connection, whose TIME_WAIT no listener may bind over (nodes failed to start
+/// that way, now and then).
 pub fn free_port_range(extra: u16) -> u16 {
-    for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .unwrap()
-            .port();
-        let all_free = (1..=extra).all(|i| {
-            port.checked_add(i)
-                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        });
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(nanos);
+    let span = 30_000 - 10_000 - u32::from(extra);
+    for _ in 0..500 {
+        let step = NEXT.fetch_add(997, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (seed.wrapping_add(step) % span) as u16;
+        let all_free =
+            (0..=extra).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
         if all_free {
             return port;
         }
