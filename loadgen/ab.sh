@@ -10,7 +10,9 @@
 # and the table quotes each side's median-throughput run. Writes OUT_DIR/ab.md and the JSON results.
 #
 # Settings (environment): DURATION (5s), KEYS (100000), CONNECTIONS (50), REPEAT (3), PIN (1:
-# server on CPU 0, generator on CPU 1), CASES (all of those below).
+# server on CPU 0, generator on CPU 1), CASES (all of those below), B_FLAGS and B_LOADGEN
+# (extra server and generator flags for side B only: one binary against itself with TLS, e.g.
+# B_FLAGS="--tls-cert C --tls-key K" B_LOADGEN="--tls-ca CA" loadgen/ab.sh BIN BIN).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,13 +55,13 @@ case_run() {
     local order="a b"
     [ $((round % 2)) = 0 ] && order="b a"
     for side in $order; do
-      local bin=$bin_a
-      [ "$side" = b ] && bin=$bin_b
+      local bin=$bin_a side_flags="" side_loadgen=""
+      [ "$side" = b ] && bin=$bin_b side_flags=${B_FLAGS:-} side_loadgen=${B_LOADGEN:-}
       rm -rf "$work/data"
       sync
       sleep 1
       # shellcheck disable=SC2086
-      "${server_cpu[@]}" "$bin" --data-dir "$work/data" --listen 127.0.0.1:0 --shards 1 $flags \
+      "${server_cpu[@]}" "$bin" --data-dir "$work/data" --listen 127.0.0.1:0 --shards 1 $flags $side_flags \
         >"$work/out" 2>"$work/err" &
       pid=$!
       for _ in $(seq 100); do grep -q ready "$work/out" 2>/dev/null && break; sleep 0.1; done
@@ -68,7 +70,7 @@ case_run() {
       [ -n "$addr" ] || { cat "$work/err" >&2; exit 1; }
       "${loadgen_cpu[@]}" "$loadgen" --target "tessera://$addr" --label "$side $name" \
         --json "$out/$side-$name.$round.json" --live false --connections "$CONNECTIONS" \
-        --duration "$DURATION" "$@"
+        --duration "$DURATION" $side_loadgen "$@"
       stop_node
     done
   done
@@ -90,6 +92,8 @@ case_run mix-always "--fsync always" "${mix[@]}"
 case_run hot-mix-always "--fsync always" "${hot[@]}"
 case_run mix-interval "--fsync interval" "${mix[@]}"
 case_run hot-mix-interval "--fsync interval" "${hot[@]}"
+case_run get-p1-interval "--fsync interval" "${get[@]}"
+case_run set-p1-interval "--fsync interval" --workload getset --read-ratio 0 --keys "$KEYS"
 case_run get-p16-interval "--fsync interval" "${get[@]}" --pipeline 16
 case_run set-p16-interval "--fsync interval" --workload getset --read-ratio 0 --keys "$KEYS" --pipeline 16
 

@@ -602,7 +602,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 None => conn::serve(shard.clone(), stream, budget).await,
                 Some(tls) => match client_handshake(tls, stream, shard.node.frame_grace_ms).await {
                     Ok(stream) => conn::serve(shard.clone(), stream, budget).await,
-                    Err(why) => tracing::debug!(shard = shard.index, "client TLS: {why}"),
+                    Err((reason, why)) => {
+                        shard.metrics.client_tls_failed(reason);
+                        tracing::debug!(shard = shard.index, reason, "client TLS: {why}")
+                    }
                 },
             }
             shard.connections.set(shard.connections.get() - 1);
@@ -617,17 +620,17 @@ async fn client_handshake(
     tls: Arc<rustls::ServerConfig>,
     stream: glommio::net::TcpStream,
     limit_ms: u64,
-) -> Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>, String> {
+) -> Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>, (&'static str, String)> {
     let limit = Duration::from_millis(limit_ms);
     let accept = async {
         futures_rustls::TlsAcceptor::from(tls)
             .accept(stream)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| (tls::failure_reason(&e), e.to_string()))
     };
     let timeout = async {
         glommio::timer::sleep(limit).await;
-        Err(format!("no handshake within {limit:?}"))
+        Err(("timeout", format!("no handshake within {limit:?}")))
     };
     futures_lite::future::or(accept, timeout).await
 }

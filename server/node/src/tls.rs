@@ -126,33 +126,38 @@ impl PeerTls {
     }
 }
 
-/// Whether a TLS connection failed over a certificate (the peer's, or this node's as the peer
-/// judged it) or a peer that does not speak TLS: an operator must hear of that, while a
-/// connection that went away mid-handshake (a member restarting, the forming race) is routine.
-pub fn refused_peer(error: &std::io::Error) -> bool {
+/// Why a TLS handshake failed, for logs and metrics: `certificate` (the other side's
+/// certificate was refused, or it refused this one or had none), `protocol` (it does not speak
+/// TLS, or not a version or suite this node takes), or `closed` (the connection went away).
+pub fn failure_reason(error: &std::io::Error) -> &'static str {
     use rustls::AlertDescription as Alert;
     match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
-        Some(
-            rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidMessage(_),
-        ) => true,
-        Some(rustls::Error::AlertReceived(alert)) => matches!(
-            alert,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            "certificate"
+        }
+        Some(rustls::Error::AlertReceived(
             Alert::BadCertificate
-                | Alert::UnsupportedCertificate
-                | Alert::CertificateRevoked
-                | Alert::CertificateExpired
-                | Alert::CertificateUnknown
-                | Alert::CertificateRequired
-                | Alert::UnknownCA
-                | Alert::AccessDenied
-        ),
-        _ => false,
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::AccessDenied,
+        )) => "certificate",
+        Some(_) => "protocol",
+        None => "closed",
     }
+}
+
+/// Whether a TLS connection failed over a certificate or a peer that does not speak TLS: an
+/// operator must hear of that, while a connection that went away mid-handshake (a member
+/// restarting, the forming race) is routine.
+pub fn refused_peer(error: &std::io::Error) -> bool {
+    failure_reason(error) != "closed"
 }
 
 /// Checks that `cert` (a peer's end-entity certificate, already verified to chain to the CA)

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{cli_binary, client_config, runtime, signal, Node};
+use common::{cli_binary, client_config, runtime, signal, wait_for_metric, Node};
 use tessera_client::{Client, ClientConfig, Level};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -42,7 +42,16 @@ fn start(data: &Path, certs: &Path, extra: &[&str]) -> Node {
         file(certs, "member-127.0.0.1.pem"),
         file(certs, "member-127.0.0.1-key.pem"),
     );
-    let mut flags = vec!["--shards", "2", "--tls-cert", &cert, "--tls-key", &key];
+    let mut flags = vec![
+        "--shards",
+        "2",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
     flags.extend_from_slice(extra);
     Node::start(data, &flags)
 }
@@ -108,6 +117,14 @@ fn clients_speak_tls_and_plain_tcp_is_refused() {
         Ok(n) if n > 0 => assert_eq!(answer[0], 21, "a plain frame got {:?}", &answer[..n]),
         _ => {}
     }
+    // Counted by reason (the CLI's attempt and the raw frame: not TLS).
+    let failures = wait_for_metric(
+        node.metrics_addr(),
+        "tessera_client_tls_failures_total",
+        "reason=\"protocol\"",
+        1.0,
+    );
+    assert!(failures >= 1.0, "{failures} protocol failures counted");
     // Another CA's client does not trust this node.
     let other = make_certs(&dir.path().join("other"));
     let distrust = cli(&node, &trusting(&other), &["get", "k"]);
@@ -152,6 +169,13 @@ fn a_node_that_asks_for_client_certificates_refuses_clients_without_one() {
         !refused.status.success(),
         "another CA's client certificate was let in"
     );
+    let failures = wait_for_metric(
+        node.metrics_addr(),
+        "tessera_client_tls_failures_total",
+        "reason=\"certificate\"",
+        2.0,
+    );
+    assert!(failures >= 2.0, "{failures} certificate failures counted");
 }
 
 #[test]

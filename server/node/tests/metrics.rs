@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{client_config, runtime, Node, Raw, TestCluster};
+use common::{client_config, http, runtime, Node, Raw, TestCluster};
 use tessera_client::{BatchOp, Client, DeleteRequest, Durability, Level, PutRequest, ScanRequest};
 
 /// One test at a time: each starts servers and loads them, and two cores are few.
@@ -24,19 +24,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// An HTTP/1.0 request to the metrics port: the status code and the body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
-
 /// One scrape of `/metrics`.
 struct Scrape(String);
 

@@ -38,6 +38,7 @@ pub struct NodeMetrics {
     pub(super) peer_lag_seconds: GaugeVec,
     pub(super) peer_link_up: IntGaugeVec,
     pub(super) peer_refused: IntCounterVec,
+    pub(super) client_tls_failures: IntCounterVec,
     pub(super) catch_ups: IntCounterVec,
     pub(super) queue_bytes: IntGaugeVec,
     pub(super) chain_changes: IntCounterVec,
@@ -212,6 +213,14 @@ impl NodeMetrics {
                  `pre_hello_bytes` (too much without one), `tls` (no TLS, or a certificate \
                  refused either way), `hello` (another cluster, no member, the wrong shard, a \
                  certificate naming another member, or not a Hello).",
+                &["shard", "reason"],
+            ),
+            client_tls_failures: counter(
+                "tessera_client_tls_failures_total",
+                "TLS handshakes on the client and shard ports that failed, by reason: \
+                 `certificate` (a client certificate refused or missing, or the client refused \
+                 the node's), `protocol` (not TLS, or no version or suite in common), `timeout` \
+                 (not done within --frame-timeout-ms), `closed` (the client went away).",
                 &["shard", "reason"],
             ),
             catch_ups: counter(

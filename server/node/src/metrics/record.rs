@@ -191,6 +191,15 @@ impl ShardMetrics {
             .inc();
     }
 
+    /// A client's TLS handshake failed (`tessera_client_tls_failures_total`): rare, so counted
+    /// straight into the family.
+    pub fn client_tls_failed(&self, reason: &'static str) {
+        self.node
+            .client_tls_failures
+            .with_label_values(&[self.shard.as_str(), reason])
+            .inc();
+    }
+
     /// Bytes of replication messages written to `node`.
     pub fn peer_sent(&self, node: NodeId, bytes: usize) {
         self.with_peer(node, |peer| peer.sent.inc_by(bytes as u64));

@@ -532,3 +532,40 @@ pub fn signal(pid: u32, which: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// One HTTP/1.0 request to `addr`: the status code and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// The sum of the samples of metric `name` whose labels include `label` (`key="value"`), from
+/// one scrape of `/metrics` at `addr`.
+pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scrapes until `metric_sum` reaches `at_least` (the node records a moment after the client
+/// has seen the outcome), for at most 5 s; the last sum.
+pub fn wait_for_metric(addr: SocketAddr, name: &str, label: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sum = metric_sum(addr, name, label);
+        if sum >= at_least || Instant::now() >= deadline {
+            return sum;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
