@@ -108,6 +108,9 @@ pub const PEER_PRE_HELLO_BYTES: usize = 4 * 1024;
 /// closed at once. Members dial each shard once per shard of theirs it shares vnodes with, and
 /// say Hello at once, so a member never comes near it.
 pub const PEER_PENDING_HANDSHAKES: usize = 64;
+/// Of those, from one source address: one address cannot take every slot and keep members
+/// that must dial again (a restart, a link dropped) out until its connections time out.
+pub const PEER_PENDING_HANDSHAKES_PER_ADDRESS: usize = 8;
 
 const _: () = assert!(CONNECTION_BASE_BYTES as usize > CONNECTION_READ_BYTES);
 const _: () = assert!(CONNECTION_SOFT_BYTES < CONNECTION_HARD_BYTES);

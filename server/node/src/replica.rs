@@ -33,7 +33,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +46,8 @@ use tessera_core::placement::NodeId;
 use tessera_core::replication::{Effect, PeerMsg, Replicator, Ticket, WriteFailure};
 use tessera_schema::frame::{FrameEvent, FrameReader};
 use tessera_schema::limits::{
-    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PRE_HELLO_BYTES,
+    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PENDING_HANDSHAKES_PER_ADDRESS,
+    PEER_PRE_HELLO_BYTES,
 };
 
 use crate::cluster::Cluster;
@@ -148,7 +149,7 @@ pub struct Replica {
     /// The state transfers this shard sends (`transfer.rs`).
     pub transfers: crate::transfer::Transfers,
     /// Accepted peer connections that have not yet said Hello (`PEER_PENDING_HANDSHAKES`).
-    handshakes: Rc<Cell<usize>>,
+    handshakes: Rc<RefCell<Handshakes>>,
     /// Mutual TLS on the peer connections (`tls.rs`); `None`: plain TCP.
     tls: Option<Arc<PeerTls>>,
 }
@@ -169,7 +170,7 @@ impl Replica {
             pumping: Cell::new(false),
             next_inbound: Cell::new(0),
             transfers: crate::transfer::Transfers::new(transfers),
-            handshakes: Rc::new(Cell::new(0)),
+            handshakes: Rc::default(),
             tls,
         }
     }
@@ -677,21 +678,53 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// The shard's accepted peer connections that have not said Hello yet: in all, and by source.
+#[derive(Default)]
+struct Handshakes {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
 /// A slot among the shard's pending handshakes, given back when dropped.
-struct Handshake(Rc<Cell<usize>>);
+struct Handshake {
+    pending: Rc<RefCell<Handshakes>>,
+    source: IpAddr,
+}
 
 impl Handshake {
-    fn take(pending: &Rc<Cell<usize>>) -> Option<Handshake> {
-        (pending.get() < PEER_PENDING_HANDSHAKES).then(|| {
-            pending.set(pending.get() + 1);
-            Handshake(pending.clone())
+    /// A slot for a connection from `source`, or why there is none.
+    fn take(pending: &Rc<RefCell<Handshakes>>, source: IpAddr) -> Result<Handshake, String> {
+        let mut counts = pending.borrow_mut();
+        if counts.total >= PEER_PENDING_HANDSHAKES {
+            return Err(format!(
+                "{PEER_PENDING_HANDSHAKES} others have not said Hello yet"
+            ));
+        }
+        let from_source = counts.by_source.entry(source).or_default();
+        if *from_source >= PEER_PENDING_HANDSHAKES_PER_ADDRESS {
+            return Err(format!(
+                "{PEER_PENDING_HANDSHAKES_PER_ADDRESS} others from {source} have not said Hello yet"
+            ));
+        }
+        *from_source += 1;
+        counts.total += 1;
+        Ok(Handshake {
+            pending: pending.clone(),
+            source,
         })
     }
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        let mut counts = self.pending.borrow_mut();
+        counts.total -= 1;
+        if let Some(count) = counts.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.by_source.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -702,13 +735,16 @@ impl Drop for Handshake {
 /// included).
 async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
     let replica = shard.replica.as_ref().expect("cluster");
-    let Some(handshake) = Handshake::take(&replica.handshakes) else {
-        shard.metrics.peer_refused("handshakes_full");
-        tracing::warn!(
-            shard = shard.index,
-            "closing a peer connection: {PEER_PENDING_HANDSHAKES} others have not said Hello yet"
-        );
-        return;
+    let source = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let handshake = match Handshake::take(&replica.handshakes, source) {
+        Ok(handshake) => handshake,
+        Err(why) => {
+            shard.metrics.peer_refused("handshakes_full");
+            tracing::warn!(shard = shard.index, "closing a peer connection: {why}");
+            return;
+        }
     };
     let deadline = Instant::now() + Duration::from_millis(PEER_HELLO_DEADLINE_MS);
     let _ = stream.set_nodelay(true);

@@ -18,7 +18,8 @@ use common::{client_config, rss_bytes, runtime, TestCluster};
 use hello::hello_frame;
 use tessera_client::{Client, Level};
 use tessera_schema::limits::{
-    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PRE_HELLO_BYTES,
+    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PENDING_HANDSHAKES_PER_ADDRESS,
+    PEER_PRE_HELLO_BYTES,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -113,33 +114,74 @@ fn a_peer_connection_sending_more_than_a_hello_without_one_is_closed() {
     assert_strong_writes_commit(&cluster, "oversized");
 }
 
-#[test]
-fn handshakes_in_progress_are_bounded_per_shard() {
-    let _serial = serial();
-    let cluster = TestCluster::start(3, &["--vnodes", "16"]);
-    // Every link up first: what follows must not stand between members that are linked.
-    assert_strong_writes_commit(&cluster, "before");
-    // One more than the bound, none saying Hello: whichever the node accepts last is closed at
-    // once (well before the Hello deadline), the others are kept.
-    let opened = Instant::now();
-    let streams: Vec<TcpStream> = (0..=PEER_PENDING_HANDSHAKES)
-        .map(|_| TcpStream::connect(cluster.peer_addr(0)).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(1500));
-    let closed = streams
+/// A connection to `to` from loopback address `source` (any 127.x.y.z is this machine's).
+fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to) = to else {
+        unreachable!("loopback v4")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let from = std::net::SocketAddrV4::new(source.into(), 0);
+    bind(fd.as_raw_fd(), &SockaddrIn::from(from)).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    TcpStream::from(fd)
+}
+
+/// How many of `streams` the node closed (checked without waiting long).
+fn closed_now(streams: &[TcpStream]) -> usize {
+    streams
         .iter()
         .filter(|stream| {
             stream
                 .set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
             let mut byte = [0u8; 1];
-            matches!((&**stream).read(&mut byte), Ok(0))
-                || matches!((&**stream).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+            match (&**stream).read(&mut byte) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
         })
-        .count();
+        .count()
+}
+
+#[test]
+fn handshakes_in_progress_are_bounded_per_shard_and_per_address() {
+    let _serial = serial();
+    let cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    // Every link up first: what follows must not stand between members that are linked.
+    assert_strong_writes_commit(&cluster, "before");
+    let peer = cluster.peer_addr(0);
+    // One more than the bound from one address, none saying Hello: whichever the node accepts
+    // last is closed at once (well before the Hello deadline), the others are kept; and
+    // another address still gets a slot.
+    let opened = Instant::now();
+    let one_source: Vec<TcpStream> = (0..=PEER_PENDING_HANDSHAKES_PER_ADDRESS)
+        .map(|_| connect_from([127, 0, 0, 2], peer))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(closed_now(&one_source), 1, "per address");
+    let other = vec![connect_from([127, 0, 0, 3], peer)];
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(closed_now(&other), 0, "another address was refused");
+    drop((one_source, other));
+    std::thread::sleep(Duration::from_millis(300));
+    // One more than the shard's bound, spread over addresses under their own bound.
+    let spread: Vec<TcpStream> = (0..=PEER_PENDING_HANDSHAKES)
+        .map(|i| connect_from([127, 0, 1, (i % 16) as u8 + 2], peer))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let closed = closed_now(&spread);
     assert!(
         opened.elapsed() < Duration::from_millis(PEER_HELLO_DEADLINE_MS),
-        "too slow to tell the bound from the deadline"
+        "too slow to tell the bounds from the deadline"
     );
     assert_eq!(
         closed,
@@ -148,7 +190,7 @@ fn handshakes_in_progress_are_bounded_per_shard() {
         PEER_PENDING_HANDSHAKES + 1
     );
     assert_strong_writes_commit(&cluster, "pending");
-    drop(streams);
+    drop(spread);
 }
 
 #[test]
