@@ -14,9 +14,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{client_config, rss_bytes, runtime, TestCluster};
+use common::{assert_strong_writes_commit, cluster_id, rss_bytes, TestCluster};
 use hello::hello_frame;
-use tessera_client::{Client, Level};
 use tessera_schema::limits::{
     PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PENDING_HANDSHAKES_PER_ADDRESS,
     PEER_PRE_HELLO_BYTES,
@@ -42,20 +41,6 @@ fn closed_after(mut stream: TcpStream, since: Instant, wait: Duration) -> Option
             Err(_) => return None,
         }
     }
-}
-
-/// Strong writes need every replica: they commit only while the members' links are up.
-fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
-    let rt = runtime();
-    rt.block_on(async {
-        let client = Client::connect_with(&cluster.addr_list(), client_config(Level::Strong))
-            .await
-            .unwrap();
-        for i in 0..20 {
-            let key = format!("after:{what}:{i}");
-            client.put(key.as_bytes(), b"v").await.unwrap();
-        }
-    });
 }
 
 #[test]
@@ -234,12 +219,7 @@ fn a_batch_that_would_decode_to_gigabytes_is_refused_before_decoding() {
     let _serial = serial();
     let mut cluster = TestCluster::start(3, &["--vnodes", "16"]);
     assert_strong_writes_commit(&cluster, "before");
-    let id = runtime().block_on(async {
-        let client = Client::connect_with(&cluster.addr_list(), client_config(Level::Strong))
-            .await
-            .unwrap();
-        client.topology().cluster_id()
-    });
+    let id = cluster_id(&cluster);
     let pid = cluster.node(0).pid();
     let before = rss_bytes(pid);
     let mut stream = TcpStream::connect(cluster.peer_addr(0)).unwrap();

@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{cli_binary, cli_verify, client_config, runtime, TestCluster};
+use common::{assert_strong_writes_commit, cli_binary, cli_verify, cluster_id, TestCluster};
 use hello::hello_frame;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tessera_client::{Client, Level};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -177,27 +176,6 @@ fn refused(mut stream: impl Read + Write, bytes: &[u8]) -> bool {
             Err(_) => return true,
         }
     }
-}
-
-fn cluster_id(cluster: &TestCluster) -> u64 {
-    runtime().block_on(async {
-        let client = Client::connect_with(&cluster.addr_list(), client_config(Level::Strong))
-            .await
-            .unwrap();
-        client.topology().cluster_id()
-    })
-}
-
-fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
-    runtime().block_on(async {
-        let client = Client::connect_with(&cluster.addr_list(), client_config(Level::Strong))
-            .await
-            .unwrap();
-        for i in 0..20 {
-            let key = format!("{what}:{i}");
-            client.put(key.as_bytes(), b"v").await.unwrap();
-        }
-    });
 }
 
 #[test]

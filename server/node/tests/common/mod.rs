@@ -569,3 +569,29 @@ pub fn wait_for_metric(addr: SocketAddr, name: &str, label: &str, at_least: f64)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The cluster's id, as TOPOLOGY gives it to any client.
+pub fn cluster_id(cluster: &TestCluster) -> u64 {
+    runtime().block_on(async {
+        let config = client_config(tessera_client::Level::Strong);
+        let client = tessera_client::Client::connect_with(&cluster.addr_list(), config)
+            .await
+            .unwrap();
+        client.topology().cluster_id()
+    })
+}
+
+/// Strong writes need every replica: 20 of them (keys `WHAT:i`) commit only while the
+/// members' links are up.
+pub fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
+    runtime().block_on(async {
+        let config = client_config(tessera_client::Level::Strong);
+        let client = tessera_client::Client::connect_with(&cluster.addr_list(), config)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let key = format!("{what}:{i}");
+            client.put(key.as_bytes(), b"v").await.unwrap();
+        }
+    });
+}
