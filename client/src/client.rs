@@ -51,6 +51,26 @@ pub struct ClientConfig {
     pub prefer_first_address: bool,
     /// TLS to every node (`tls::client_tls`); `None`: plain TCP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The user every connection logs in as (AUTH, first thing), for nodes with `--users`;
+    /// `None`: no AUTH (a node with users then answers UNAUTHENTICATED, unless the client
+    /// certificate of `tls` names a user).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password. `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -63,6 +83,7 @@ impl Default for ClientConfig {
             level: Level::Default,
             prefer_first_address: false,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -158,7 +179,7 @@ impl View {
         let mut pool = |addr: SocketAddr| {
             reuse
                 .entry(addr)
-                .or_insert_with(|| Arc::new(Pool::new(addr, config.pool_size, config.tls.clone())))
+                .or_insert_with(|| Arc::new(Pool::new(addr, config)))
                 .clone()
         };
         let members = (0..routing.member_count())
@@ -241,7 +262,7 @@ async fn fetch_view(
     for &addr in addrs {
         let pool = old
             .and_then(|v| v.find_pool(addr))
-            .unwrap_or_else(|| Arc::new(Pool::new(addr, config.pool_size, config.tls.clone())));
+            .unwrap_or_else(|| Arc::new(Pool::new(addr, config)));
         let answer = call(
             &pool,
             &Request::Topology,

@@ -13,10 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use tessera_schema::msg::{Request, RequestOptions, Response};
+use tessera_schema::msg::{AuthRequest, Request, RequestOptions, Response, Status};
 
 use crate::session::Session;
-use crate::ClientError;
+use crate::{ClientConfig, ClientError, Credentials};
 
 type Waiter = oneshot::Sender<Result<Response, ClientError>>;
 
@@ -66,7 +66,43 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    async fn connect(
+    async fn connect(address: SocketAddr, dial: &Dial) -> Result<Arc<Conn>, ClientError> {
+        let conn = Conn::open(address, dial.tls.as_ref()).await?;
+        if let Some(credentials) = &dial.credentials {
+            conn.login(credentials, dial.timeout).await?;
+        }
+        Ok(conn)
+    }
+
+    /// AUTH, before anything else is sent on the connection.
+    async fn login(
+        self: &Arc<Self>,
+        credentials: &Credentials,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let auth = Request::Auth(AuthRequest {
+            user: credentials.user.clone(),
+            password: credentials.password.clone(),
+        });
+        let (status, message) = match self
+            .call(&auth, &RequestOptions::default(), timeout)
+            .await?
+        {
+            Response::Op(result) => (result.status, result.message),
+            Response::Error { status, message } => (status, message),
+            other => return Err(ClientError::Protocol(format!("AUTH answered {other:?}"))),
+        };
+        match status {
+            Status::Ok => Ok(()),
+            status => Err(ClientError::Status {
+                status,
+                message: format!("login as {}: {message}", credentials.user),
+                version: 0,
+            }),
+        }
+    }
+
+    async fn open(
         address: SocketAddr,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Arc<Conn>, ClientError> {
@@ -202,24 +238,31 @@ impl Conn {
     }
 }
 
+/// What opening a connection takes: TLS, and the user to log in as.
+struct Dial {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+}
+
 /// `pool_size` connections to one address, used round-robin, replaced when broken.
 pub(crate) struct Pool {
     address: SocketAddr,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    dial: Dial,
 }
 
 impl Pool {
-    pub(crate) fn new(
-        address: SocketAddr,
-        size: usize,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Pool {
+    pub(crate) fn new(address: SocketAddr, config: &ClientConfig) -> Pool {
         Pool {
             address,
-            tls,
-            slots: (0..size.max(1))
+            dial: Dial {
+                tls: config.tls.clone(),
+                credentials: config.credentials.clone(),
+                timeout: config.timeout,
+            },
+            slots: (0..config.pool_size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
@@ -236,7 +279,7 @@ impl Pool {
         if let Some(conn) = slot.as_ref().filter(|c| !c.broken.load(Ordering::SeqCst)) {
             return Ok(conn.clone());
         }
-        let conn = Conn::connect(self.address, self.tls.as_ref()).await?;
+        let conn = Conn::connect(self.address, &self.dial).await?;
         *slot = Some(conn.clone());
         Ok(conn)
     }

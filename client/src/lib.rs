@@ -14,7 +14,7 @@ pub mod routing;
 pub mod session;
 pub mod tls;
 
-pub use client::{Client, ClientConfig, ClientError};
+pub use client::{Client, ClientConfig, ClientError, Credentials};
 pub use duration::{parse_duration, parse_ttl_ms};
 pub use tessera_schema::msg::{
     BatchOp, DeleteRequest, Durability, Level, OpResult, PutRequest, Request, Response, ScanEntry,

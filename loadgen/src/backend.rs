@@ -83,6 +83,8 @@ pub struct Options {
     pub level: tessera_client::Level,
     /// TLS to the nodes (`--tls-ca`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The user to log in as (`--user`).
+    pub credentials: Option<tessera_client::Credentials>,
 }
 
 impl Conn {
@@ -97,6 +99,7 @@ impl Conn {
                     level: options.level,
                     prefer_first_address: options.read_first,
                     tls: options.tls.clone(),
+                    credentials: options.credentials.clone(),
                 };
                 let client = Client::connect_with(address, config)
                     .await

@@ -144,6 +144,13 @@ struct RunArgs {
     /// Tessera: connect with TLS, trusting this CA (PEM) for the nodes' certificates.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// Tessera: log every connection in as this user (nodes with --users); the password
+    /// comes from TESSERA_PASSWORD.
+    #[arg(long, env = "TESSERA_USER")]
+    user: Option<String>,
+    /// --user's password: from the environment only, never a flag.
+    #[arg(long, env = "TESSERA_PASSWORD", hide = true, hide_env_values = true)]
+    password: Option<String>,
     /// Print a line each second (default: on for runs of 5 s or more).
     #[arg(long, action = clap::ArgAction::Set)]
     live: Option<bool>,
@@ -218,8 +225,17 @@ async fn run_async(args: &RunArgs, target: &Target) -> Result<RunResult, String>
         Some(ca) => Some(tessera_client::tls::client_tls(ca, None).map_err(|e| e.to_string())?),
         None => None,
     };
+    let credentials = match (&args.user, &args.password) {
+        (None, _) => None,
+        (Some(user), Some(password)) => Some(tessera_client::Credentials {
+            user: user.clone(),
+            password: password.clone(),
+        }),
+        (Some(user), None) => return Err(format!("--user {user} needs TESSERA_PASSWORD")),
+    };
     let options = Arc::new(Options {
         tls,
+        credentials,
         key_size: args.key_size,
         timeout: args.timeout,
         shard_aware: args.shard_aware,

@@ -20,10 +20,12 @@ pub enum Status {
     MemoryLimit = 10,
     DiskFull = 11,
     Moved = 12,
+    Unauthenticated = 13,
+    PermissionDenied = 14,
 }
 
 impl Status {
-    pub const ALL: [Status; 13] = [
+    pub const ALL: [Status; 15] = [
         Status::Ok,
         Status::NotFound,
         Status::VersionMismatch,
@@ -37,6 +39,8 @@ impl Status {
         Status::MemoryLimit,
         Status::DiskFull,
         Status::Moved,
+        Status::Unauthenticated,
+        Status::PermissionDenied,
     ];
 
     pub fn from_wire(value: u8) -> Option<Status> {
@@ -59,6 +63,8 @@ impl Status {
             Status::MemoryLimit => "MEMORY_LIMIT",
             Status::DiskFull => "DISK_FULL",
             Status::Moved => "MOVED",
+            Status::Unauthenticated => "UNAUTHENTICATED",
+            Status::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }
@@ -183,6 +189,24 @@ pub enum Request {
         /// Also digest every live value (reads every record).
         values: bool,
     },
+    /// Authenticates the connection as a user of the node's users file.
+    Auth(AuthRequest),
+}
+
+/// A user name and password. `Debug` leaves the password out, so that no log shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 impl Request {
@@ -198,6 +222,7 @@ impl Request {
             Request::Stats => Opcode::Stats,
             Request::Topology => Opcode::Topology,
             Request::Verify { .. } => Opcode::Verify,
+            Request::Auth(_) => Opcode::Auth,
         }
     }
 
@@ -206,6 +231,7 @@ impl Request {
         match self {
             Request::Ping | Request::Get { .. } | Request::Scan(_) => true,
             Request::Stats | Request::Topology | Request::Verify { .. } => true,
+            Request::Auth(_) => true,
             Request::Batch(ops) => ops.iter().all(|op| matches!(op, BatchOp::Get { .. })),
             Request::Put(_) | Request::Delete(_) => false,
         }
@@ -225,6 +251,7 @@ pub enum Opcode {
     Stats = 7,
     Topology = 8,
     Verify = 9,
+    Auth = 10,
 }
 
 impl Opcode {
@@ -241,6 +268,7 @@ impl Opcode {
             7 => Opcode::Stats,
             8 => Opcode::Topology,
             9 => Opcode::Verify,
+            10 => Opcode::Auth,
             _ => return None,
         })
     }

@@ -179,6 +179,18 @@ fn build_request(builder: &mut FlatBufferBuilder<'_>, request: &Request) -> (fb:
                 fb::Verify::create(builder, &args).as_union_value(),
             )
         }
+        Request::Auth(auth) => {
+            let user = builder.create_string(&auth.user);
+            let password = builder.create_string(&auth.password);
+            let args = fb::AuthArgs {
+                user: Some(user),
+                password: Some(password),
+            };
+            (
+                fb::Request::Auth,
+                fb::Auth::create(builder, &args).as_union_value(),
+            )
+        }
     }
 }
 
@@ -389,6 +401,13 @@ fn copy_request(root: fb::RequestBody<'_>) -> Result<Request, WireError> {
                 count: verify.count(),
                 values: verify.values(),
             }
+        }
+        fb::Request::Auth => {
+            let auth = root.request_as_auth().ok_or_else(missing)?;
+            Request::Auth(AuthRequest {
+                user: auth.user().unwrap_or_default().to_string(),
+                password: auth.password().unwrap_or_default().to_string(),
+            })
         }
         other => return Err(WireError(format!("unknown operation {}", other.0))),
     })
@@ -957,6 +976,10 @@ mod tests {
             count: 4089,
             values: true,
         });
+        roundtrip_request(Request::Auth(AuthRequest {
+            user: "app".into(),
+            password: "correct horse".into(),
+        }));
     }
 
     #[test]

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 12;
+pub const ENUM_MAX_STATUS: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 13] = [
+pub const ENUM_VALUES_STATUS: [Status; 15] = [
   Status::Ok,
   Status::NotFound,
   Status::VersionMismatch,
@@ -30,6 +30,8 @@ pub const ENUM_VALUES_STATUS: [Status; 13] = [
   Status::MemoryLimit,
   Status::DiskFull,
   Status::Moved,
+  Status::Unauthenticated,
+  Status::PermissionDenied,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -56,9 +58,15 @@ impl Status {
   /// its vnode's head, or a key whose vnode the node does not hold): refresh the topology and
   /// send it where the message says.
   pub const Moved: Self = Self(12);
+  /// The node has users (`--users`) and the connection has not authenticated: send AUTH
+  /// first (or connect with a client certificate mapped to a user).
+  pub const Unauthenticated: Self = Self(13);
+  /// The connection's user may not do this (a key outside its prefixes, or an admin
+  /// operation). Said before the key is looked at: it never tells whether a key exists.
+  pub const PermissionDenied: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::NotFound,
@@ -73,6 +81,8 @@ impl Status {
     Self::MemoryLimit,
     Self::DiskFull,
     Self::Moved,
+    Self::Unauthenticated,
+    Self::PermissionDenied,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -90,6 +100,8 @@ impl Status {
       Self::MemoryLimit => Some("MemoryLimit"),
       Self::DiskFull => Some("DiskFull"),
       Self::Moved => Some("Moved"),
+      Self::Unauthenticated => Some("Unauthenticated"),
+      Self::PermissionDenied => Some("PermissionDenied"),
       _ => None,
     }
   }
@@ -426,10 +438,10 @@ pub struct BatchOpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 9;
+pub const ENUM_MAX_REQUEST: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 10] = [
+pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::NONE,
   Request::Ping,
   Request::Get,
@@ -440,6 +452,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 10] = [
   Request::Stats,
   Request::Topology,
   Request::Verify,
+  Request::Auth,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -457,9 +470,10 @@ impl Request {
   pub const Stats: Self = Self(7);
   pub const Topology: Self = Self(8);
   pub const Verify: Self = Self(9);
+  pub const Auth: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -471,6 +485,7 @@ impl Request {
     Self::Stats,
     Self::Topology,
     Self::Verify,
+    Self::Auth,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -485,6 +500,7 @@ impl Request {
       Self::Stats => Some("Stats"),
       Self::Topology => Some("Topology"),
       Self::Verify => Some("Verify"),
+      Self::Auth => Some("Auth"),
       _ => None,
     }
   }
@@ -2215,6 +2231,121 @@ impl ::core::fmt::Debug for Verify<'_> {
       ds.finish()
   }
 }
+pub enum AuthOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Authenticates the connection as `user` (the node checks `password` against the users
+/// file's argon2 hash). Answered with an OpResult: OK, or UNAUTHENTICATED.
+pub struct Auth<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Auth<'a> {
+  type Inner = Auth<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Auth<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PASSWORD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Auth { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AuthArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Auth<'bldr>> {
+    let mut builder = AuthBuilder::new(_fbb);
+    if let Some(x) = args.password { builder.add_password(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Auth::VT_USER, None)}
+  }
+  #[inline]
+  pub fn password(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Auth::VT_PASSWORD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Auth<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("password", Self::VT_PASSWORD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AuthArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub password: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AuthArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AuthArgs {
+      user: None,
+      password: None,
+    }
+  }
+}
+
+pub struct AuthBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AuthBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Auth::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_password(&mut self, password: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Auth::VT_PASSWORD, password);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AuthBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AuthBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Auth<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Auth<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Auth");
+      ds.field("user", &self.user());
+      ds.field("password", &self.password());
+      ds.finish()
+  }
+}
 pub enum RequestBodyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2429,6 +2560,21 @@ impl<'a> RequestBody<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_auth(&self) -> Option<Auth<'a>> {
+    if self.request_type() == Request::Auth {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Auth::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestBody<'_> {
@@ -2448,6 +2594,7 @@ impl ::flatbuffers::Verifiable for RequestBody<'_> {
           Request::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Request::Stats", pos),
           Request::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("Request::Topology", pos),
           Request::Verify => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Verify>>("Request::Verify", pos),
+          Request::Auth => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Auth>>("Request::Auth", pos),
           _ => Ok(()),
         }
      })?
@@ -2581,6 +2728,13 @@ impl ::core::fmt::Debug for RequestBody<'_> {
         },
         Request::Verify => {
           if let Some(x) = self.request_as_verify() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Auth => {
+          if let Some(x) = self.request_as_auth() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -122,6 +122,17 @@ pub struct Args {
     /// The cluster's CA certificate (PEM): the only issuer whose members are trusted.
     #[arg(long, env = "TESSERA_PEER_TLS_CA")]
     pub peer_tls_ca: Option<std::path::PathBuf>,
+    /// The users file (TOML, `[[user]]` tables: name, argon2 password hash and/or client
+    /// certificate name, read and write key prefixes, route, admin; see README "Users").
+    /// With it, every client connection must log in (AUTH, or a client certificate naming a
+    /// user) and each request is checked against its user's rights. Reloaded on SIGHUP.
+    #[arg(long, env = "TESSERA_USERS")]
+    pub users: Option<std::path::PathBuf>,
+    /// With --users: how long, in milliseconds, a connection may stay without logging in
+    /// before it is told UNAUTHENTICATED and closed.
+    #[arg(long, env = "TESSERA_LOGIN_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_timeout_ms: u64,
     /// Run with plain-TCP ports on addresses other than loopback: client and shard ports
     /// without --tls-cert (anyone who reaches them can read and write every key), or peer
     /// ports without --peer-tls-* (anyone can pose as a member). Without it such a node

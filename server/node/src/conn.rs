@@ -17,6 +17,10 @@
 //! written for `ANSWER_WRITE_TIMEOUT` closes it too. Idle connections are not timed out: the
 //! connection limit bounds them.
 //!
+//! Who: with users (`--users`), the connection's `login::Session` decides what each request
+//! may do before it runs (`access.rs`); AUTH is answered in order, before the frames after it
+//! are read, and an anonymous connection is closed at its login deadline.
+//!
 //! Fairness: the reader checks every `FRAMES_PER_FAIRNESS_CHECK` frames whether the executor
 //! wants the core back (its preemption timer, `main.rs`), so one connection's backlog cannot
 //! hold the shard. Cancellation: when the client closes the connection, its running requests
@@ -39,7 +43,9 @@ use tessera_schema::msg::{Opcode, Request, Response, Status};
 use tessera_schema::verify::oversized_frame_refusal;
 use tessera_schema::wire::{decode_request_with_options, encode_response_frame, DecodeError};
 
+use crate::access::{filter_scan, merge_batch, split_batch, Grant};
 use crate::budget::{Charge, ConnBudget};
+use crate::login::Session;
 use crate::metrics::RequestKind;
 use crate::route::handle_request;
 use crate::shard::Shard;
@@ -73,6 +79,8 @@ struct Conn {
     /// Running request tasks, aborted when the connection closes.
     tasks: RefCell<HashMap<u64, AbortHandle>>,
     next_task: Cell<u64>,
+    /// Who the client is, and what it may do.
+    session: Session,
 }
 
 impl Conn {
@@ -157,7 +165,7 @@ impl Inline {
 }
 
 /// Serves one connection until the client closes it, its stream breaks, or it misbehaves.
-pub async fn serve<S>(shard: Rc<Shard>, stream: S, budget: Arc<ConnBudget>)
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, budget: Arc<ConnBudget>, session: Session)
 where
     S: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
 {
@@ -181,6 +189,7 @@ where
         scan_permits: Rc::new(Semaphore::new(MAX_SCANS_PER_CONNECTION)),
         tasks: RefCell::new(HashMap::new()),
         next_task: Cell::new(0),
+        session,
     });
     read_loop(&conn, reader).await;
     conn.abort_all();
@@ -220,10 +229,21 @@ async fn read_loop<R: futures::AsyncRead + Unpin>(conn: &Rc<Conn>, mut reader: R
             return;
         }
         let grace_ms = conn.shard.node.frame_grace_ms;
-        let deadline = deadline(&frames, &partial, grace_ms);
+        let frame_deadline = deadline(&frames, &partial, grace_ms);
+        let login_deadline = conn.session.deadline();
+        let deadline = match (frame_deadline, login_deadline) {
+            (Some(frame), Some(login)) => Some(frame.min(login)),
+            (frame, login) => frame.or(login),
+        };
         let n = match read_some(&mut reader, &mut buffer, deadline).await {
             ReadOutcome::Bytes(n) => n,
             ReadOutcome::Closed => return,
+            ReadOutcome::Late if login_deadline.is_some_and(|at| Instant::now() >= at) => {
+                let message = "no AUTH in time (--login-timeout-ms); closing the connection";
+                conn.shard.metrics.auth_failed("deadline");
+                conn.send(0, 0, &Response::error(Status::Unauthenticated, message));
+                return;
+            }
             ReadOutcome::Late => {
                 let id = frames.partial_header().map_or(0, |h| h.request_id);
                 let message = "frame not completed in time; closing the connection";
@@ -440,6 +460,35 @@ async fn dispatch(
     let started = Instant::now();
     let charge = Arc::new(Charge::new(&conn.budget, request_bytes(&request)));
     let kind = RequestKind::of(&request, options.level);
+    let request = match request {
+        Request::Auth(auth) => {
+            // In order: frames after an AUTH are not read until it is answered.
+            inline.flush(conn);
+            let result = conn.session.login(auth, &conn.shard.metrics).await;
+            let status = result.status;
+            conn.send(header.opcode, header.request_id, &Response::Op(result));
+            conn.shard.metrics.request(kind, status, started.elapsed());
+            return;
+        }
+        request => request,
+    };
+    let (grant, user) = match conn.session.authorize(&request, &conn.shard.metrics) {
+        Ok(granted) => granted,
+        Err(refusal) => {
+            let response = Response::error(refusal.status, refusal.message);
+            encode_answer(
+                &mut inline.frames,
+                header.opcode,
+                header.request_id,
+                &response,
+            );
+            inline.answers += 1;
+            conn.shard
+                .metrics
+                .request(kind, refusal.status, started.elapsed());
+            return;
+        }
+    };
     let options = crate::cluster_exec::OpOptions {
         level: options.level,
         tokens: options.tokens,
@@ -458,7 +507,7 @@ async fn dispatch(
     let request_charge = charge.clone();
     let mut task = Box::pin(async move {
         shard.inflight.set(shard.inflight.get() + 1);
-        let response = handle_request(&shard, request, options, &request_charge).await;
+        let response = run_granted(&shard, request, options, &request_charge, grant, user).await;
         shard.inflight.set(shard.inflight.get() - 1);
         shard
             .metrics
@@ -498,6 +547,35 @@ async fn dispatch(
         registration,
     );
     glommio::spawn_local(running.map(|_| ())).detach();
+}
+
+/// Runs what the grant allows of a request: the allowed items of a batch (the others answer
+/// PERMISSION_DENIED in their places), the readable keys of a scan page.
+async fn run_granted(
+    shard: &Rc<Shard>,
+    request: Request,
+    options: crate::cluster_exec::OpOptions,
+    charge: &Arc<Charge>,
+    grant: Grant,
+    user: Option<Arc<crate::users::User>>,
+) -> Response {
+    let (grant, Some(user)) = (grant, user) else {
+        return handle_request(shard, request, options, charge).await;
+    };
+    match (grant, request) {
+        (Grant::FilteredScan, request) => {
+            filter_scan(&user, handle_request(shard, request, options, charge).await)
+        }
+        (Grant::PartBatch(refused), Request::Batch(ops)) => {
+            let (kept, refusals) = split_batch(&user, ops, &refused);
+            let answer = match kept.is_empty() {
+                true => Response::Batch(Vec::new()),
+                false => handle_request(shard, Request::Batch(kept), options, charge).await,
+            };
+            merge_batch(answer, refusals)
+        }
+        (_, request) => handle_request(shard, request, options, charge).await,
+    }
 }
 
 async fn write_loop<W: futures::AsyncWrite + Unpin>(

@@ -11,6 +11,7 @@
 //! waits for its in-flight ones, waits for its peers to do the same, syncs its log, and exits;
 //! the process exits 0.
 
+mod access;
 mod budget;
 mod cli;
 mod cluster;
@@ -20,6 +21,7 @@ mod conn;
 mod datadir;
 mod disk;
 mod exec;
+mod login;
 mod memory;
 mod mesh;
 mod metrics;
@@ -32,6 +34,7 @@ mod route;
 mod shard;
 mod tls;
 mod transfer;
+mod users;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -190,6 +193,19 @@ fn run(args: Args) -> Result<(), String> {
     .map(tls::ClientTls::load)
     .transpose()?
     .map(Arc::new);
+    let logins = match &args.users {
+        Some(path) => {
+            let users = users::Users::load(path)?;
+            tracing::info!(
+                users = users.current().len(),
+                "clients log in as the users of {}",
+                path.display()
+            );
+            let deadline = Duration::from_millis(args.login_timeout_ms);
+            Some(Arc::new(login::Logins::new(users, data.shards, deadline)))
+        }
+        None => None,
+    };
     let cluster = join_cluster(&args, &data, listen, peer_tls.clone())?;
     let settings = ShardSettings {
         store: StoreConfig {
@@ -225,6 +241,7 @@ fn run(args: Args) -> Result<(), String> {
         cluster: cluster.clone(),
         peer_tls,
         client_tls,
+        logins,
         beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         started: Instant::now(),
         metrics: metrics.clone(),
@@ -243,7 +260,10 @@ fn run(args: Args) -> Result<(), String> {
         };
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
-            .preempt_timer(PREEMPT_INTERVAL);
+            .preempt_timer(PREEMPT_INTERVAL)
+            // The blocking thread checks passwords (argon2, `login.rs`): unpinned, so that a
+            // login does not take its time from a pinned shard's core.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
         if args.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(args.spin_before_park_us));
         }
@@ -340,15 +360,24 @@ fn join_cluster(
     Ok(Some(Arc::new(cluster)))
 }
 
-/// Secure by default: plain-TCP ports only on loopback, unless `--insecure` says so (then the
-/// log says what is exposed). The client and shard ports need `--tls-cert` off loopback; the
-/// peer ports need `--peer-tls-*` when any member is off loopback.
+/// Secure by default: open ports only on loopback, unless `--insecure` says so (then the
+/// log says what is exposed), as Redis's protected mode and CockroachDB do it. Off loopback,
+/// the client and shard ports need `--tls-cert` and `--users`; the peer ports need
+/// `--peer-tls-*` when any member is off loopback.
 fn check_exposure(args: &Args) -> Result<(), String> {
     let mut exposed = Vec::new();
-    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
+    let off_loopback = !args.listen.ip().is_loopback();
+    if args.tls_cert.is_none() && off_loopback {
         exposed.push(format!(
             "the client and shard ports would be plain TCP on {} (not loopback): anyone who \
-             reaches them can read, write and delete every key",
+             reaches them can read what clients send and receive, and pose as the node",
+            args.listen.ip()
+        ));
+    }
+    if args.users.is_none() && off_loopback {
+        exposed.push(format!(
+            "the client and shard ports would take every client on {} (not loopback) without \
+             a login: anyone who reaches them can read, write and delete every key",
             args.listen.ip()
         ));
     }
@@ -373,9 +402,11 @@ fn check_exposure(args: &Args) -> Result<(), String> {
     let what = exposed.join("; ");
     if !args.insecure {
         return Err(format!(
-            "refusing to start: {what}. Give --tls-cert and --tls-key for clients and \
-             --peer-tls-cert, --peer-tls-key and --peer-tls-ca for members (`tessera admin \
-             certs` makes a dev set), or --insecure to run so on a network you trust"
+            "refusing to start: {what}. Give --tls-cert and --tls-key and --users for \
+             clients, and --peer-tls-cert, --peer-tls-key and --peer-tls-ca for members \
+             (`tessera admin certs` makes a dev set of certificates, `tessera admin \
+             hash-password` the users file's hashes), or --insecure to run so on a network \
+             you trust"
         ));
     }
     tracing::warn!("--insecure: {what}");
@@ -410,6 +441,7 @@ fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     reload_certificates(&node);
+                    reload_users(&node);
                     continue;
                 }
                 tracing::info!(signal, "stopping: draining in-flight requests");
@@ -431,6 +463,17 @@ fn reload_certificates(node: &NodeShared) {
     match tls.reload() {
         Ok(()) => tracing::info!("SIGHUP: reloaded the client ports' certificates"),
         Err(why) => tracing::error!("SIGHUP: kept the certificates in use: {why}"),
+    }
+}
+
+fn reload_users(node: &NodeShared) {
+    let Some(logins) = &node.logins else {
+        return;
+    };
+    let path = logins.users.path().display();
+    match logins.users.reload() {
+        Ok(count) => tracing::info!("SIGHUP: reloaded {count} users from {path}"),
+        Err(why) => tracing::error!("SIGHUP: kept the users in use: {why}"),
     }
 }
 
@@ -598,10 +641,25 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let shard = shard.clone();
         let _ = stream.set_nodelay(true);
         glommio::spawn_local(async move {
+            let address = stream
+                .peer_addr()
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+            let session = |cert: Option<&rustls::pki_types::CertificateDer<'_>>| {
+                let logins = shard.node.logins.clone();
+                login::Session::new(logins, address, cert, &shard.metrics)
+            };
             match shard.node.client_tls.as_ref().map(|tls| tls.current()) {
-                None => conn::serve(shard.clone(), stream, budget).await,
+                None => conn::serve(shard.clone(), stream, budget, session(None)).await,
                 Some(tls) => match client_handshake(tls, stream, shard.node.frame_grace_ms).await {
-                    Ok(stream) => conn::serve(shard.clone(), stream, budget).await,
+                    Ok(stream) => {
+                        let cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first());
+                        let session = session(cert);
+                        conn::serve(shard.clone(), stream, budget, session).await
+                    }
                     Err((reason, why)) => {
                         shard.metrics.client_tls_failed(reason);
                         tracing::debug!(shard = shard.index, reason, "client TLS: {why}")

@@ -58,6 +58,8 @@ pub async fn handle_request(
             count,
             values,
         } => verify(shard, from_vnode, count, values).await,
+        // The connection answers AUTH (login.rs); one cannot come this far.
+        Request::Auth(_) => Response::error(Status::BadRequest, "AUTH is the connection's"),
     }
 }
 

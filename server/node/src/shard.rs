@@ -58,6 +58,8 @@ pub struct NodeShared {
     pub transfers: crate::transfer::TransferSettings,
     /// TLS on the client and shard ports (`--tls-*`), reloaded on SIGHUP; `None`: plain TCP.
     pub client_tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    /// The users clients log in as (`--users`), reloaded on SIGHUP; `None`: no login needed.
+    pub logins: Option<std::sync::Arc<crate::login::Logins>>,
     /// Mutual TLS on the peer ports (`--peer-tls-*`); `None`: plain TCP.
     pub peer_tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
     /// Each shard's share of `--connection-memory` (`budget.rs`), by shard index.

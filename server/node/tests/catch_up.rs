@@ -29,6 +29,7 @@ async fn reader_via(cluster: &TestCluster, via: usize, timeout: Duration) -> Cli
     let config = ClientConfig {
         prefer_first_address: true,
         tls: None,
+        credentials: None,
         retries: 0,
         timeout,
         ..client_config(Level::Strong)

@@ -46,6 +46,7 @@ async fn client_via(cluster: &TestCluster, via: usize, level: Level) -> Client {
     let config = ClientConfig {
         prefer_first_address: true,
         tls: None,
+        credentials: None,
         ..client_config(level)
     };
     Client::connect_with(&addrs.join(","), config)

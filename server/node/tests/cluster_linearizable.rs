@@ -10,14 +10,18 @@
 //! Unlike on one node, an unanswered write may still take effect after the kill (another
 //! replica holds it, and a restarted head pulls it back): its window never closes.
 //!
-//! The same runs again with TLS everywhere: mutual TLS between members (`--peer-tls-*`) and
-//! TLS on the client and shard ports (`--tls-*`), certificates from `tessera admin certs`.
+//! The same runs again secured as a deployment would be: mutual TLS between members
+//! (`--peer-tls-*`), TLS on the client and shard ports (`--tls-*`), certificates from
+//! `tessera admin certs`, and users (`--users`): the clients log in as a user limited to the
+//! test's keys.
 //!
 //! `TESSERA_LINCHECK_SEEDS=N` runs N seeds instead of the default one.
 
 mod common;
 #[path = "common/history.rs"]
 mod history;
+#[path = "common/users.rs"]
+mod users;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +41,7 @@ const CLIENTS: u32 = 6;
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const RUN_TIME: Duration = Duration::from_secs(12);
 
-/// The clients' settings; over TLS trusting `ca` when given.
+/// The clients' settings; over TLS trusting `ca`, logged in as `lin`, when given.
 fn client_config(ca: Option<&Path>) -> ClientConfig {
     ClientConfig {
         pool_size: 1,
@@ -45,13 +49,24 @@ fn client_config(ca: Option<&Path>) -> ClientConfig {
         retries: 0,
         level: Level::Strong,
         tls: ca.map(|ca| tessera_client::tls::client_tls(ca, None).unwrap()),
+        credentials: ca.map(|_| tessera_client::Credentials {
+            user: "lin".into(),
+            password: "lin-secret".into(),
+        }),
         ..ClientConfig::default()
     }
 }
 
-/// Server flags for TLS everywhere with the certificates in `certs` (for 127.0.0.1).
+/// Server flags for TLS everywhere with the certificates in `certs` (for 127.0.0.1), and the
+/// users file there (user `lin`, who may read and write `lin:` keys and route).
 fn tls_flags(certs: &Path) -> Vec<String> {
     let file = |name: &str| certs.join(name).display().to_string();
+    let users = format!(
+        "[[user]]\nname = \"lin\"\npassword = \"{}\"\nread = [\"lin:\"]\nwrite = [\"lin:\"]\n\
+         route = true\n",
+        users::cheap_hash("lin-secret")
+    );
+    std::fs::write(certs.join("users.toml"), users).unwrap();
     let (cert, key) = (
         file("member-127.0.0.1.pem"),
         file("member-127.0.0.1-key.pem"),
@@ -67,6 +82,8 @@ fn tls_flags(certs: &Path) -> Vec<String> {
         &cert,
         "--tls-key",
         &key,
+        "--users",
+        &file("users.toml"),
     ]
     .iter()
     .map(|s| s.to_string())

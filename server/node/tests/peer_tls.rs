@@ -303,9 +303,9 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
     assert_strong_writes_commit(&cluster, "after-impersonation");
 }
 
-/// Secure by default: plain-TCP ports on an address other than loopback refuse to start,
-/// before anything is written, unless `--insecure` says so: a single node's client port, and
-/// a cluster's peer ports (with the client port on TLS).
+/// Secure by default: open ports on an address other than loopback refuse to start, before
+/// anything is written, unless `--insecure` says so: a single node's plain client port, one on
+/// TLS without users, and a cluster's plain peer ports (with the client port on TLS and users).
 #[test]
 fn plain_ports_off_loopback_need_insecure() {
     let dir = tempfile::tempdir().unwrap();
@@ -328,12 +328,21 @@ fn plain_ports_off_loopback_need_insecure() {
         .display()
         .to_string();
     let client_tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[[user]]\nname = \"a\"\ncertificate = \"a\"\n").unwrap();
+    let users = users.display().to_string();
+    let client_secure = [&client_tls[..], &["--users", users.as_str()]].concat();
     let peers = ["--peers", "192.0.2.10:7000,192.0.2.11:7000,192.0.2.12:7000"];
-    let cases: [(&str, Vec<&str>, &str); 2] = [
+    let cases: [(&str, Vec<&str>, &str); 3] = [
         ("a plain client port", vec![], "client and shard ports"),
         (
+            "a client port without users",
+            client_tls.to_vec(),
+            "without a login",
+        ),
+        (
             "plain peer ports",
-            [&client_tls[..], &peers[..]].concat(),
+            [&client_secure[..], &peers[..]].concat(),
             "peer ports",
         ),
     ];

@@ -3,7 +3,9 @@
 //! In `--out`: `ca.pem` and `ca-key.pem` (the cluster's CA, ECDSA P-256), and for each member
 //! address `member-IP.pem` and `member-IP-key.pem`: a certificate the CA signed, naming the IP
 //! address (and `localhost` for loopback ones), good for both ends of a TLS connection (server
-//! and client authentication), as a member's peer connections need. Files are written with
+//! and client authentication), as a member's peer connections need. For each `--clients` NAME,
+//! `client-NAME.pem` and `client-NAME-key.pem`: a client certificate naming NAME as a DNS
+//! name, which a user of the users file maps with `certificate = "NAME"`. Files are written with
 //! mode 0600 for keys. Certificates are valid from now for `--days` (default 365).
 //!
 //! For production, use the organisation's own CA and tooling; this is for dev clusters and
@@ -19,8 +21,14 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// Writes the CA and one certificate per member into `out`; the paths written.
-pub fn make(out: &Path, members: &[IpAddr], days: u32) -> Result<Vec<String>, String> {
+/// Writes the CA, one certificate per member and one per client name into `out`; the paths
+/// written.
+pub fn make(
+    out: &Path,
+    members: &[IpAddr],
+    clients: &[String],
+    days: u32,
+) -> Result<Vec<String>, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let bad = |e: rcgen::Error| format!("certificates: {e}");
     let now = time::OffsetDateTime::now_utc();
@@ -59,6 +67,28 @@ pub fn make(out: &Path, members: &[IpAddr], days: u32) -> Result<Vec<String>, St
             &key.serialize_pem(),
             true,
         )?);
+    }
+    for client in clients {
+        let key = KeyPair::generate().map_err(bad)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(client);
+        let dns = client
+            .as_str()
+            .try_into()
+            .map_err(|_| format!("client name {client:?} is not a DNS name"))?;
+        params.subject_alt_names = vec![SanType::DnsName(dns)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (params.not_before, params.not_after) = (now, until);
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(bad)?;
+        written.push(write(
+            out,
+            &format!("client-{client}.pem"),
+            &cert.pem(),
+            false,
+        )?);
+        let key_file = format!("client-{client}-key.pem");
+        written.push(write(out, &key_file, &key.serialize_pem(), true)?);
     }
     Ok(written)
 }

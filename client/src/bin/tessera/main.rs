@@ -18,6 +18,7 @@ use tessera_client::{
 mod admin;
 mod certs;
 mod cluster_cmds;
+mod login;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,16 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_key: Option<std::path::PathBuf>,
+    /// Log in as this user (nodes with --users); the password comes from TESSERA_PASSWORD or
+    /// --password-file.
+    #[arg(long, global = true, env = "TESSERA_USER")]
+    user: Option<String>,
+    /// A file whose first line is --user's password.
+    #[arg(long, global = true, env = "TESSERA_PASSWORD_FILE")]
+    password_file: Option<std::path::PathBuf>,
+    /// --user's password: from the environment only, never a flag.
+    #[arg(long, env = "TESSERA_PASSWORD", hide = true, hide_env_values = true)]
+    password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,10 +160,17 @@ enum AdminCommand {
         /// The members' IP addresses, as in their --listen.
         #[arg(long, value_delimiter = ',', required = true)]
         members: Vec<std::net::IpAddr>,
+        /// Client certificates to make too: for each NAME, client-NAME.pem and
+        /// client-NAME-key.pem, naming NAME (a DNS name) for a user's `certificate`.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
         /// Days the certificates are valid from now.
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Reads a password on standard input and prints its argon2id hash (a PHC string) for the
+    /// users file's `password`. Needs no running node.
+    HashPassword,
 }
 
 /// Standard output that ends the program quietly (status 0) when its reader goes away, as
@@ -209,14 +227,29 @@ fn tls_settings(cli: &Cli) -> Result<Option<Arc<rustls::ClientConfig>>, ClientEr
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
-    if let Command::Admin {
-        command: AdminCommand::Certs { out, members, days },
-    } = &cli.command
-    {
-        for path in certs::make(out, members, *days).map_err(ClientError::Io)? {
-            println!("{path}");
+    match &cli.command {
+        Command::Admin {
+            command:
+                AdminCommand::Certs {
+                    out,
+                    members,
+                    clients,
+                    days,
+                },
+        } => {
+            let made = certs::make(out, members, clients, *days).map_err(ClientError::Io)?;
+            for path in made {
+                println!("{path}");
+            }
+            return Ok(());
         }
-        return Ok(());
+        Command::Admin {
+            command: AdminCommand::HashPassword,
+        } => {
+            println!("{}", login::hash_password()?);
+            return Ok(());
+        }
+        _ => {}
     }
     let config = ClientConfig {
         pool_size: 1,
@@ -231,6 +264,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         },
         prefer_first_address: true,
         tls: tls_settings(&cli)?,
+        credentials: login::credentials(
+            cli.user.as_deref(),
+            cli.password.as_deref(),
+            cli.password_file.as_deref(),
+        )?,
     };
     let client = Client::connect_with(&cli.addr, config).await?;
     let mut stdout = QuietPipe(std::io::stdout().lock());
@@ -328,8 +366,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             command: AdminCommand::Status { json },
         } => admin::status(&client, &mut stdout, json).await?,
         Command::Admin {
-            command: AdminCommand::Certs { .. },
-        } => unreachable!("made before connecting"),
+            command: AdminCommand::Certs { .. } | AdminCommand::HashPassword,
+        } => unreachable!("done before connecting"),
     }
     stdout.flush().map_err(io)
 }

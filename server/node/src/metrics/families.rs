@@ -39,6 +39,8 @@ pub struct NodeMetrics {
     pub(super) peer_link_up: IntGaugeVec,
     pub(super) peer_refused: IntCounterVec,
     pub(super) client_tls_failures: IntCounterVec,
+    pub(super) auth_failures: IntCounterVec,
+    pub(super) logins: IntCounterVec,
     pub(super) catch_ups: IntCounterVec,
     pub(super) queue_bytes: IntGaugeVec,
     pub(super) chain_changes: IntCounterVec,
@@ -222,6 +224,21 @@ impl NodeMetrics {
                  the node's), `protocol` (not TLS, or no version or suite in common), `timeout` \
                  (not done within --frame-timeout-ms), `closed` (the client went away).",
                 &["shard", "reason"],
+            ),
+            auth_failures: counter(
+                "tessera_auth_failures_total",
+                "Requests and logins refused for want of credentials or rights, by reason: \
+                 `unauthenticated` (a request before AUTH), `permission_denied` (outside the \
+                 user's rights), `unknown_user`, `bad_password`, `rate_limited` (its address \
+                 failed too often), `busy` (too many password checks at once), `deadline` (no \
+                 AUTH in time: closed).",
+                &["shard", "reason"],
+            ),
+            logins: counter(
+                "tessera_logins_total",
+                "Connections logged in as a user, by how: `password` (AUTH) or `certificate` \
+                 (a client certificate naming the user).",
+                &["shard", "how"],
             ),
             catch_ups: counter(
                 "tessera_replication_catch_ups_total",

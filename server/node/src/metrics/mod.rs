@@ -32,8 +32,9 @@ pub use record::{publish, ShardMetrics};
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `operation` label values, by opcode (0: a frame whose opcode is not known).
-pub(crate) const OPERATIONS: [&str; 10] = [
+pub(crate) const OPERATIONS: [&str; 11] = [
     "unknown", "ping", "get", "put", "delete", "batch", "scan", "stats", "topology", "verify",
+    "auth",
 ];
 /// `level` label values.
 pub(crate) const LEVELS: [&str; 4] = ["none", "eventual", "session", "strong"];

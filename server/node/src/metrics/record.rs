@@ -200,6 +200,22 @@ impl ShardMetrics {
             .inc();
     }
 
+    /// A request or login refused for credentials or rights (`tessera_auth_failures_total`).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.node
+            .auth_failures
+            .with_label_values(&[self.shard.as_str(), reason])
+            .inc();
+    }
+
+    /// A connection logged in (`tessera_logins_total`).
+    pub fn logged_in(&self, how: &'static str) {
+        self.node
+            .logins
+            .with_label_values(&[self.shard.as_str(), how])
+            .inc();
+    }
+
     /// Bytes of replication messages written to `node`.
     pub fn peer_sent(&self, node: NodeId, bytes: usize) {
         self.with_peer(node, |peer| peer.sent.inc_by(bytes as u64));

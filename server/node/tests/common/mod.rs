@@ -494,6 +494,7 @@ pub fn client_config(level: tessera_client::Level) -> tessera_client::ClientConf
         level,
         prefer_first_address: false,
         tls: None,
+        credentials: None,
     }
 }
 
