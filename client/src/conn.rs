@@ -63,6 +63,17 @@ pub(crate) struct Conn {
     state: Mutex<ConnState>,
     writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     broken: Arc<AtomicBool>,
+    /// The task reading answers: stopped when the connection is dropped, so that its half of
+    /// the stream (all of it, over TLS) is closed then rather than when the node closes it.
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.lock().expect("reader lock").take() {
+            reader.abort();
+        }
+    }
 }
 
 impl Conn {
@@ -114,9 +125,10 @@ impl Conn {
             }),
             writer: tokio::sync::Mutex::new(writer),
             broken: Arc::new(AtomicBool::new(false)),
+            reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&conn);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 let read = reader.read(&mut buffer).await;
@@ -136,6 +148,7 @@ impl Conn {
                 }
             }
         });
+        *conn.reader.lock().expect("reader lock") = Some(task.abort_handle());
         Ok(conn)
     }
 

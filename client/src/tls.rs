@@ -36,9 +36,13 @@ pub fn client_tls(
             .map_err(|e| ClientError::Io(format!("{}: {e}", ca.display())))?;
     }
     // ring: it builds with cc alone; rustls 0.23.48 deprecates it for lacking post-quantum
-    // key exchange.
+    // key exchange. X25519 first: ring's default order offers P-384 first, which it computes
+    // without assembly (several times X25519's cost per handshake).
+    use rustls::crypto::ring::kx_group;
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    let provider = Arc::new(provider);
     let bad = |e: rustls::Error| ClientError::Io(format!("TLS: {e}"));
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -15,6 +15,7 @@
 //! when the previous answer on that lane arrives.
 
 mod backend;
+mod connect;
 mod keydist;
 mod plot;
 mod report;
@@ -65,6 +66,9 @@ enum Command {
         #[arg(required = true)]
         results: Vec<PathBuf>,
     },
+    /// Open and close connections (TCP, TLS, login, one TOPOLOGY): connections per second and
+    /// the time each takes (`connect.rs`).
+    Connect(connect::ConnectArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,6 +169,7 @@ fn main() {
             title,
             results,
         }) => plot_files(&out, &group, &title, &results),
+        Some(Command::Connect(args)) => connect::run(args),
         None => run_load(cli.run),
     };
     if let Err(error) = result {

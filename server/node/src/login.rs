@@ -7,7 +7,8 @@
 //! on the executor's blocking thread (glommio's `spawn_blocking`, unpinned: `main.rs`), never on
 //! the shard's core, at most `VERIFYING_PER_SHARD` per shard at once (past it: OVERLOADED).
 //! An address that failed `AUTH_FAILURES_PER_WINDOW` times in a window has its AUTHs refused
-//! unchecked until the window ends (`access::FailureLimiter`, node-wide). Clients hear one
+//! unchecked until the window ends (`access::FailureLimiter`, node-wide). A password that
+//! passed argon2 before is known again without it (`users.rs`). Clients hear one
 //! message for an unknown user and a wrong password, and an unknown user costs the same
 //! argon2 time (`users::Check`).
 //!
@@ -27,7 +28,7 @@ use tessera_schema::verify::Refusal;
 
 use crate::access::{authorize, FailureLimiter, Grant};
 use crate::metrics::ShardMetrics;
-use crate::users::{User, Users};
+use crate::users::{Attempt, User, Users};
 
 /// Password checks (argon2, ~20 ms of a core each) running or queued per shard.
 pub const VERIFYING_PER_SHARD: u32 = 4;
@@ -187,6 +188,12 @@ impl Session {
         Ok((grant, Some(user)))
     }
 
+    fn logged_in(&self, user: Arc<User>, generation: u64, metrics: &ShardMetrics) -> OpResult {
+        metrics.logged_in("password");
+        *self.identity.borrow_mut() = Identity::User { user, generation };
+        OpResult::ok(0)
+    }
+
     /// Checks an AUTH and logs the connection in on success.
     pub async fn login(&self, auth: AuthRequest, metrics: &ShardMetrics) -> OpResult {
         let Some(logins) = self.logins.clone() else {
@@ -204,23 +211,25 @@ impl Session {
             );
             return OpResult::error(Status::Unauthenticated, message);
         }
+        let generation = logins.users.generation();
+        let check = match logins.users.attempt(&auth.user, auth.password) {
+            Attempt::Remembered(user) => return self.logged_in(user, generation, metrics),
+            Attempt::Check(check) => check,
+        };
         if logins.verifying.fetch_add(1, Ordering::SeqCst) >= logins.max_verifying {
             logins.verifying.fetch_sub(1, Ordering::SeqCst);
             metrics.auth_failed("busy");
             let message = "too many logins are being checked; retry shortly";
             return OpResult::error(Status::Overloaded, message);
         }
-        let check = logins.users.check(&auth.user, auth.password);
-        let generation = logins.users.generation();
         let outcome = glommio::executor()
             .spawn_blocking(move || check.run())
             .await;
         logins.verifying.fetch_sub(1, Ordering::SeqCst);
         match outcome {
-            Ok(user) => {
-                metrics.logged_in("password");
-                *self.identity.borrow_mut() = Identity::User { user, generation };
-                OpResult::ok(0)
+            Ok(verified) => {
+                let user = logins.users.remember(verified, generation);
+                self.logged_in(user, generation, metrics)
             }
             Err(failure) => {
                 metrics.auth_failed(failure.reason());

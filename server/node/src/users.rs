@@ -21,13 +21,24 @@
 //! a password, a certificate name, or both. A file that cannot be read, has an unknown key, a
 //! hash that is not a PHC string, or two users of one name stops startup (and a SIGHUP keeps
 //! the users in use), naming the file and the user.
+//!
+//! Logins already checked: argon2 costs ~20 ms of a core by design, and a client pool opens a
+//! connection per shard port. After a password passes argon2, the node keeps a keyed BLAKE2b
+//! of it (its key random per process, never on disk) per user, and an AUTH with the same
+//! password is known by that alone, in microseconds. A SIGHUP forgets them all. What this
+//! costs: someone who can read the node's memory could test guesses against it fast; such a
+//! reader sees the passwords arriving and every value anyway.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use blake2::digest::{KeyInit, Mac};
+use blake2::Blake2bMac512;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Key prefixes a user may read or write; `all` when one of them is empty (or `*`).
@@ -248,18 +259,32 @@ impl AuthFailure {
 }
 
 /// A password to check and the hash to check it against: slow by design (argon2), so it runs
-/// off the shard's core (`Users::verify` in conn.rs hands it to a blocking thread).
+/// off the shard's core (login.rs hands it to the executor's blocking thread).
 pub struct Check {
     user: Option<Arc<User>>,
     password: String,
     /// Checked for an unknown user too, so that the time taken does not tell which users
     /// exist.
     decoy: Arc<str>,
+    /// The password's seal, kept once argon2 passes it.
+    seal: Vec<u8>,
+}
+
+/// A login argon2 passed, and the seal to remember it by.
+pub struct Verified {
+    pub user: Arc<User>,
+    seal: Vec<u8>,
+}
+
+/// What an AUTH needs: nothing more (the password is remembered), or argon2.
+pub enum Attempt {
+    Remembered(Arc<User>),
+    Check(Check),
 }
 
 impl Check {
     /// Runs argon2: the user on success.
-    pub fn run(self) -> Result<Arc<User>, AuthFailure> {
+    pub fn run(self) -> Result<Verified, AuthFailure> {
         let hash = match self.user.as_ref().and_then(|u| u.password.as_deref()) {
             Some(hash) => hash,
             None => &self.decoy,
@@ -272,7 +297,10 @@ impl Check {
             })
             .unwrap_or(false);
         match (self.user, good) {
-            (Some(user), true) if user.password.is_some() => Ok(user),
+            (Some(user), true) if user.password.is_some() => Ok(Verified {
+                user,
+                seal: self.seal,
+            }),
             (Some(_), _) => Err(AuthFailure::BadPassword),
             (None, _) => Err(AuthFailure::UnknownUser),
         }
@@ -287,6 +315,10 @@ pub struct Users {
     table: RwLock<Arc<UserTable>>,
     generation: AtomicU64,
     decoy: Arc<str>,
+    /// The key of the seals (random per process).
+    seal_key: [u8; 32],
+    /// Per user, the seal of the password argon2 last passed (this reading of the file).
+    remembered: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Users {
@@ -298,12 +330,36 @@ impl Users {
             .hash_password(b"decoy", &salt)
             .map_err(|e| format!("argon2: {e}"))?
             .to_string();
+        let mut seal_key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut seal_key))
+            .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         Ok(Users {
             path: path.to_path_buf(),
             table: RwLock::new(Arc::new(table)),
             generation: AtomicU64::new(1),
             decoy: decoy.into(),
+            seal_key,
+            remembered: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn seal(&self, user: &str, password: &str) -> Blake2bMac512 {
+        let mut mac =
+            <Blake2bMac512 as KeyInit>::new_from_slice(&self.seal_key).expect("a 32-byte key");
+        mac.update(user.as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        mac
+    }
+
+    /// Keeps a login argon2 passed, unless the file was read again since `generation`.
+    pub fn remember(&self, verified: Verified, generation: u64) -> Arc<User> {
+        let mut remembered = self.remembered.lock().expect("remembered logins lock");
+        if self.generation() == generation {
+            remembered.insert(verified.user.name.clone(), verified.seal);
+        }
+        verified.user
     }
 
     pub fn path(&self) -> &Path {
@@ -314,8 +370,10 @@ impl Users {
     pub fn reload(&self) -> Result<usize, String> {
         let table = read(&self.path)?;
         let count = table.len();
+        let mut remembered = self.remembered.lock().expect("remembered logins lock");
         *self.table.write().expect("users lock") = Arc::new(table);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        remembered.clear();
         Ok(count)
     }
 
@@ -327,13 +385,26 @@ impl Users {
         self.table.read().expect("users lock").clone()
     }
 
-    /// The check of `password` for `user`, to run off the shard's core.
-    pub fn check(&self, user: &str, password: String) -> Check {
-        Check {
-            user: self.current().find(user).cloned(),
+    /// What logging in as `user` with `password` takes: the user, when this password passed
+    /// argon2 before; otherwise the check to run off the shard's core.
+    pub fn attempt(&self, user: &str, password: String) -> Attempt {
+        let found = self.current().find(user).cloned();
+        let seal = self.seal(user, &password);
+        if let Some(found) = &found {
+            let remembered = self.remembered.lock().expect("remembered logins lock");
+            let known = remembered
+                .get(user)
+                .map(|tag| seal.clone().verify_slice(tag));
+            if let Some(Ok(())) = known {
+                return Attempt::Remembered(found.clone());
+            }
+        }
+        Attempt::Check(Check {
+            user: found,
             password,
             decoy: self.decoy.clone(),
-        }
+            seal: seal.finalize().into_bytes().to_vec(),
+        })
     }
 }
 
@@ -435,6 +506,46 @@ mod tests {
     }
 
     #[test]
+    fn a_password_that_passed_is_known_again_until_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let text = format!(
+            "[[user]]\nname = \"app\"\npassword = \"{}\"\n",
+            hash("right")
+        );
+        std::fs::write(&path, text).unwrap();
+        let users = Users::load(&path).unwrap();
+        let attempt = |password: &str| users.attempt("app", password.into());
+        let Attempt::Check(check) = attempt("right") else {
+            panic!("remembered before any login")
+        };
+        let generation = users.generation();
+        let verified = check.run().ok().unwrap();
+        users.remember(verified, generation);
+        assert!(matches!(attempt("right"), Attempt::Remembered(_)));
+        let Attempt::Check(wrong) = attempt("wrong") else {
+            panic!("a wrong password was taken for a remembered one")
+        };
+        assert!(wrong.run().is_err());
+        assert!(matches!(
+            users.attempt("nobody", "right".into()),
+            Attempt::Check(_)
+        ));
+        users.reload().unwrap();
+        assert!(
+            matches!(attempt("right"), Attempt::Check(_)),
+            "kept past a reload"
+        );
+        // A check that began before the reload is not remembered after it.
+        let Attempt::Check(check) = attempt("right") else {
+            unreachable!()
+        };
+        let verified = check.run().ok().unwrap();
+        users.remember(verified, generation);
+        assert!(matches!(attempt("right"), Attempt::Check(_)));
+    }
+
+    #[test]
     fn passwords_are_checked_against_the_hash() {
         let text = format!(
             "[[user]]\nname = \"app\"\npassword = \"{}\"\n[[user]]\nname = \"cert\"\n\
@@ -448,9 +559,10 @@ mod tests {
                 user: users.find(user).cloned(),
                 password: password.into(),
                 decoy: decoy.clone(),
+                seal: Vec::new(),
             }
             .run()
-            .map(|u| u.name.clone())
+            .map(|v| v.user.name.clone())
         };
         assert_eq!(check("app", "right"), Ok("app".to_string()));
         assert_eq!(check("app", "wrong"), Err(AuthFailure::BadPassword));
