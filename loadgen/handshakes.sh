@@ -49,6 +49,7 @@ run_case() {
     --shards 1 $server_flags > "$work/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q ready "$work/server.log" && break; sleep 0.1; done
+  grep -q ready "$work/server.log" || { cat "$work/server.log" >&2; exit 1; }
   local before after line
   before=$(cpu_ticks "$pid")
   # shellcheck disable=SC2086
