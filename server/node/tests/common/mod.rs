@@ -95,10 +95,11 @@ impl Node {
                 // signal, or still running after the wait.
                 std::thread::sleep(Duration::from_millis(100));
                 let status = child.try_wait();
+                let threads = thread_states(child.id());
                 let _ = child.kill();
                 panic!(
                     "tessera-server on {listen} printed no ready line ({why}; exit: {status:?}, \
-                     prefix {prefix:?})"
+                     prefix {prefix:?}); its threads: {threads}"
                 );
             }
         };
@@ -164,6 +165,29 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Each thread of `pid`: its name, state and where the kernel has it waiting (for a node that
+/// hangs).
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".into();
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    tasks
+        .flatten()
+        .map(|task| {
+            let stat = read(task.path().join("stat"));
+            let state = stat.rsplit(") ").next().and_then(|rest| rest.split(' ').next());
+            format!(
+                "{} {} {}",
+                read(task.path().join("comm")).trim(),
+                state.unwrap_or("?"),
+                read(task.path().join("wchan")).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A blocking connection speaking raw frames, for tests of the wire itself.
