@@ -107,6 +107,11 @@ pub struct Args {
     /// (mutual TLS). Without it, clients need no certificate.
     #[arg(long, env = "TESSERA_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<std::path::PathBuf>,
+    /// The revocation list (PEM CRL) of --tls-client-ca: a client certificate it names is
+    /// refused, as is one whose status it cannot tell (a list from another CA). Reloaded on
+    /// SIGHUP. `tessera admin revoke` makes one for a dev CA.
+    #[arg(long, env = "TESSERA_TLS_CLIENT_CRL")]
+    pub tls_client_crl: Option<std::path::PathBuf>,
     /// Also take TLS 1.2 on the client and shard ports (1.3 only by default).
     #[arg(long, env = "TESSERA_TLS12")]
     pub tls12: bool,
@@ -122,6 +127,11 @@ pub struct Args {
     /// The cluster's CA certificate (PEM): the only issuer whose members are trusted.
     #[arg(long, env = "TESSERA_PEER_TLS_CA")]
     pub peer_tls_ca: Option<std::path::PathBuf>,
+    /// The cluster CA's revocation list (PEM CRL): a member whose certificate it names is
+    /// refused both ways. All --peer-tls-* files are reloaded on SIGHUP; peer connections
+    /// already open keep theirs.
+    #[arg(long, env = "TESSERA_PEER_TLS_CRL")]
+    pub peer_tls_crl: Option<std::path::PathBuf>,
     /// The users file (TOML, `[[user]]` tables: name, argon2 password hash and/or client
     /// certificate name, read and write key prefixes, route, admin; see README "Users").
     /// With it, every client connection must log in (AUTH, or a client certificate naming a

@@ -446,12 +446,11 @@ fn exchange(stream: TcpStream, joining: &Joining, dialed: Option<IpAddr>) -> Res
     match dialed {
         Some(ip) => {
             let name = crate::tls::PeerTls::member_name(ip);
-            let connection =
-                rustls::ClientConnection::new(tls.client.clone(), name).map_err(bad)?;
+            let connection = rustls::ClientConnection::new(tls.client(), name).map_err(bad)?;
             exchange_over(rustls::StreamOwned::new(connection, stream), joining, true)
         }
         None => {
-            let connection = rustls::ServerConnection::new(tls.server.clone()).map_err(bad)?;
+            let connection = rustls::ServerConnection::new(tls.server()).map_err(bad)?;
             let mut stream = rustls::StreamOwned::new(connection, stream);
             let hello = exchange_over(&mut stream, joining, false)?;
             let member = joining

@@ -188,6 +188,7 @@ fn run(args: Args) -> Result<(), String> {
         args.tls_cert.clone(),
         args.tls_key.clone(),
         args.tls_client_ca.clone(),
+        args.tls_client_crl.clone(),
         args.tls12,
     )?
     .map(tls::ClientTls::load)
@@ -419,18 +420,20 @@ fn peer_tls(args: &Args) -> Result<Option<Arc<tls::PeerTls>>, String> {
         args.peer_tls_cert.clone(),
         args.peer_tls_key.clone(),
         args.peer_tls_ca.clone(),
+        args.peer_tls_crl.clone(),
     )?;
     match files {
         Some(files) if args.peers.is_empty() => Err(format!(
             "--peer-tls-cert {} is for the peer ports of a cluster: give --peers too",
             files.cert.display()
         )),
-        Some(files) => Ok(Some(Arc::new(tls::PeerTls::load(&files)?))),
+        Some(files) => Ok(Some(Arc::new(tls::PeerTls::load(files)?))),
         None => Ok(None),
     }
 }
 
-/// SIGTERM and SIGINT stop the node (once); SIGHUP reloads the client ports' certificates.
+/// SIGTERM and SIGINT stop the node (once); SIGHUP reloads the certificates, revocation lists
+/// and users.
 fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -456,13 +459,17 @@ fn watch_signals(node: Arc<NodeShared>) -> Result<(), String> {
 }
 
 fn reload_certificates(node: &NodeShared) {
-    let Some(tls) = &node.client_tls else {
-        tracing::info!("SIGHUP: no --tls-cert to reload");
-        return;
-    };
-    match tls.reload() {
-        Ok(()) => tracing::info!("SIGHUP: reloaded the client ports' certificates"),
-        Err(why) => tracing::error!("SIGHUP: kept the certificates in use: {why}"),
+    if let Some(tls) = &node.client_tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the client ports' certificates"),
+            Err(why) => tracing::error!("SIGHUP: kept the client ports' certificates: {why}"),
+        }
+    }
+    if let Some(tls) = &node.peer_tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the peer ports' certificates"),
+            Err(why) => tracing::error!("SIGHUP: kept the peer ports' certificates: {why}"),
+        }
     }
 }
 

@@ -78,7 +78,7 @@ pub async fn dial(
     stream: TcpStream,
     limit: Duration,
 ) -> Result<futures_rustls::client::TlsStream<TcpStream>, Failed> {
-    let connector = TlsConnector::from(tls.client.clone());
+    let connector = TlsConnector::from(tls.client());
     let handshake = async { Ok(connector.connect(PeerTls::member_name(ip), stream).await?) };
     let timeout = async {
         glommio::timer::sleep(limit).await;
@@ -94,7 +94,7 @@ pub async fn accept(
     stream: TcpStream,
     limit: Duration,
 ) -> Result<futures_rustls::server::TlsStream<TcpStream>, Failed> {
-    let acceptor = TlsAcceptor::from(tls.server.clone());
+    let acceptor = TlsAcceptor::from(tls.server());
     let handshake = async { Ok(acceptor.accept(stream).await?) };
     let timeout = async {
         glommio::timer::sleep(limit).await;

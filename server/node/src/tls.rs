@@ -7,6 +7,10 @@
 //! accepted. So an outsider without a certificate from the CA gets no connection, and a
 //! certificate made for one member's address cannot speak for another's.
 //!
+//! With `--peer-tls-crl`, a member whose certificate the CA's revocation list names is refused
+//! both ways; the certificates, key, CA and list are read again on SIGHUP (connections already
+//! open keep theirs).
+//!
 //! Members that share an IP address (several on one host, as in tests on loopback) cannot be
 //! told apart by their certificates: there a certificate proves "a member of this cluster",
 //! not which one. `tessera admin certs` makes a CA and member certificates for a dev cluster.
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 /// Where the peer certificates are.
 #[derive(Clone, Debug)]
@@ -24,18 +28,22 @@ pub struct PeerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// The CA's revocation list: members it names are refused.
+    pub crl: Option<PathBuf>,
 }
 
 impl PeerTlsFiles {
-    /// All three paths, none, or an error naming what is missing.
+    /// All three paths (and maybe a CRL), none, or an error naming what is missing.
     pub fn from_flags(
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
         ca: Option<PathBuf>,
+        crl: Option<PathBuf>,
     ) -> Result<Option<PeerTlsFiles>, String> {
         match (cert, key, ca) {
-            (None, None, None) => Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTlsFiles { cert, key, ca })),
+            (None, None, None) if crl.is_none() => Ok(None),
+            (None, None, None) => Err("--peer-tls-crl needs --peer-tls-*".into()),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTlsFiles { cert, key, ca, crl })),
             _ => Err(
                 "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together: give all three"
                     .into(),
@@ -44,10 +52,17 @@ impl PeerTlsFiles {
     }
 }
 
-/// The TLS settings of a node's peer connections, both ways.
+/// The TLS settings of a node's peer connections, both ways, replaced whole on SIGHUP: a
+/// handshake takes the settings current when it starts.
 pub struct PeerTls {
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
+    files: PeerTlsFiles,
+    configs: std::sync::RwLock<PeerConfigs>,
+}
+
+#[derive(Clone)]
+struct PeerConfigs {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -82,8 +97,84 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The certificate revocation lists (PEM) in `path`, which may hold several.
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let read = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read a revocation list from {}: {e}", path.display()))?;
+    let lists = read
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad revocation list in {}: {e}", path.display()))?;
+    if lists.is_empty() {
+        return Err(format!("no revocation list in {}", path.display()));
+    }
+    Ok(lists)
+}
+
+/// The CA certificates in `path` as trust roots.
+fn roots(path: &Path) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certificates(path)? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A verifier of client certificates against `ca`, and against the revocation list in `crl`
+/// if there is one. Only the end certificate's status is checked (the CA's list names what it
+/// issued), and a certificate whose status the list cannot tell is refused: a list from
+/// another CA refuses every client, which an operator sees at once, where passing them would
+/// hide that nothing is checked.
+fn client_verifier(
+    ca: &Path,
+    crl: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider);
+    let builder = match crl {
+        None => builder,
+        Some(crl) => builder
+            .with_crls(revocation_lists(crl)?)
+            .only_check_end_entity_revocation(),
+    };
+    builder.build().map_err(|e| format!("TLS: {e}"))
+}
+
 impl PeerTls {
-    pub fn load(files: &PeerTlsFiles) -> Result<PeerTls, String> {
+    pub fn load(files: PeerTlsFiles) -> Result<PeerTls, String> {
+        let configs = PeerConfigs::load(&files)?;
+        Ok(PeerTls {
+            files,
+            configs: std::sync::RwLock::new(configs),
+        })
+    }
+
+    /// The settings for accepting a member's connection.
+    pub fn server(&self) -> Arc<rustls::ServerConfig> {
+        self.configs.read().expect("peer TLS lock").server.clone()
+    }
+
+    /// The settings for dialing a member.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.configs.read().expect("peer TLS lock").client.clone()
+    }
+
+    /// Reads the files again; on an error the settings in use stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let configs = PeerConfigs::load(&self.files)?;
+        *self.configs.write().expect("peer TLS lock") = configs;
+        Ok(())
+    }
+
+    /// The name a dialed member's certificate must carry.
+    pub fn member_name(ip: IpAddr) -> ServerName<'static> {
+        ServerName::IpAddress(ip.into())
+    }
+}
+
+impl PeerConfigs {
+    fn load(files: &PeerTlsFiles) -> Result<PeerConfigs, String> {
         let provider = provider();
         let chain = certificates(&files.cert)?;
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
@@ -92,20 +183,10 @@ impl PeerTls {
                 files.key.display()
             )
         })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in certificates(&files.ca)? {
-            roots
-                .add(ca)
-                .map_err(|e| format!("bad CA certificate in {}: {e}", files.ca.display()))?;
-        }
-        let roots = Arc::new(roots);
         let bad = |e: rustls::Error| format!("peer TLS: {e}");
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| format!("peer TLS: {e}"))?;
+        let crl = files.crl.as_deref();
+        let verifier =
+            client_verifier(&files.ca, crl, provider.clone()).map_err(|e| format!("peer {e}"))?;
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(bad)?
@@ -118,21 +199,27 @@ impl PeerTls {
                     files.key.display()
                 )
             })?;
+        let dialed = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots(&files.ca)?,
+            provider.clone(),
+        );
+        let dialed = match crl {
+            None => dialed,
+            Some(crl) => dialed
+                .with_crls(revocation_lists(crl)?)
+                .only_check_end_entity_revocation(),
+        };
+        let dialed = dialed.build().map_err(|e| format!("peer TLS: {e}"))?;
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(bad)?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(dialed)
             .with_client_auth_cert(chain, key)
             .map_err(bad)?;
-        Ok(PeerTls {
+        Ok(PeerConfigs {
             server: Arc::new(server),
             client: Arc::new(client),
         })
-    }
-
-    /// The name a dialed member's certificate must carry.
-    pub fn member_name(ip: IpAddr) -> ServerName<'static> {
-        ServerName::IpAddress(ip.into())
     }
 }
 
@@ -186,6 +273,8 @@ pub struct ClientTlsFiles {
     pub key: PathBuf,
     /// Clients must present a certificate this CA signed.
     pub client_ca: Option<PathBuf>,
+    /// The client CA's revocation list: certificates it names are refused.
+    pub client_crl: Option<PathBuf>,
     pub allow_tls12: bool,
 }
 
@@ -195,8 +284,12 @@ impl ClientTlsFiles {
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
         client_ca: Option<PathBuf>,
+        client_crl: Option<PathBuf>,
         allow_tls12: bool,
     ) -> Result<Option<ClientTlsFiles>, String> {
+        if client_crl.is_some() && client_ca.is_none() {
+            return Err("--tls-client-crl needs --tls-client-ca".into());
+        }
         match (cert, key) {
             (None, None) if client_ca.is_none() => Ok(None),
             (None, None) => Err("--tls-client-ca needs --tls-cert and --tls-key".into()),
@@ -204,6 +297,7 @@ impl ClientTlsFiles {
                 cert,
                 key,
                 client_ca,
+                client_crl,
                 allow_tls12,
             })),
             _ => Err("--tls-cert and --tls-key go together: give both".into()),
@@ -226,18 +320,8 @@ impl ClientTlsFiles {
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in certificates(ca)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .map_err(|e| format!("client TLS: {e}"))?;
+                let verifier = client_verifier(ca, self.client_crl.as_deref(), provider)
+                    .map_err(|e| format!("client {e}"))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };

@@ -2,7 +2,7 @@
 //! a real node with certificates `tessera admin certs` made: the CLI and the client library
 //! (shard-aware, so the shard ports too) work over TLS, plain TCP is refused, a node that asks
 //! for client certificates refuses clients without one of its CA, and SIGHUP reloads the
-//! certificates while connections already open go on.
+//! certificates while connections already open go on; a revoked client certificate is refused.
 
 mod common;
 
@@ -221,4 +221,100 @@ fn sighup_reloads_the_certificate_and_open_connections_go_on() {
             client.put(key.as_bytes(), b"v").await.unwrap();
         }
     });
+}
+
+/// The CLI's `admin revoke` of `certificates` (none: an empty list) with the CA in `certs`.
+fn revoke(certs: &Path, certificates: &[String]) {
+    let made = std::process::Command::new(cli_binary())
+        .args(["admin", "revoke", "--ca-dir"])
+        .arg(certs)
+        .args(certificates)
+        .output()
+        .expect("run tessera admin revoke");
+    assert!(made.status.success(), "{made:?}");
+}
+
+/// With --tls-client-crl, a client certificate the CA revoked is refused at the handshake;
+/// one revoked after the node started is refused once SIGHUP reloads the list, while its
+/// connections already open go on and other clients are untouched.
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = std::process::Command::new(cli_binary())
+        .args(["admin", "certs", "--members", "127.0.0.1"])
+        .args(["--clients", "early,late,kept", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    revoke(&certs, &[file(&certs, "client-early.pem")]);
+    let (ca, crl) = (file(&certs, "ca.pem"), file(&certs, "crl.pem"));
+    let node = start(
+        &dir.path().join("data"),
+        &certs,
+        &["--tls-client-ca", &ca, "--tls-client-crl", &crl],
+    );
+    let as_client = |name: &str| {
+        let mut flags = trusting(&certs);
+        flags.extend([
+            "--tls-cert".into(),
+            file(&certs, &format!("client-{name}.pem")),
+            "--tls-key".into(),
+            file(&certs, &format!("client-{name}-key.pem")),
+        ]);
+        flags
+    };
+    let early = cli(&node, &as_client("early"), &["put", "k", "v"]);
+    assert!(!early.status.success(), "a revoked certificate was let in");
+    let late = cli(&node, &as_client("late"), &["put", "k", "v"]);
+    assert!(late.status.success(), "{late:?}");
+    let rt = runtime();
+    let open = rt.block_on(async {
+        let tls = tessera_client::tls::client_tls(
+            &certs.join("ca.pem"),
+            Some((
+                certs.join("client-late.pem").as_path(),
+                certs.join("client-late-key.pem").as_path(),
+            )),
+        )
+        .unwrap();
+        let config = ClientConfig {
+            tls: Some(tls),
+            ..client_config(Level::Default)
+        };
+        let client = Client::connect_with(&node.addr(), config).await.unwrap();
+        client.put(b"open", b"v").await.unwrap();
+        client
+    });
+    revoke(&certs, &[file(&certs, "client-late.pem")]);
+    signal(node.pid(), "-HUP");
+    let mut refused = false;
+    for _ in 0..50 {
+        if !cli(&node, &as_client("late"), &["get", "k"])
+            .status
+            .success()
+        {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused, "SIGHUP never took the new revocation list");
+    let still = cli(&node, &as_client("early"), &["get", "k"]);
+    assert!(
+        !still.status.success(),
+        "the first revocation was forgotten"
+    );
+    let kept = cli(&node, &as_client("kept"), &["get", "k"]);
+    assert!(kept.status.success(), "{kept:?}");
+    rt.block_on(async { open.put(b"open", b"w").await.unwrap() });
+    let failures = wait_for_metric(
+        node.metrics_addr(),
+        "tessera_client_tls_failures_total",
+        "reason=\"certificate\"",
+        3.0,
+    );
+    assert!(failures >= 3.0, "{failures} certificate failures counted");
 }

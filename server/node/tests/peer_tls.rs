@@ -1,7 +1,8 @@
 //! Mutual TLS on the peer ports (`--peer-tls-*`), against a real three-node cluster on
 //! loopback (`--shards 1`): the members link and commit `strong` writes over TLS with
 //! certificates `tessera admin certs` made, and an outsider is refused whether it speaks plain
-//! TCP, brings a certificate of another CA, an expired one, or one that names no member.
+//! TCP, brings a certificate of another CA, an expired one, a revoked one (`--peer-tls-crl`), or
+//! one that names no member.
 
 mod common;
 #[path = "common/hello.rs"]
@@ -10,12 +11,18 @@ mod hello;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_strong_writes_commit, cli_binary, cli_verify, cluster_id, TestCluster};
+use common::{
+    assert_strong_writes_commit, cli_binary, cli_verify, cluster_id, signal, TestCluster,
+};
 use hello::hello_frame;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, ExtendedKeyUsagePurpose,
+    IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -50,12 +57,17 @@ fn tls_flags(certs: &Path) -> Vec<String> {
     ]
 }
 
+/// The flags of a TLS cluster, with the CA's revocation list if `certs` has one.
 fn cluster_flags(certs: &Path) -> Vec<String> {
     let mut flags: Vec<String> = ["--vnodes", "16", "--fsync", "always"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     flags.extend(tls_flags(certs));
+    let crl = certs.join("crl.pem");
+    if crl.exists() {
+        flags.extend(["--peer-tls-crl".into(), crl.display().to_string()]);
+    }
     flags
 }
 
@@ -74,10 +86,14 @@ struct Made {
 /// A certificate for `ip` that `issuer` signed (self-signed when `None`), valid between
 /// `days` (from now; negative for the past).
 fn make(ip: IpAddr, issuer: Option<&Made>, ca: bool, days: (i64, i64)) -> Made {
+    static SERIALS: AtomicU64 = AtomicU64::new(1);
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
+    let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+    params.serial_number = Some(SerialNumber::from(serial.to_be_bytes().to_vec()));
     params.subject_alt_names = vec![SanType::IpAddress(ip)];
     if ca {
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     } else {
         params.extended_key_usages = vec![
@@ -95,7 +111,28 @@ fn make(ip: IpAddr, issuer: Option<&Made>, ca: bool, days: (i64, i64)) -> Made {
     Made { cert, key }
 }
 
-/// A TLS client to a peer port presenting `cert`, trusting the cluster's CA for the server.
+/// A revocation list (PEM) of `ca` naming `revoked`.
+fn revocation_list(ca: &Made, revoked: &[&Made]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(30),
+        crl_number: SerialNumber::from(vec![1]),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|made| RevokedCertParams {
+                serial_number: made.cert.params().serial_number.clone().unwrap(),
+                revocation_time: now - time::Duration::hours(1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap()
+}
+
 /// A certificate chain and its key, as a TLS client presents them.
 struct Credentials {
     chain: Vec<CertificateDer<'static>>,
@@ -219,23 +256,25 @@ fn members_on_mutual_tls_commit_strong_writes_and_refuse_outsiders() {
 }
 
 #[test]
-fn expired_and_misnamed_certificates_of_the_cluster_ca_are_refused() {
+fn expired_revoked_and_misnamed_certificates_of_the_cluster_ca_are_refused() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // The test's own CA, so that it can sign odd certificates the cluster must refuse.
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
     let ca = make(loopback, None, true, (-10, 365));
     let member = make(loopback, Some(&ca), false, (-1, 365));
+    let revoked = make(loopback, Some(&ca), false, (-1, 365));
     let certs = dir.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::write(certs.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(certs.join("crl.pem"), revocation_list(&ca, &[&revoked])).unwrap();
     std::fs::write(certs.join("member-127.0.0.1.pem"), member.cert.pem()).unwrap();
     std::fs::write(
         certs.join("member-127.0.0.1-key.pem"),
         member.key.serialize_pem(),
     )
     .unwrap();
-    let cluster = start(&certs);
+    let mut cluster = start(&certs);
     assert_strong_writes_commit(&cluster, "own-ca");
     let id = cluster_id(&cluster);
     let peer = cluster.peer_addr(0);
@@ -243,19 +282,25 @@ fn expired_and_misnamed_certificates_of_the_cluster_ca_are_refused() {
     let attempts = [
         (
             "an expired certificate",
-            make(loopback, Some(&ca), false, (-30, -1)),
+            Credentials::from(&make(loopback, Some(&ca), false, (-30, -1))),
         ),
         (
             "a certificate that is not valid yet",
-            make(loopback, Some(&ca), false, (2, 30)),
+            Credentials::from(&make(loopback, Some(&ca), false, (2, 30))),
         ),
+        ("a revoked certificate", Credentials::from(&revoked)),
         (
             "a certificate naming no member (127.0.0.2)",
-            make("127.0.0.2".parse().unwrap(), Some(&ca), false, (-1, 365)),
+            Credentials::from(&make(
+                "127.0.0.2".parse().unwrap(),
+                Some(&ca),
+                false,
+                (-1, 365),
+            )),
         ),
     ];
     for (what, cert) in attempts {
-        let stream = tls_client(peer, &ca_pem, &cert);
+        let stream = tls_client(peer, &ca_pem, cert);
         assert!(refused(stream, &hello_frame(id, 1)), "{what} was let in");
     }
     // The member's own certificate and a valid Hello are let in: the refusals above are the
@@ -266,6 +311,19 @@ fn expired_and_misnamed_certificates_of_the_cluster_ca_are_refused() {
         "a member's own certificate was refused"
     );
     assert_strong_writes_commit(&cluster, "after-odd-certificates");
+    // A certificate revoked after the start is refused once SIGHUP reloads the list.
+    let late = make(loopback, Some(&ca), false, (-1, 365));
+    let stream = tls_client(peer, &ca_pem, &late);
+    assert!(!refused(stream, &hello_frame(id, 1)), "a valid one refused");
+    let list = revocation_list(&ca, &[&revoked, &late]);
+    std::fs::write(certs.join("crl.pem"), list).unwrap();
+    signal(cluster.node(0).pid(), "-HUP");
+    let reloaded = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        refused(tls_client(peer, &ca_pem, &late), &hello_frame(id, 1))
+    });
+    assert!(reloaded, "SIGHUP never took the new revocation list");
+    assert_strong_writes_commit(&cluster, "after-reload");
 }
 
 /// Members on addresses of their own (network namespaces, `common/netns.rs`), each with a

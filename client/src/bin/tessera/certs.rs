@@ -21,6 +21,9 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 
+/// The CA's name, by which `admin revoke` makes it again to sign a CRL.
+pub const CA_NAME: &str = "tessera cluster CA";
+
 /// Writes the CA, one certificate per member and one per client name into `out`; the paths
 /// written.
 pub fn make(
@@ -35,7 +38,7 @@ pub fn make(
     let until = now + time::Duration::days(i64::from(days));
     let ca_key = KeyPair::generate().map_err(bad)?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name = name("tessera cluster CA");
+    ca.distinguished_name = name(CA_NAME);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     (ca.not_before, ca.not_after) = (now, until);

@@ -19,6 +19,7 @@ mod admin;
 mod certs;
 mod cluster_cmds;
 mod login;
+mod revoke;
 
 #[derive(Parser)]
 #[command(
@@ -168,6 +169,19 @@ enum AdminCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Revokes certificates that `admin certs` made: adds them to the CA's record
+    /// (revoked.txt in --ca-dir) and writes crl.pem there, for the nodes' --tls-client-crl and
+    /// --peer-tls-crl (taken on SIGHUP). Needs no running node.
+    Revoke {
+        /// The folder with the CA (ca-key.pem); revoked.txt and crl.pem are written there.
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// The certificates (PEM) to revoke; none only writes the list again.
+        certificates: Vec<std::path::PathBuf>,
+        /// Days until the list's next update.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Reads a password on standard input and prints its argon2id hash (a PHC string) for the
     /// users file's `password`. Needs no running node.
     HashPassword,
@@ -241,6 +255,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             for path in made {
                 println!("{path}");
             }
+            return Ok(());
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Revoke {
+                    ca_dir,
+                    certificates,
+                    days,
+                },
+        } => {
+            let crl = revoke::revoke(ca_dir, certificates, *days).map_err(ClientError::Io)?;
+            println!("{crl}");
             return Ok(());
         }
         Command::Admin {
@@ -366,7 +392,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             command: AdminCommand::Status { json },
         } => admin::status(&client, &mut stdout, json).await?,
         Command::Admin {
-            command: AdminCommand::Certs { .. } | AdminCommand::HashPassword,
+            command:
+                AdminCommand::Certs { .. } | AdminCommand::Revoke { .. } | AdminCommand::HashPassword,
         } => unreachable!("done before connecting"),
     }
     stdout.flush().map_err(io)

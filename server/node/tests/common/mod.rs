@@ -178,7 +178,10 @@ fn thread_states(pid: u32) -> String {
         .flatten()
         .map(|task| {
             let stat = read(task.path().join("stat"));
-            let state = stat.rsplit(") ").next().and_then(|rest| rest.split(' ').next());
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.split(' ').next());
             format!(
                 "{} {} {}",
                 read(task.path().join("comm")).trim(),
