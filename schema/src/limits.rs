@@ -67,6 +67,11 @@ pub const LARGE_FRAME_BYTES: u64 = 64 * 1024;
 /// What an open connection costs before it sends anything (its read buffer, its task, the
 /// socket's bookkeeping), charged from accept to close.
 pub const CONNECTION_BASE_BYTES: u64 = 24 * 1024;
+/// What TLS adds to a client connection, charged from accept (its handshake included) to
+/// close: rustls holds a record of up to 16 KiB coming in and one going out, plus the
+/// handshake's flights (the certificate chain) and key schedule while it runs. So a flood of
+/// handshakes, finished or stalled, fills the connection budget and is refused with a reason.
+pub const TLS_CONNECTION_BYTES: u64 = 40 * 1024;
 /// Bytes read from a socket at once.
 pub const CONNECTION_READ_BYTES: usize = 16 * 1024;
 /// Default of `--frame-timeout-ms`: a frame must arrive within this long of its first byte,

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use tessera_schema::limits::CONNECTION_BASE_BYTES;
+use tessera_schema::limits::{CONNECTION_BASE_BYTES, TLS_CONNECTION_BYTES};
 use tessera_schema::msg::{Opcode, Response, Status};
 use tessera_schema::wire::encode_response_frame;
 use tessera_store::{FsyncPolicy, StoreConfig, Visibility};
@@ -638,7 +638,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if let Some(refusal) = refuse_connection(&shard) {
+        let tls = shard.node.client_tls.as_ref().map(|tls| tls.current());
+        if let Some(refusal) = refuse_connection(&shard, tls.is_some()) {
             shard.metrics.connection_refused(refusal.0);
             glommio::spawn_local(say_goodbye(stream, refusal)).detach();
             continue;
@@ -655,23 +656,26 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let logins = shard.node.logins.clone();
                 login::Session::new(logins, address, cert, &shard.metrics)
             };
-            match shard.node.client_tls.as_ref().map(|tls| tls.current()) {
+            match tls {
                 None => conn::serve(shard.clone(), stream, budget, session(None)).await,
-                Some(tls) => match client_handshake(tls, stream, shard.node.frame_grace_ms).await {
-                    Ok(stream) => {
-                        let cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first());
-                        let session = session(cert);
-                        conn::serve(shard.clone(), stream, budget, session).await
+                Some(tls) => {
+                    let _tls = budget::Charge::new(&budget, TLS_CONNECTION_BYTES);
+                    match client_handshake(tls, stream, shard.node.frame_grace_ms).await {
+                        Ok(stream) => {
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first());
+                            let session = session(cert);
+                            conn::serve(shard.clone(), stream, budget, session).await
+                        }
+                        Err((reason, why)) => {
+                            shard.metrics.client_tls_failed(reason);
+                            tracing::debug!(shard = shard.index, reason, "client TLS: {why}")
+                        }
                     }
-                    Err((reason, why)) => {
-                        shard.metrics.client_tls_failed(reason);
-                        tracing::debug!(shard = shard.index, reason, "client TLS: {why}")
-                    }
-                },
+                }
             }
             shard.connections.set(shard.connections.get() - 1);
         })
@@ -700,8 +704,8 @@ async fn client_handshake(
     futures_lite::future::or(accept, timeout).await
 }
 
-/// Why a new connection cannot be served now, if it cannot.
-fn refuse_connection(shard: &Shard) -> Option<(Status, String)> {
+/// Why a new connection (on TLS if `tls`) cannot be served now, if it cannot.
+fn refuse_connection(shard: &Shard, tls: bool) -> Option<(Status, String)> {
     let limit = shard.node.max_connections_per_shard;
     if shard.connections.get() >= limit {
         return Some((
@@ -709,7 +713,8 @@ fn refuse_connection(shard: &Shard) -> Option<(Status, String)> {
             format!("connection limit reached ({limit} per shard, --max-connections); try later"),
         ));
     }
-    if !shard.budget.has_room(CONNECTION_BASE_BYTES, false) {
+    let opening_bytes = CONNECTION_BASE_BYTES + if tls { TLS_CONNECTION_BYTES } else { 0 };
+    if !shard.budget.has_room(opening_bytes, false) {
         return Some((
             Status::Overloaded,
             "the node's connection memory budget is in use (--connection-memory); try later".into(),

@@ -2,7 +2,8 @@
 //! a real node with certificates `tessera admin certs` made: the CLI and the client library
 //! (shard-aware, so the shard ports too) work over TLS, plain TCP is refused, a node that asks
 //! for client certificates refuses clients without one of its CA, and SIGHUP reloads the
-//! certificates while connections already open go on; a revoked client certificate is refused.
+//! certificates while connections already open go on; a revoked client certificate is refused;
+//! stalled handshakes count against the connection budget.
 
 mod common;
 
@@ -317,4 +318,48 @@ fn a_revoked_client_certificate_is_refused() {
         3.0,
     );
     assert!(failures >= 3.0, "{failures} certificate failures counted");
+}
+
+/// Handshakes in progress count against `--connection-memory`: connections that open TCP and
+/// never send a ClientHello fill it, a new client is then refused OVERLOADED (and counted),
+/// and once they go away clients are let in again.
+#[test]
+fn stalled_handshakes_count_against_the_connection_budget() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(&dir.path().join("certs"));
+    // 1 MiB per shard: about 24 handshakes of 40 KiB each, beside a connection's base cost.
+    let node = start(
+        &dir.path().join("data"),
+        &certs,
+        &["--connection-memory", "2MiB"],
+    );
+    let stalled: Vec<TcpStream> = (0..120)
+        .map(|_| TcpStream::connect(node.addr).unwrap())
+        .collect();
+    let refused = wait_for_metric(
+        node.metrics_addr(),
+        "tessera_client_connections_refused_total",
+        "status=\"OVERLOADED\"",
+        1.0,
+    );
+    assert!(refused >= 1.0, "stalled handshakes were not charged");
+    let newcomer = cli(&node, &trusting(&certs), &["put", "k", "v"]);
+    assert!(!newcomer.status.success(), "a full budget let a client in");
+    drop(stalled);
+    let mut let_in = false;
+    for _ in 0..50 {
+        if cli(&node, &trusting(&certs), &["put", "k", "v"])
+            .status
+            .success()
+        {
+            let_in = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        let_in,
+        "the budget was not given back when the handshakes went away"
+    );
 }
