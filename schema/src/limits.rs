@@ -117,6 +117,29 @@ pub const PEER_PENDING_HANDSHAKES: usize = 64;
 /// that must dial again (a restart, a link dropped) out until its connections time out.
 pub const PEER_PENDING_HANDSHAKES_PER_ADDRESS: usize = 8;
 
+/// Bytes a let-in peer connection reads from its socket at once.
+pub const PEER_READ_BYTES: usize = 64 * 1024;
+/// A frame on a let-in peer connection must arrive in full within this long of its first
+/// byte, plus `PEER_FRAME_MS_PER_MIB` per MiB of its body. A member writes whole frames at
+/// once; a partial frame that stalls would otherwise hold up to 16 MiB for good, on a
+/// connection its member may already have replaced.
+pub const PEER_FRAME_DEADLINE_MS: u64 = 5_000;
+/// See `PEER_FRAME_DEADLINE_MS`: a member slower than 1 MiB/s on a large frame is cut off.
+pub const PEER_FRAME_MS_PER_MIB: u64 = 1_000;
+/// Default of `--peer-buffer-per-shard`: what the let-in connections of one shard's peer port
+/// may hold together, their read buffers and the frames part way in, each frame reserved whole
+/// once its header arrives. A frame that does not fit waits (its connection is not read) until
+/// others are handled, within its deadline. Members' frames are about 1 MiB (a batch, a
+/// transfer part), so room for four of the largest is far more than a shard's links need at
+/// once; an impostor's frames (on plain-TCP peer ports, or with a stolen certificate) cannot
+/// take more.
+pub const DEFAULT_PEER_SHARD_BUFFER_BYTES: u64 = 64 << 20;
+/// The least `--peer-buffer-per-shard`: one largest frame and its connection's read buffer,
+/// so that any frame a member may send gets through.
+pub const MIN_PEER_SHARD_BUFFER_BYTES: u64 =
+    (MAX_FRAME_BODY_BYTES + PEER_READ_BYTES + crate::frame::HEADER_BYTES) as u64;
+const _: () = assert!(DEFAULT_PEER_SHARD_BUFFER_BYTES >= 2 * MIN_PEER_SHARD_BUFFER_BYTES);
+
 const _: () = assert!(CONNECTION_BASE_BYTES as usize > CONNECTION_READ_BYTES);
 const _: () = assert!(CONNECTION_SOFT_BYTES < CONNECTION_HARD_BYTES);
 const _: () = assert!((MAX_FRAME_BODY_BYTES as u64) < CONNECTION_HARD_BYTES);

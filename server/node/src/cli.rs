@@ -23,6 +23,18 @@ pub enum FsyncMode {
 
 /// A byte count: a number with an optional unit. K, M, G, T and KiB, MiB, GiB, TiB are powers
 /// of 1024; KB, MB, GB, TB are powers of 1000 (as storage vendors write them). B is bytes.
+/// `--peer-buffer-per-shard`: a byte count that holds at least one largest peer frame.
+fn parse_peer_buffer(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    let least = tessera_schema::limits::MIN_PEER_SHARD_BUFFER_BYTES;
+    if bytes < least {
+        return Err(format!(
+            "{text} cannot hold one largest peer frame: give at least {least} bytes (17MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits_end = text
@@ -149,6 +161,14 @@ pub struct Args {
     /// refuses to start. For a network you trust, or a test.
     #[arg(long, env = "TESSERA_INSECURE")]
     pub insecure: bool,
+    /// Memory for frames arriving on a shard's peer port, in bytes with an optional unit, per
+    /// shard: the read buffers and frames part way in of all the members' connections
+    /// together. A frame that does not fit waits until others are handled (its connection is
+    /// not read), within its deadline. At least one largest frame (16 MiB and 64 KiB).
+    #[arg(long, env = "TESSERA_PEER_BUFFER_PER_SHARD",
+          default_value_t = tessera_schema::limits::DEFAULT_PEER_SHARD_BUFFER_BYTES,
+          value_parser = parse_peer_buffer)]
+    pub peer_buffer_per_shard: u64,
     /// Most state transfers (catch-ups of a replica that the retention queue cannot serve)
     /// each shard sends at once; the others wait their turn.
     #[arg(long, env = "TESSERA_TRANSFERS_PER_SHARD", default_value_t = 2,

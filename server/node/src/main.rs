@@ -27,6 +27,7 @@ mod mesh;
 mod metrics;
 mod notify;
 mod pace;
+mod peer_inbound;
 mod peer_stream;
 mod peer_wire;
 mod replica;
@@ -239,6 +240,7 @@ fn run(args: Args) -> Result<(), String> {
             .collect(),
         max_connections_per_shard: u64::from(args.max_connections).div_ceil(shards),
         frame_grace_ms: args.frame_timeout_ms,
+        peer_buffer_bytes: args.peer_buffer_per_shard as usize,
         cluster: cluster.clone(),
         peer_tls,
         client_tls,
@@ -609,6 +611,7 @@ fn replica_of_shard(
         replicator,
         node.transfers,
         node.peer_tls.clone(),
+        node.peer_buffer_bytes,
     )
 }
 

@@ -14,8 +14,8 @@
 //! Memory and flow control: the core counts what it hands to each link and pauses its streams
 //! there past `PEER_OUTBOX_BYTES` until the writers report the bytes written
 //! (`Replicator::handle_outbox`); its retention queues are bounded too, so a member that reads
-//! slowly makes this node's writes OVERLOADED rather than its memory grow. An incoming
-//! connection holds one frame at most.
+//! slowly makes this node's writes OVERLOADED rather than its memory grow. What incoming
+//! connections may hold is bounded in `peer_inbound.rs`.
 //!
 //! Liveness: every connection carries a frame at least every `HEARTBEAT` (an empty batch when
 //! there is nothing to say). A member this shard has heard nothing from for `PEER_SILENCE`, or
@@ -33,10 +33,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -44,15 +44,10 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use tessera_core::placement::NodeId;
 use tessera_core::replication::{Effect, PeerMsg, Replicator, Ticket, WriteFailure};
-use tessera_schema::frame::{FrameEvent, FrameReader};
-use tessera_schema::limits::{
-    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PENDING_HANDSHAKES_PER_ADDRESS,
-    PEER_PRE_HELLO_BYTES,
-};
 
 use crate::cluster::Cluster;
 use crate::peer_stream::{self, PeerStream};
-use crate::peer_wire::{self, decode_batch, decode_hello, encode_batch, encode_hello, Hello};
+use crate::peer_wire::{self, encode_batch, encode_hello, Hello};
 use crate::shard::{now_ms, Shard};
 use crate::tls::PeerTls;
 
@@ -148,10 +143,10 @@ pub struct Replica {
     next_inbound: Cell<u64>,
     /// The state transfers this shard sends (`transfer.rs`).
     pub transfers: crate::transfer::Transfers,
-    /// Accepted peer connections that have not yet said Hello (`PEER_PENDING_HANDSHAKES`).
-    handshakes: Rc<RefCell<Handshakes>>,
+    /// What the shard's accepted peer connections hold (`peer_inbound.rs`).
+    pub(crate) inbound: crate::peer_inbound::InboundBounds,
     /// Mutual TLS on the peer connections (`tls.rs`); `None`: plain TCP.
-    tls: Option<Arc<PeerTls>>,
+    pub(crate) tls: Option<Arc<PeerTls>>,
 }
 
 impl Replica {
@@ -160,6 +155,7 @@ impl Replica {
         replicator: Replicator,
         transfers: crate::transfer::TransferSettings,
         tls: Option<Arc<PeerTls>>,
+        peer_buffer_bytes: usize,
     ) -> Replica {
         Replica {
             cluster,
@@ -170,9 +166,36 @@ impl Replica {
             pumping: Cell::new(false),
             next_inbound: Cell::new(0),
             transfers: crate::transfer::Transfers::new(transfers),
-            handshakes: Rc::default(),
+            inbound: crate::peer_inbound::InboundBounds::new(peer_buffer_bytes),
             tls,
         }
+    }
+
+    /// Whether a connection of `generation` from `node` is still its link's (the link was not
+    /// reset since); if so, the member was just heard from.
+    pub(crate) fn heard_on(&self, node: NodeId, generation: u64) -> bool {
+        let mut links = self.links.borrow_mut();
+        let Some(link) = links.get_mut(&node).filter(|l| l.generation == generation) else {
+            return false;
+        };
+        link.heard_ms = now_ms();
+        true
+    }
+
+    /// Whether a connection of `generation` from `node` is still its link's.
+    pub(crate) fn is_current(&self, node: NodeId, generation: u64) -> bool {
+        self.links
+            .borrow()
+            .get(&node)
+            .is_some_and(|l| l.generation == generation)
+    }
+
+    /// Whether this shard expects a connection from `node`'s shard `from_shard`.
+    pub(crate) fn expects(&self, node: NodeId, from_shard: u16) -> bool {
+        self.links
+            .borrow()
+            .get(&node)
+            .is_some_and(|l| l.dials.contains_key(&from_shard))
     }
 
     /// Each member this shard links with, and whether its link is up.
@@ -419,7 +442,7 @@ fn link_down(replica: &Replica, node: NodeId) {
 pub fn start(shard: &Rc<Shard>, listener: TcpListener) {
     let replica = shard.replica.as_ref().expect("a cluster shard");
     replica.transfers.start();
-    glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    glommio::spawn_local(crate::peer_inbound::accept_loop(shard.clone(), listener)).detach();
     let needed = needed_connections(replica);
     for (node, remote_shards) in needed {
         let mut links = replica.links.borrow_mut();
@@ -610,7 +633,7 @@ fn check_link_up(shard: &Rc<Shard>, replica: &Replica, node: NodeId) {
 
 /// Records a connection from `node`'s shard `from_shard`; returns its id and the link's
 /// generation. A second connection from the same shard means the member reset its side.
-fn register_inbound(
+pub(crate) fn register_inbound(
     shard: &Rc<Shard>,
     replica: &Replica,
     node: NodeId,
@@ -637,7 +660,7 @@ fn register_inbound(
 }
 
 /// A connection from `node` ended: if it was the current one, the link is down.
-fn inbound_closed(replica: &Replica, node: NodeId, from_shard: u16, id: u64) {
+pub(crate) fn inbound_closed(replica: &Replica, node: NodeId, from_shard: u16, id: u64) {
     let current = replica
         .links
         .borrow()
@@ -668,282 +691,8 @@ async fn write_frames<W: futures::AsyncWrite + Unpin>(
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let Ok(stream) = listener.accept().await else {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        glommio::spawn_local(serve_accepted(shard.clone(), stream)).detach();
-    }
-}
-
-/// The shard's accepted peer connections that have not said Hello yet: in all, and by source.
-#[derive(Default)]
-struct Handshakes {
-    total: usize,
-    by_source: HashMap<IpAddr, usize>,
-}
-
-/// A slot among the shard's pending handshakes, given back when dropped.
-struct Handshake {
-    pending: Rc<RefCell<Handshakes>>,
-    source: IpAddr,
-}
-
-impl Handshake {
-    /// A slot for a connection from `source`, or why there is none.
-    fn take(pending: &Rc<RefCell<Handshakes>>, source: IpAddr) -> Result<Handshake, String> {
-        let mut counts = pending.borrow_mut();
-        if counts.total >= PEER_PENDING_HANDSHAKES {
-            return Err(format!(
-                "{PEER_PENDING_HANDSHAKES} others have not said Hello yet"
-            ));
-        }
-        let from_source = counts.by_source.entry(source).or_default();
-        if *from_source >= PEER_PENDING_HANDSHAKES_PER_ADDRESS {
-            return Err(format!(
-                "{PEER_PENDING_HANDSHAKES_PER_ADDRESS} others from {source} have not said Hello yet"
-            ));
-        }
-        *from_source += 1;
-        counts.total += 1;
-        Ok(Handshake {
-            pending: pending.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        let mut counts = self.pending.borrow_mut();
-        counts.total -= 1;
-        if let Some(count) = counts.by_source.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.by_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-/// Reads a member's messages for this shard until the connection closes or misbehaves (bad
-/// frames, another cluster's id, the wrong shard): only this connection is closed. Until its
-/// Hello is let in, a connection holds one of `PEER_PENDING_HANDSHAKES` slots, may send
-/// `PEER_PRE_HELLO_BYTES` and has `PEER_HELLO_DEADLINE_MS` to do it (its TLS handshake
-/// included).
-async fn serve_accepted(shard: Rc<Shard>, stream: TcpStream) {
-    let replica = shard.replica.as_ref().expect("cluster");
-    let source = stream
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let handshake = match Handshake::take(&replica.handshakes, source) {
-        Ok(handshake) => handshake,
-        Err(why) => {
-            shard.metrics.peer_refused("handshakes_full");
-            tracing::warn!(shard = shard.index, "closing a peer connection: {why}");
-            return;
-        }
-    };
-    let deadline = Instant::now() + Duration::from_millis(PEER_HELLO_DEADLINE_MS);
-    let _ = stream.set_nodelay(true);
-    let Some(tls) = &replica.tls else {
-        return serve_inbound(shard.clone(), stream, handshake, deadline).await;
-    };
-    let limit = deadline.saturating_duration_since(Instant::now());
-    match peer_stream::accept(tls, stream, limit).await {
-        Ok(stream) => serve_inbound(shard.clone(), stream, handshake, deadline).await,
-        Err(failed) if failed.certificate => {
-            shard.metrics.peer_refused("tls");
-            tracing::warn!(
-                shard = shard.index,
-                "closing a peer connection: {}",
-                failed.why
-            )
-        }
-        Err(failed) => tracing::debug!(
-            shard = shard.index,
-            "closing a peer connection: {}",
-            failed.why
-        ),
-    }
-}
-
-async fn serve_inbound<S: PeerStream>(
-    shard: Rc<Shard>,
-    mut stream: S,
-    handshake: Handshake,
-    deadline: Instant,
-) {
-    let replica = shard.replica.as_ref().expect("cluster");
-    let mut handshake = Some(handshake);
-    let mut frames = FrameReader::new();
-    let mut buffer = vec![0u8; PEER_PRE_HELLO_BYTES];
-    let mut received = 0;
-    let mut from: Option<Inbound> = None;
-    let why = loop {
-        if from.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
-                shard.metrics.peer_refused("hello_deadline");
-                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
-            }
-        }
-        let n = match stream.read(&mut buffer).await {
-            Ok(0) => break None,
-            Err(e) if from.is_none() && e.kind() == std::io::ErrorKind::TimedOut => {
-                shard.metrics.peer_refused("hello_deadline");
-                break Some(format!("no Hello within {PEER_HELLO_DEADLINE_MS} ms"));
-            }
-            Err(_) => break None,
-            Ok(n) => n,
-        };
-        received += n;
-        if from.is_none() && received > PEER_PRE_HELLO_BYTES {
-            shard.metrics.peer_refused("pre_hello_bytes");
-            break Some(format!("{received} bytes and no Hello"));
-        }
-        frames.feed(&buffer[..n]);
-        match read_frames(&shard, replica, &mut frames, &mut from, &mut stream).await {
-            Ok(()) => {}
-            Err(why) => {
-                if why.is_some() && from.is_none() {
-                    shard.metrics.peer_refused("hello");
-                }
-                break why;
-            }
-        }
-        if from.is_some() && handshake.take().is_some() {
-            // Let in: a member's batches come in larger reads, and wait without a deadline.
-            let _ = stream.tcp().set_read_timeout(None);
-            buffer.resize(64 * 1024, 0);
-        }
-    };
-    if let Some(why) = why {
-        tracing::warn!(shard = shard.index, "closing a peer connection: {why}");
-    }
-    if let Some(inbound) = from {
-        inbound_closed(replica, inbound.node, inbound.from_shard, inbound.id);
-    }
-}
-
-/// An accepted connection once its Hello was let in.
-#[derive(Clone, Copy)]
-struct Inbound {
-    node: NodeId,
-    from_shard: u16,
-    id: u64,
-    generation: u64,
-}
-
-/// Handles the frames buffered on an accepted connection. `Err` closes it: with the reason to
-/// log, or `None` when there is nothing to say (a forming node's Hello was answered, or the
-/// link was reset since the connection came).
-async fn read_frames<S: PeerStream>(
-    shard: &Rc<Shard>,
-    replica: &Replica,
-    frames: &mut FrameReader,
-    from: &mut Option<Inbound>,
-    stream: &mut S,
-) -> Result<(), Option<String>> {
-    loop {
-        let (opcode, body) = match frames.next_event() {
-            Ok(Some(FrameEvent::Frame { header, body })) => (header.opcode, body.to_vec()),
-            Ok(None) => return Ok(()),
-            Ok(Some(FrameEvent::Oversized { .. })) | Err(_) => {
-                return Err(Some("bad frame".into()))
-            }
-        };
-        match (*from, opcode) {
-            (None, peer_wire::HELLO) => {
-                let (node, from_shard) = accept_hello(shard, replica, &body, stream).await?;
-                let (id, generation) = register_inbound(shard, replica, node, from_shard);
-                *from = Some(Inbound {
-                    node,
-                    from_shard,
-                    id,
-                    generation,
-                });
-            }
-            (Some(inbound), peer_wire::BATCH) => {
-                let current = replica
-                    .links
-                    .borrow()
-                    .get(&inbound.node)
-                    .is_some_and(|l| l.generation == inbound.generation);
-                if !current {
-                    return Err(None);
-                }
-                if let Some(link) = replica.links.borrow_mut().get_mut(&inbound.node) {
-                    link.heard_ms = now_ms();
-                }
-                let Ok(messages) = decode_batch(&body) else {
-                    return Err(Some(format!(
-                        "undecodable batch from member {}",
-                        inbound.node
-                    )));
-                };
-                deliver(shard, replica, inbound.node, messages);
-            }
-            _ => return Err(Some(format!("unexpected frame (opcode {opcode:#04x})"))),
-        }
-    }
-}
-
-/// Checks a connection's Hello: a forming node is told who this node is; a member of this
-/// cluster dialing this shard from one of its shards this shard shares vnodes with is let in.
-async fn accept_hello<S: PeerStream>(
-    shard: &Shard,
-    replica: &Replica,
-    body: &[u8],
-    stream: &mut S,
-) -> Result<(NodeId, u16), Option<String>> {
-    let hello = decode_hello(body).map_err(|e| Some(format!("undecodable Hello: {e}")))?;
-    let cluster = &replica.cluster;
-    if hello.forming {
-        let mut answer = Vec::new();
-        encode_hello(
-            &mut answer,
-            &cluster.hello_for_forming(&cluster.peer_addrs()),
-        );
-        let _ = stream.write_all(&answer).await;
-        return Err(None);
-    }
-    let expected = replica
-        .links
-        .borrow()
-        .get(&hello.from_node)
-        .is_some_and(|l| l.dials.contains_key(&hello.from_shard));
-    if hello.cluster_id != cluster.id || !expected || hello.to_shard != shard.index {
-        return Err(Some(format!(
-            "refused a Hello from cluster {:016x}, node {} shard {}, for shard {} (this is cluster {:016x}, shard {})",
-            hello.cluster_id,
-            hello.from_node,
-            hello.from_shard,
-            hello.to_shard,
-            cluster.id,
-            shard.index
-        )));
-    }
-    if replica.tls.is_some() {
-        // The CA vouched for a member; this checks it is the one the Hello names.
-        let ip = cluster.member(hello.from_node).addr.ip();
-        let named = stream
-            .peer_certificate()
-            .ok_or_else(|| "no peer certificate".to_string())
-            .and_then(|cert| crate::tls::names_member(cert, ip));
-        if let Err(why) = named {
-            return Err(Some(format!(
-                "refused a Hello as member {}: {why}",
-                hello.from_node
-            )));
-        }
-    }
-    Ok((hello.from_node, hello.from_shard))
-}
-
-fn deliver(shard: &Rc<Shard>, replica: &Replica, from: NodeId, messages: Vec<PeerMsg>) {
+/// Hands a member's messages to the core.
+pub(crate) fn deliver(shard: &Rc<Shard>, replica: &Replica, from: NodeId, messages: Vec<PeerMsg>) {
     {
         let mut store = shard.store.borrow_mut();
         let mut replicator = replica.replicator.borrow_mut();

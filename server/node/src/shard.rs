@@ -56,6 +56,8 @@ pub struct NodeShared {
     /// Each shard's bounds on the state transfers it sends (`--transfers-per-shard`,
     /// `--transfer-mib-per-s`).
     pub transfers: crate::transfer::TransferSettings,
+    /// `--peer-buffer-per-shard`: what a shard's accepted peer connections may hold.
+    pub peer_buffer_bytes: usize,
     /// TLS on the client and shard ports (`--tls-*`), reloaded on SIGHUP; `None`: plain TCP.
     pub client_tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
     /// The users clients log in as (`--users`), reloaded on SIGHUP; `None`: no login needed.

@@ -8,8 +8,10 @@
 //!   (1 MiB) and what waits in the link's outbox (`PEER_OUTBOX_BYTES`): a part is handed over
 //!   only while the link to the receiver has room, so a transfer goes at the pace the receiver
 //!   takes it, and holds a few MiB whatever the vnode's size.
-//! - **Concurrency**: at most `--transfers-per-shard` at once (default 2); the others wait
-//!   their turn in the order they were asked for.
+//! - **Concurrency**: at most `--transfers-per-shard` at once (default 2), whoever asks; the
+//!   others wait their turn in the order they were asked for, at most one per vnode and
+//!   receiver: asking again for a transfer that waits only updates it (a member's PullState
+//!   sent a thousand times makes one task, not a thousand).
 //! - **Rate**: at most `--transfer-mib-per-s` per shard (default 128, as compaction), for the
 //!   bytes of values and digests sent, so that catching up a replica cannot take the disk or
 //!   the network from requests.
@@ -22,7 +24,7 @@
 //! until the record is repaired and it asks again.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,8 @@ pub struct TransferProgress {
 /// A shard's transfers: the slots, the rate limit and what is in flight.
 pub struct Transfers {
     slots: glommio::sync::Semaphore,
+    /// Transfers waiting for a slot, by vnode and receiver: where from, and their id.
+    waiting: RefCell<HashMap<(u16, NodeId), (Position, u64)>>,
     pacer: RefCell<Pacer>,
     pub in_flight: RefCell<BTreeMap<u64, TransferProgress>>,
     /// Totals since the shard started: keys and bytes sent, transfers finished and failed.
@@ -74,6 +78,7 @@ impl Transfers {
     pub fn new(settings: TransferSettings) -> Transfers {
         Transfers {
             slots: glommio::sync::Semaphore::new(settings.per_shard.max(1) as u64),
+            waiting: RefCell::new(HashMap::new()),
             pacer: RefCell::new(Pacer::new(settings.bytes_per_s, TRANSFER_BURST_BYTES)),
             in_flight: RefCell::new(BTreeMap::new()),
             keys_sent: Cell::new(0),
@@ -110,10 +115,16 @@ impl Transfers {
     }
 }
 
-/// Starts the task that sends transfer `id` of `vnode` to `to` from `since`.
+/// Starts the task that sends transfer `id` of `vnode` to `to` from `since`, or hands it to
+/// the task already waiting for a slot for that vnode and receiver.
 pub fn spawn(shard: &Rc<Shard>, vnode: u16, to: NodeId, since: Position, id: u64) {
-    let task = send_transfer(shard.clone(), vnode, to, since, id);
     let replica = shard.replica.as_ref().expect("cluster");
+    let mut waiting = replica.transfers.waiting.borrow_mut();
+    if waiting.insert((vnode, to), (since, id)).is_some() {
+        return;
+    }
+    drop(waiting);
+    let task = send_transfer(shard.clone(), vnode, to);
     let spawned = match replica.transfers.queue.get() {
         Some(queue) => glommio::spawn_local_into(task, queue),
         None => Ok(glommio::spawn_local(task)),
@@ -131,10 +142,13 @@ fn current(shard: &Shard, vnode: u16, to: NodeId, id: u64) -> bool {
     !shard.stopping.get() && replica.replicator.borrow().transfer_current(vnode, to, id)
 }
 
-async fn send_transfer(shard: Rc<Shard>, vnode: u16, to: NodeId, since: Position, id: u64) {
+/// Waits for a slot, then sends the newest transfer asked for `vnode` and `to`.
+async fn send_transfer(shard: Rc<Shard>, vnode: u16, to: NodeId) {
     let replica = shard.replica.as_ref().expect("cluster");
     let transfers = &replica.transfers;
-    let Ok(_slot) = transfers.slots.acquire_permit(1).await else {
+    let slot = transfers.slots.acquire_permit(1).await;
+    let asked = transfers.waiting.borrow_mut().remove(&(vnode, to));
+    let (Ok(_slot), Some((since, id))) = (slot, asked) else {
         return;
     };
     if !current(&shard, vnode, to, id) {

@@ -2,8 +2,11 @@
 //! loopback): a connection that says nothing is closed at the deadline, one that sends more
 //! than a Hello's worth of bytes is closed at once, handshakes in progress are bounded, and no
 //! other socket can bind beside the port; and a batch whose entries share offsets (small on
-//! the wire, gigabytes once decoded) is refused before it is decoded. Each time, the members'
-//! own links carry on.
+//! the wire, gigabytes once decoded) is refused before it is decoded. After the Hello: a frame
+//! that stalls part way is closed at its deadline, a frame past the shard's peer budget is not
+//! read and is closed at its deadline, and a PullState sent 400 000 times makes one waiting
+//! transfer per vnode. Each time, the members' own links carry on (those the test stopped to
+//! pose as them, once restarted).
 
 mod common;
 #[path = "common/hello.rs"]
@@ -14,11 +17,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{assert_strong_writes_commit, cluster_id, rss_bytes, TestCluster};
+use common::{assert_strong_writes_commit, cluster_id, rss_bytes, wait_for_metric, TestCluster};
 use hello::hello_frame;
 use tessera_schema::limits::{
-    PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES, PEER_PENDING_HANDSHAKES_PER_ADDRESS,
-    PEER_PRE_HELLO_BYTES,
+    MAX_FRAME_BODY_BYTES, PEER_FRAME_DEADLINE_MS, PEER_HELLO_DEADLINE_MS, PEER_PENDING_HANDSHAKES,
+    PEER_PENDING_HANDSHAKES_PER_ADDRESS, PEER_PRE_HELLO_BYTES,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -272,4 +275,167 @@ fn shared_offsets_batch(count: usize) -> Vec<u8> {
     let root = pb::PeerBatch::create(&mut builder, &args);
     builder.finish(root, None);
     builder.finished_data().to_vec()
+}
+
+/// A let-in connection as member `member` (which the test stopped, so that it does not dial
+/// again and replace it) that sends the header of a frame of `body_bytes` and all its body
+/// but the last `missing_bytes`.
+fn partial_frame_as(
+    cluster: &TestCluster,
+    member: u32,
+    body_bytes: usize,
+    missing_bytes: usize,
+) -> std::thread::JoinHandle<TcpStream> {
+    let mut stream = TcpStream::connect(cluster.peer_addr(0)).unwrap();
+    stream
+        .write_all(&hello_frame(cluster_id(cluster), member))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut frame = Vec::new();
+        tessera_schema::frame::encode_frame(&mut frame, 0x41, 0, &vec![0u8; body_bytes]);
+        let _ = stream.write_all(&frame[..frame.len() - missing_bytes]);
+        stream
+    })
+}
+
+#[test]
+fn a_let_in_connection_that_stalls_mid_frame_is_closed_at_the_frame_deadline() {
+    let _serial = serial();
+    let mut cluster = TestCluster::start(3, &["--vnodes", "16", "--metrics-listen", "127.0.0.1:0"]);
+    assert_strong_writes_commit(&cluster, "before");
+    cluster.kill9(1);
+    let sent = Instant::now();
+    let stream = partial_frame_as(&cluster, 1, 100 * 1024, 99 * 1024)
+        .join()
+        .unwrap();
+    let wait = Duration::from_millis(PEER_FRAME_DEADLINE_MS * 3);
+    let closed = closed_after(stream, sent, wait).expect("a stalled frame kept its connection");
+    eprintln!("a stalled frame's connection was closed {closed:?} after it began");
+    assert!(closed >= Duration::from_millis(PEER_FRAME_DEADLINE_MS - 100));
+    let counted = wait_for_metric(
+        cluster.node(0).metrics_addr(),
+        "tessera_peer_refused_total",
+        "reason=\"frame_deadline\"",
+        1.0,
+    );
+    assert!(counted >= 1.0, "the closing was not counted");
+    cluster.restart(1);
+    assert_strong_writes_commit(&cluster, "after-stalled-frame");
+}
+
+/// With `--peer-buffer-per-shard 17MiB`, a 16 MiB frame held part way in leaves no room for
+/// an 8 MiB one from another connection: that one is not read, and is closed with `memory`
+/// at its deadline (5 s plus 8 s), before the first one's (5 s plus 16 s).
+#[test]
+fn frames_past_the_shard_peer_budget_wait_and_are_closed_at_their_deadline() {
+    let _serial = serial();
+    let flags = [
+        "--vnodes",
+        "16",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--peer-buffer-per-shard",
+        "17MiB",
+    ];
+    let mut cluster = TestCluster::start(3, &flags);
+    assert_strong_writes_commit(&cluster, "before");
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let pid = cluster.node(0).pid();
+    let before = rss_bytes(pid);
+    let large = partial_frame_as(&cluster, 1, MAX_FRAME_BODY_BYTES, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    let waiting = partial_frame_as(&cluster, 2, 8 << 20, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let grew = rss_bytes(pid).saturating_sub(before);
+    eprintln!("node 0's resident set grew by {} MiB", grew >> 20);
+    assert!(
+        grew < 22 << 20,
+        "the frame past the budget was read: {grew} bytes"
+    );
+    let waiting = waiting.join().unwrap();
+    let closed = closed_after(waiting, sent, Duration::from_secs(30)).expect("never closed");
+    eprintln!("the frame past the budget was closed after {closed:?}");
+    assert!(closed >= Duration::from_millis(PEER_FRAME_DEADLINE_MS + 7_900));
+    let metrics = cluster.node(0).metrics_addr();
+    let refused = wait_for_metric(
+        metrics,
+        "tessera_peer_refused_total",
+        "reason=\"memory\"",
+        1.0,
+    );
+    assert!(refused >= 1.0, "the refusal was not counted");
+    drop(large.join().unwrap());
+    cluster.restart(1);
+    cluster.restart(2);
+    assert_strong_writes_commit(&cluster, "after-budget");
+}
+
+/// A batch of `count` PullStates (a restarted head asking for a replica's state), spread over
+/// vnodes 0..16 at epoch 1.
+fn pull_states_batch(count: usize) -> Vec<u8> {
+    use tessera_schema::peer_fb as pb;
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let messages: Vec<_> = (0..count)
+        .map(|i| {
+            let since = pb::Position::new(0, 0);
+            let pull = pb::PullState::create(
+                &mut builder,
+                &pb::PullStateArgs {
+                    since: Some(&since),
+                },
+            );
+            let args = pb::PeerMsgArgs {
+                vnode: (i % 16) as u16,
+                epoch: 1,
+                body_type: pb::Body::PullState,
+                body: Some(pull.as_union_value()),
+            };
+            pb::PeerMsg::create(&mut builder, &args)
+        })
+        .collect();
+    let messages = builder.create_vector(&messages);
+    let args = pb::PeerBatchArgs {
+        messages: Some(messages),
+    };
+    let root = pb::PeerBatch::create(&mut builder, &args);
+    builder.finish(root, None);
+    builder.finished_data().to_vec()
+}
+
+/// A member (here an impostor on plain TCP) asking for the same state transfers again and
+/// again: each request only updates the transfer already waiting, so 400 000 of them leave
+/// the node's memory where it was (before, each started a task of its own).
+#[test]
+fn repeated_pull_states_make_one_waiting_transfer_each() {
+    let _serial = serial();
+    let mut cluster = TestCluster::start(3, &["--vnodes", "16"]);
+    assert_strong_writes_commit(&cluster, "before");
+    cluster.kill9(1);
+    let pid = cluster.node(0).pid();
+    let before = rss_bytes(pid);
+    let mut stream = TcpStream::connect(cluster.peer_addr(0)).unwrap();
+    stream
+        .write_all(&hello_frame(cluster_id(&cluster), 1))
+        .unwrap();
+    let mut frame = Vec::new();
+    tessera_schema::frame::encode_frame(&mut frame, 0x41, 0, &pull_states_batch(20_000));
+    for _ in 0..20 {
+        stream.write_all(&frame).unwrap();
+    }
+    // Time to handle the frames (400 000 messages take well under a second).
+    std::thread::sleep(Duration::from_secs(2));
+    let grew = rss_bytes(pid).saturating_sub(before);
+    eprintln!("node 0's resident set grew by {} MiB", grew >> 20);
+    assert!(
+        grew < 64 << 20,
+        "node 0's resident set grew by {grew} bytes"
+    );
+    drop(stream);
+    cluster.restart(1);
+    assert_strong_writes_commit(&cluster, "after-pulls");
 }

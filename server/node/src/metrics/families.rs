@@ -43,6 +43,7 @@ pub struct NodeMetrics {
     pub(super) logins: IntCounterVec,
     pub(super) catch_ups: IntCounterVec,
     pub(super) queue_bytes: IntGaugeVec,
+    pub(super) peer_buffered_bytes: IntGaugeVec,
     pub(super) chain_changes: IntCounterVec,
     pub(super) transfers_in_flight: IntGaugeVec,
     pub(super) transfers: IntCounterVec,
@@ -210,11 +211,13 @@ impl NodeMetrics {
             ),
             peer_refused: counter(
                 "tessera_peer_refused_total",
-                "Connections to a peer port closed before their Hello was let in, by reason: \
-                 `handshakes_full` (too many in progress), `hello_deadline` (none in time), \
-                 `pre_hello_bytes` (too much without one), `tls` (no TLS, or a certificate \
-                 refused either way), `hello` (another cluster, no member, the wrong shard, a \
-                 certificate naming another member, or not a Hello).",
+                "Connections to a peer port the node closed, by reason. Before their Hello \
+                 was let in: `handshakes_full` (too many in progress), `hello_deadline` (none \
+                 in time), `pre_hello_bytes` (too much without one), `tls` (no TLS, or a \
+                 certificate refused either way), `hello` (another cluster, no member, the \
+                 wrong shard, a certificate naming another member, or not a Hello). After: \
+                 `frame_deadline` (a frame not in full in time), `memory` (no room in the \
+                 shard's peer buffer budget in time), `batch` (a bad frame or batch).",
                 &["shard", "reason"],
             ),
             client_tls_failures: counter(
@@ -250,6 +253,12 @@ impl NodeMetrics {
             queue_bytes: gauge(
                 "tessera_replication_queue_bytes",
                 "Bytes held in retention queues for successors.",
+                shard,
+            ),
+            peer_buffered_bytes: gauge(
+                "tessera_peer_buffered_bytes",
+                "Bytes the shard's accepted peer connections hold: read buffers and frames \
+                 part way in (at most --peer-buffer-per-shard).",
                 shard,
             ),
             chain_changes: counter(

@@ -285,6 +285,9 @@ fn publish_replication(shard: &Shard, replica: &crate::replica::Replica) {
     node.queue_bytes
         .with_label_values(&[m.shard.as_str()])
         .set(replicator.queued_bytes() as i64);
+    node.peer_buffered_bytes
+        .with_label_values(&[m.shard.as_str()])
+        .set(replica.inbound.buffered_bytes() as i64);
     let progress = replicator.progress();
     m.chain_changes.sync(progress.chain_changes);
     let transfers = &replica.transfers;
