@@ -66,6 +66,36 @@ const PREEMPT_INTERVAL: Duration = Duration::from_millis(5);
 /// How often a shard's control loop beats for the watchdog and looks at its metrics.
 const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often a starting shard's executor is woken (`StartupTicks`).
+const STARTUP_TICK: Duration = Duration::from_millis(1);
+
+/// Wakes a starting shard's executor every `STARTUP_TICK` until it is ready. Under CPU
+/// contention glommio 0.9 parks an executor for good during startup now and then: both shards
+/// asleep in io_uring_enter, one of them waiting on a mesh connection its peer had already made
+/// (`vendor/README.md`). Anything that ends the wait (a ptrace attach) lets it go on; a timer
+/// gives the reactor that reason. Once serving, the control loop's timer does the same.
+struct StartupTicks(Rc<std::cell::Cell<bool>>);
+
+impl StartupTicks {
+    fn start() -> StartupTicks {
+        let done = Rc::new(std::cell::Cell::new(false));
+        let ticking = done.clone();
+        glommio::spawn_local(async move {
+            while !ticking.get() {
+                glommio::timer::sleep(STARTUP_TICK).await;
+            }
+        })
+        .detach();
+        StartupTicks(done)
+    }
+}
+
+impl Drop for StartupTicks {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = match config::parse(argv.clone()) {
@@ -495,6 +525,7 @@ async fn shard_main(
     listen: SocketAddr,
     ready: &mpsc::Sender<Result<(), String>>,
 ) -> Result<(), String> {
+    let startup_ticks = StartupTicks::start();
     let dir = shard_dir(root, index);
     probe_workaround(&dir).await?;
     notify::status(&format!("shard {index}: recovering its log"));
@@ -556,6 +587,7 @@ async fn shard_main(
     if node.publish_metrics {
         metrics::publish(&shard);
     }
+    drop(startup_ticks);
     let _ = ready.send(Ok(()));
     let mut last_published = Instant::now();
     while !node.stopping.load(Ordering::SeqCst) {
