@@ -24,9 +24,8 @@ pub struct ConnectArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u64,
-    /// Connect with TLS, trusting this CA (PEM).
-    #[arg(long)]
-    tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
     /// Log in as this user (it needs the route permission: the connection asks for the
     /// TOPOLOGY); the password comes from TESSERA_PASSWORD.
     #[arg(long, env = "TESSERA_USER")]
@@ -39,10 +38,7 @@ pub struct ConnectArgs {
 }
 
 fn config(args: &ConnectArgs) -> Result<ClientConfig, String> {
-    let tls = match &args.tls_ca {
-        Some(ca) => Some(tessera_client::tls::client_tls(ca, None).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let tls = args.tls.client_tls()?;
     let credentials = match (&args.user, &args.password) {
         (None, _) => None,
         (Some(user), Some(password)) => Some(Credentials {

@@ -20,6 +20,7 @@ mod keydist;
 mod plot;
 mod report;
 mod runner;
+mod tls;
 mod workload;
 
 use std::path::PathBuf;
@@ -145,9 +146,8 @@ struct RunArgs {
     /// (to load one replica, e.g. a transfer's sender); writes still go to heads.
     #[arg(long)]
     read_first: bool,
-    /// Tessera: connect with TLS, trusting this CA (PEM) for the nodes' certificates.
-    #[arg(long)]
-    tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     /// Tessera: log every connection in as this user (nodes with --users); the password
     /// comes from TESSERA_PASSWORD.
     #[arg(long, env = "TESSERA_USER")]
@@ -226,10 +226,7 @@ async fn run_async(args: &RunArgs, target: &Target) -> Result<RunResult, String>
     }
     let spec = Arc::new(spec);
     let values = Arc::new(Values::new(spec.values.max_bytes(), args.seed));
-    let tls = match &args.tls_ca {
-        Some(ca) => Some(tessera_client::tls::client_tls(ca, None).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let tls = args.tls.client_tls()?;
     let credentials = match (&args.user, &args.password) {
         (None, _) => None,
         (Some(user), Some(password)) => Some(tessera_client::Credentials {

@@ -266,3 +266,71 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// Against a node that asks for client certificates (`--tls-client-ca`), `connect` and `run`
+/// get in with `--tls-cert`/`--tls-key` and are refused without them.
+#[test]
+fn a_client_certificate_gets_loadgen_past_tls_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = Command::new(common::cli_binary())
+        .args(["admin", "certs", "--members", "127.0.0.1", "--out"])
+        .arg(&certs)
+        .output()
+        .expect("run tessera admin certs");
+    assert!(made.status.success(), "tessera admin certs failed");
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let node = Node::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            &file("member-127.0.0.1.pem"),
+            "--tls-key",
+            &file("member-127.0.0.1-key.pem"),
+            "--tls-client-ca",
+            &file("ca.pem"),
+        ],
+    );
+    let target = format!("tessera://{}", node.addr());
+    let connect = ["connect", "--target", &target, "--count", "10"];
+    let trust = ["--tls-ca".to_string(), file("ca.pem")];
+    let identity = [
+        "--tls-cert".to_string(),
+        file("member-127.0.0.1.pem"),
+        "--tls-key".into(),
+        file("member-127.0.0.1-key.pem"),
+    ];
+    let anonymous = Command::new(env!("CARGO_BIN_EXE_tessera-loadgen"))
+        .args(connect)
+        .args(&trust)
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "connections without a client certificate were let in"
+    );
+    let output = loadgen(&[&connect[..], &as_strs(&trust), &as_strs(&identity)].concat());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("10 connections"), "{text}");
+    let json = dir.path().join("run.json");
+    let run = [
+        "--target",
+        &target,
+        "--keys",
+        "100",
+        "--connections",
+        "2",
+        "--ops",
+        "500",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    loadgen(&[&run[..], &as_strs(&trust), &as_strs(&identity)].concat());
+    let result = read_json(&json);
+    assert_eq!(result["errors"], 0, "{result}");
+    assert_consistent(&result, Some(500));
+}
+
+fn as_strs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
+}

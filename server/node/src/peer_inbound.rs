@@ -522,9 +522,22 @@ async fn accept_hello<S: PeerStream>(
             shard.index
         )));
     }
+    let ip = cluster.member(hello.from_node).addr.ip();
+    if replica.tls.is_none() {
+        // Plain TCP proves nothing but the source address (members dial from their own,
+        // `replica.rs`): a Hello as a member from anywhere else is an impostor's. Members that
+        // share an address (a cluster on one host's loopback) are told apart only by TLS.
+        let source = stream.tcp().peer_addr().ok().map(|a| a.ip().to_canonical());
+        if source != Some(ip.to_canonical()) {
+            let source = source.map_or("an unknown address".into(), |ip| ip.to_string());
+            return Err(Some(format!(
+                "refused a Hello as member {} from {source}, not that member's address {ip}",
+                hello.from_node
+            )));
+        }
+    }
     if replica.tls.is_some() {
         // The CA vouched for a member; this checks it is the one the Hello names.
-        let ip = cluster.member(hello.from_node).addr.ip();
         let named = stream
             .peer_certificate()
             .ok_or_else(|| "no peer certificate".to_string())

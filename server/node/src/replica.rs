@@ -527,12 +527,21 @@ fn hello(shard: &Shard, replica: &Replica, to_shard: u16) -> Hello {
 async fn dial_loop(shard: Rc<Shard>, node: NodeId, remote_shard: u16) {
     let replica = shard.replica.as_ref().expect("cluster");
     let addr: SocketAddr = replica.cluster.member(node).peer_addr(remote_shard);
+    // From this member's own address: plain peer ports take a member only from there.
+    let own = SocketAddr::new(replica.cluster.member(replica.cluster.me).addr.ip(), 0);
     let mut backoff = Duration::from_millis(20);
     loop {
         if shard.stopping.get() {
             return;
         }
-        if let Ok(stream) = TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
+        let dialed = TcpStream::connect_timeout_from(own, addr, DIAL_TIMEOUT).await;
+        if let Err(glommio::GlommioError::IoError(error)) = &dialed {
+            if error.kind() == std::io::ErrorKind::AddrNotAvailable {
+                tracing::warn!(shard = shard.index, peer = node, %own,
+                    "cannot dial from this member's own address (is it an address of this host?)");
+            }
+        }
+        if let Ok(stream) = dialed {
             backoff = Duration::from_millis(20);
             match &replica.tls {
                 None => serve_dialed(&shard, node, remote_shard, stream).await,

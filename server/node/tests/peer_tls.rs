@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    assert_strong_writes_commit, cli_binary, cli_verify, cluster_id, signal, TestCluster,
+    assert_strong_writes_commit, assert_victim_untouched, cli_binary, cli_verify, cluster_id,
+    signal, write_victim, TestCluster,
 };
-use hello::hello_frame;
+use hello::{hello_frame, impostor_bytes};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, ExtendedKeyUsagePurpose,
     IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -224,7 +225,9 @@ fn members_on_mutual_tls_commit_strong_writes_and_refuse_outsiders() {
     assert_strong_writes_commit(&cluster, "over-tls");
     let id = cluster_id(&cluster);
     let peer = cluster.peer_addr(0);
-    let hello = hello_frame(id, 1);
+    let (vnode, epoch) = write_victim(&cluster, "victim");
+    // A Hello as member 1, then forged writes, acks, an empty final State and a PullState.
+    let hello = impostor_bytes(id, 1, vnode, epoch, b"victim");
 
     // Plain TCP with a valid Hello: before TLS, this was a member's link.
     let plain = TcpStream::connect(peer).unwrap();
@@ -251,6 +254,7 @@ fn members_on_mutual_tls_commit_strong_writes_and_refuse_outsiders() {
         assert!(refused(stream, &hello), "{what} was let in");
     }
     assert_strong_writes_commit(&cluster, "after-outsiders");
+    assert_victim_untouched(&cluster, "victim");
     let (agree, text) = cli_verify(&cluster);
     assert!(agree, "replicas differ:\n{text}");
 }
@@ -348,9 +352,10 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
         &certs.join(format!("member-{}.pem", ips[1])),
         &certs.join(format!("member-{}-key.pem", ips[1])),
     );
+    let (vnode, epoch) = write_victim(&cluster, "victim");
     let stream = tls_client(peer, &ca_pem, &member_1);
     assert!(
-        refused(stream, &hello_frame(id, 2)),
+        refused(stream, &impostor_bytes(id, 2, vnode, epoch, b"victim")),
         "member 1's certificate was let in as member 2"
     );
     let stream = tls_client(peer, &ca_pem, &member_1);
@@ -359,6 +364,7 @@ fn a_member_certificate_speaks_only_for_its_own_member() {
         "member 1's own certificate was refused as member 1"
     );
     assert_strong_writes_commit(&cluster, "after-impersonation");
+    assert_victim_untouched(&cluster, "victim");
 }
 
 /// Secure by default: open ports on an address other than loopback refuse to start, before

@@ -623,3 +623,30 @@ pub fn assert_strong_writes_commit(cluster: &TestCluster, what: &str) {
         }
     });
 }
+
+/// Writes `key` = "real" at `strong`; its vnode and that vnode's epoch (what an impostor forges
+/// messages for).
+pub fn write_victim(cluster: &TestCluster, key: &str) -> (u16, u64) {
+    runtime().block_on(async {
+        let config = client_config(tessera_client::Level::Strong);
+        let client = tessera_client::Client::connect_with(&cluster.addr_list(), config)
+            .await
+            .unwrap();
+        client.put(key.as_bytes(), b"real").await.unwrap();
+        let routing = client.topology();
+        let vnode = routing.vnode_of(key.as_bytes());
+        (vnode, routing.topology().chain_epochs[usize::from(vnode)])
+    })
+}
+
+/// `key` reads back "real" at `strong`.
+pub fn assert_victim_untouched(cluster: &TestCluster, key: &str) {
+    let got = runtime().block_on(async {
+        let config = client_config(tessera_client::Level::Strong);
+        let client = tessera_client::Client::connect_with(&cluster.addr_list(), config)
+            .await
+            .unwrap();
+        client.get(key.as_bytes()).await.unwrap()
+    });
+    assert_eq!(got.map(|g| g.0).as_deref(), Some(&b"real"[..]), "{key}");
+}

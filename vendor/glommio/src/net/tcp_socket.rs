@@ -452,6 +452,29 @@ impl TcpStream {
         addr: A,
         duration: Duration,
     ) -> Result<TcpStream> {
+        let addr = addr.to_socket_addrs()?.next().unwrap();
+        let socket = make_tcp_socket(&addr)?;
+        Self::connect_socket_timeout(socket, addr, duration).await
+    }
+
+    /// Like [`TcpStream::connect_timeout`], from a socket first bound to `local` (tessera's
+    /// patch: a peer that checks where a connection comes from needs the dialer's own address
+    /// as the source, not the one the routing table picks).
+    pub async fn connect_timeout_from(
+        local: SocketAddr,
+        addr: SocketAddr,
+        duration: Duration,
+    ) -> Result<TcpStream> {
+        let socket = make_tcp_socket(&addr)?;
+        socket.bind(&local.into())?;
+        Self::connect_socket_timeout(socket, addr, duration).await
+    }
+
+    async fn connect_socket_timeout(
+        socket: Socket,
+        addr: SocketAddr,
+        duration: Duration,
+    ) -> Result<TcpStream> {
         if duration.as_secs() == 0 && duration.subsec_nanos() == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -459,9 +482,6 @@ impl TcpStream {
             )
             .into());
         }
-
-        let addr = addr.to_socket_addrs()?.next().unwrap();
-        let socket = make_tcp_socket(&addr)?;
         let reactor = crate::executor().reactor();
         let source =
             reactor.connect_timeout(socket.as_raw_fd(), SockaddrStorage::from(addr), duration);
