@@ -2,10 +2,13 @@
 //! a real node with certificates `tessera admin certs` made: the CLI and the client library
 //! (shard-aware, so the shard ports too) work over TLS, plain TCP is refused, a node that asks
 //! for client certificates refuses clients without one of its CA, and SIGHUP reloads the
-//! certificates while connections already open go on; a revoked client certificate is refused;
-//! stalled handshakes count against the connection budget.
+//! certificates while connections already open go on; a revoked, an expired and a not yet
+//! valid client certificate are refused; stalled handshakes count against the connection
+//! budget.
 
 mod common;
+#[path = "common/made.rs"]
+mod made;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -318,6 +321,60 @@ fn a_revoked_client_certificate_is_refused() {
         3.0,
     );
     assert!(failures >= 3.0, "{failures} certificate failures counted");
+}
+
+/// A client certificate of the CA `--tls-client-ca` names, outside its validity window, is
+/// refused at the handshake; one inside it from the same CA is let in.
+#[test]
+fn expired_and_not_yet_valid_client_certificates_are_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(&dir.path().join("certs"));
+    let loopback = "127.0.0.1".parse().unwrap();
+    let client_ca = made::make(loopback, None, true, (-10, 365));
+    std::fs::write(certs.join("client-ca.pem"), client_ca.cert.pem()).unwrap();
+    let client_ca_file = file(&certs, "client-ca.pem");
+    let node = start(
+        &dir.path().join("data"),
+        &certs,
+        &["--tls-client-ca", &client_ca_file],
+    );
+    let as_client = |name: &str, days: (i64, i64)| {
+        let made = made::make(loopback, Some(&client_ca), false, days);
+        std::fs::write(certs.join(format!("{name}.pem")), made.cert.pem()).unwrap();
+        std::fs::write(
+            certs.join(format!("{name}-key.pem")),
+            made.key.serialize_pem(),
+        )
+        .unwrap();
+        let mut flags = trusting(&certs);
+        flags.extend([
+            "--tls-cert".into(),
+            file(&certs, &format!("{name}.pem")),
+            "--tls-key".into(),
+            file(&certs, &format!("{name}-key.pem")),
+        ]);
+        flags
+    };
+    let expired = cli(&node, &as_client("expired", (-30, -1)), &["put", "k", "v"]);
+    assert!(
+        !expired.status.success(),
+        "an expired certificate was let in"
+    );
+    let early = cli(&node, &as_client("early", (2, 30)), &["put", "k", "v"]);
+    assert!(
+        !early.status.success(),
+        "a certificate not valid yet was let in"
+    );
+    let valid = cli(&node, &as_client("valid", (-1, 30)), &["put", "k", "v"]);
+    assert!(valid.status.success(), "{valid:?}");
+    let failures = wait_for_metric(
+        node.metrics_addr(),
+        "tessera_client_tls_failures_total",
+        "reason=\"certificate\"",
+        2.0,
+    );
+    assert!(failures >= 2.0, "{failures} certificate failures counted");
 }
 
 /// Handshakes in progress count against `--connection-memory`: connections that open TCP and

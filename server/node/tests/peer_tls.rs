@@ -7,11 +7,12 @@
 mod common;
 #[path = "common/hello.rs"]
 mod hello;
+#[path = "common/made.rs"]
+mod made;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,10 +21,7 @@ use common::{
     signal, write_victim, TestCluster,
 };
 use hello::{hello_frame, impostor_bytes};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, ExtendedKeyUsagePurpose,
-    IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
-};
+use made::{make, revocation_list, Made};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -76,62 +74,6 @@ fn start(certs: &Path) -> TestCluster {
     let flags = cluster_flags(certs);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     TestCluster::start(3, &flags)
-}
-
-/// A certificate and its key.
-struct Made {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A certificate for `ip` that `issuer` signed (self-signed when `None`), valid between
-/// `days` (from now; negative for the past).
-fn make(ip: IpAddr, issuer: Option<&Made>, ca: bool, days: (i64, i64)) -> Made {
-    static SERIALS: AtomicU64 = AtomicU64::new(1);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
-    params.serial_number = Some(SerialNumber::from(serial.to_be_bytes().to_vec()));
-    params.subject_alt_names = vec![SanType::IpAddress(ip)];
-    if ca {
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    } else {
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-    }
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now + time::Duration::days(days.0);
-    params.not_after = now + time::Duration::days(days.1);
-    let cert = match issuer {
-        Some(issuer) => params.signed_by(&key, &issuer.cert, &issuer.key).unwrap(),
-        None => params.self_signed(&key).unwrap(),
-    };
-    Made { cert, key }
-}
-
-/// A revocation list (PEM) of `ca` naming `revoked`.
-fn revocation_list(ca: &Made, revoked: &[&Made]) -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(30),
-        crl_number: SerialNumber::from(vec![1]),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|made| RevokedCertParams {
-                serial_number: made.cert.params().serial_number.clone().unwrap(),
-                revocation_time: now - time::Duration::hours(1),
-                reason_code: None,
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap()
 }
 
 /// A certificate chain and its key, as a TLS client presents them.
