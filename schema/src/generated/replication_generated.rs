@@ -1264,7 +1264,7 @@ impl ::core::fmt::Debug for Probe<'_> {
 pub enum StateOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// One part of a state transfer (server/core/src/replication/transfer.rs has the protocol).
+/// One part of a state transfer (server/core/src/replication/vnode/transfer.rs has the protocol).
 pub struct State<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -1,5 +1,5 @@
 //! State transfers on the sending side: the shell's part of `tessera-core`'s
-//! `replication/transfer.rs`. Each `Effect::ReadState` becomes a task that drives the store's
+//! `replication/vnode/transfer.rs`. Each `Effect::ReadState` becomes a task that drives the store's
 //! `TransferSource` (what goes in each part), reads records from disk where the values are not
 //! in memory, and hands each part to the core, which sends it.
 //!

@@ -12,12 +12,14 @@
 //! - no write acknowledged at `session` or `strong` is lost;
 //! - every `session` read showed the reader's own acknowledged writes;
 //! - the `strong` history of the shared keys is linearizable (`tessera-lincheck`);
+//! - no replica reached a state `invariants.rs` forbids (checked after every step);
 //! - and a seed gives the same trace digest every time it runs.
 //!
 //! `cargo test -p tessera-sim` runs a fixed set of seeds; `cargo run --release -p tessera-sim
 //! -- --seeds 500` runs more; a failing seed prints the command that replays it.
 
 mod clients;
+mod invariants;
 mod watch;
 pub mod world;
 
@@ -105,6 +107,7 @@ impl Report {
 pub fn run(seed: u64, config: &SimConfig) -> Report {
     let mut world = World::new(seed, config.clone());
     let mut clients = Clients::new(config.clients, config.shared_keys);
+    let mut broken = None;
     for step in 0..config.steps {
         world.now_ms += 1;
         world.heal_due();
@@ -118,11 +121,18 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         if config.faults {
             inject_fault(&mut world);
         }
+        broken = invariants::violation(&world);
+        if let Some(what) = &mut broken {
+            *what = format!("at {} ms: {what}", world.now_ms);
+            break;
+        }
     }
     clients.stop();
     world.heal_all();
     let settled = settle(&mut world, &mut clients);
     let mut violations = std::mem::take(&mut clients.violations);
+    violations.extend(broken);
+    violations.extend(invariants::violation(&world).map(|what| format!("after settling: {what}")));
     if !settled {
         violations.push("the cluster did not settle within 60 s of healing".into());
         for vnode in 0..config.vnodes as u16 {

@@ -3,7 +3,7 @@
 //! drive it: `TransferSource::next` says what to do next, the driver reads records from disk
 //! where asked and hands back their writes, and sends each part it is given.
 //!
-//! Why this shape (the receiver's side is in `tessera-core`'s `replication/transfer.rs`):
+//! Why this shape (the receiver's side is in `tessera-core`'s `replication/vnode/transfer.rs`):
 //!
 //! - **Values in version order, in passes.** The receiver applies writes in sequence order,
 //!   and a vnode's writes have growing versions and sequence numbers together, so sending each

@@ -20,7 +20,7 @@
 //! Catch-up: a replica that (re)connects to its predecessor sends its `Position`; the
 //! predecessor resends from its retention queue (the entries its successor has not made
 //! durable, bounded in bytes) when it holds them, and otherwise transfers the vnode's state
-//! newer than that position in numbered parts (`transfer.rs`: values in version order, then
+//! newer than that position in numbered parts (`vnode/transfer.rs`: values in version order, then
 //! the live key digests by range, so that the receiver drops keys deleted meanwhile;
 //! tombstones need not be kept for replicas that were away). Then the live stream goes on.
 //! A transfer cut short resumes from the receiver's position, never from the queue.
@@ -44,7 +44,6 @@
 mod msg;
 mod progress;
 mod replicator;
-mod transfer;
 mod vnode;
 
 pub use msg::{Body, Entry, KeepRange, Level, Outgoing, PeerMsg, Position, Watermarks};
@@ -54,4 +53,4 @@ pub use replicator::{
 };
 
 #[cfg(test)]
-mod tests;
+mod testkit;

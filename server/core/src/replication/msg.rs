@@ -75,7 +75,7 @@ pub enum Body {
     ResumeTransfer(Position),
     /// A restarted head asks every replica where it stands before taking writes.
     Probe,
-    /// Sender -> receiver: one part of a state transfer (`transfer.rs` has the protocol).
+    /// Sender -> receiver: one part of a state transfer (`vnode/transfer.rs` has the protocol).
     /// Parts come in order: first each live key's newest write newer than `since`, in
     /// version order (so sequence numbers grow, with gaps); then the live key digests, by
     /// digest range, so that the receiver drops the keys the sender no longer holds.

@@ -221,6 +221,11 @@ impl Replicator {
         );
         let delta = f(state, &mut cx);
         state.flush(&mut cx);
+        if cfg!(debug_assertions) {
+            if let Some(violation) = state.invariant_violation() {
+                panic!("replication invariant broken: {violation}");
+            }
+        }
         self.queued_bytes = self.queued_bytes.saturating_add_signed(delta);
         if state.refused {
             self.refused.insert(vnode);
@@ -525,6 +530,21 @@ impl Replicator {
             lags.entry(node).or_default().add(lag);
         }
         lags
+    }
+
+    /// The first broken invariant among the vnodes held here (`vnode/invariants.rs`): a walk of
+    /// every vnode and queue, for the simulator and tests.
+    pub fn invariant_violation(&self) -> Option<String> {
+        self.vnodes.values().find_map(|s| s.invariant_violation())
+    }
+
+    /// The vnodes this replica heads, with their chains' epochs (the simulator checks that no
+    /// two replicas head one vnode in one epoch).
+    pub fn heads(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.vnodes
+            .values()
+            .filter(|s| s.is_head())
+            .map(|s| (s.vnode, s.chain.epoch))
     }
 
     /// The vnodes held here.

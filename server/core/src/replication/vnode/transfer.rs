@@ -29,10 +29,10 @@
 //! A link that goes down abandons the transfer on both sides (what was in flight is lost); the
 //! receiver's `Position` on the new link starts the next one from its position.
 
-use super::msg::{Body, Entry, KeepRange, Position};
-use super::replicator::{Effect, StatePart};
-use super::vnode::{Ctx, QueueDelta, VnodeState};
+use super::{Ctx, QueueDelta, VnodeState};
 use crate::placement::NodeId;
+use crate::replication::msg::{Body, Entry, KeepRange, Position};
+use crate::replication::replicator::{Effect, StatePart};
 
 /// A transfer this replica sends.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +48,7 @@ pub(crate) struct OutTransfer {
 }
 
 impl OutTransfer {
-    fn new(id: u64, since: Position) -> OutTransfer {
+    pub(super) fn new(id: u64, since: Position) -> OutTransfer {
         OutTransfer {
             id,
             since,
@@ -85,7 +85,7 @@ pub(crate) struct ReceivedPart {
 
 impl VnodeState {
     /// Starts a transfer to the successor from `since`, abandoning any other.
-    pub(super) fn start_transfer(&mut self, since: Position, cx: &mut Ctx<'_>) {
+    pub(crate) fn start_transfer(&mut self, since: Position, cx: &mut Ctx<'_>) {
         let vnode = self.vnode;
         let down = self.down.as_mut().expect("a successor");
         let id = cx.new_transfer_id();
@@ -103,7 +103,7 @@ impl VnodeState {
     }
 
     /// A restarted head asks for this replica's state newer than `since`.
-    pub(super) fn serve_pull(&mut self, head: NodeId, since: Position, cx: &mut Ctx<'_>) {
+    pub(crate) fn serve_pull(&mut self, head: NodeId, since: Position, cx: &mut Ctx<'_>) {
         let id = cx.new_transfer_id();
         self.serving_pull = Some(OutTransfer::new(id, since));
         cx.effects.push_back(Effect::ReadState {
@@ -114,7 +114,7 @@ impl VnodeState {
         });
     }
 
-    fn out_transfer(&mut self, to: NodeId, id: u64) -> Option<&mut OutTransfer> {
+    pub(super) fn out_transfer(&mut self, to: NodeId, id: u64) -> Option<&mut OutTransfer> {
         let to_successor = self
             .down
             .as_mut()
@@ -140,7 +140,7 @@ impl VnodeState {
 
     /// Sends one part of transfer `id` to `to`; false when that transfer is no longer wanted.
     /// Returns the queue bytes freed: entries the part's values cover are never resent.
-    pub(super) fn send_state_part(
+    pub(crate) fn send_state_part(
         &mut self,
         to: NodeId,
         id: u64,
@@ -190,7 +190,7 @@ impl VnodeState {
 
     /// Transfer `id` to `to` cannot be read: abandoned (nothing more is sent; the receiver
     /// asks again when its link comes back).
-    pub(super) fn abandon_transfer(&mut self, to: NodeId, id: u64) {
+    pub(crate) fn abandon_transfer(&mut self, to: NodeId, id: u64) {
         if let Some(down) = self.down.as_mut().filter(|d| d.node == to) {
             if down.transfer.is_some_and(|t| t.id == id) {
                 down.transfer = None;
@@ -203,7 +203,7 @@ impl VnodeState {
     }
 
     /// The receiver applied every part of transfer `id`.
-    pub(super) fn handle_state_done(&mut self, from: NodeId, id: u64) -> QueueDelta {
+    pub(crate) fn handle_state_done(&mut self, from: NodeId, id: u64) -> QueueDelta {
         if self.serving_pull.is_some_and(|t| t.id == id) && self.chain.head() == from {
             self.serving_pull = None;
             return 0;
@@ -232,7 +232,7 @@ impl VnodeState {
 
     /// A part of a transfer from `from` (the predecessor, or the replica a recovering head
     /// pulls from).
-    pub(super) fn handle_state(
+    pub(crate) fn handle_state(
         &mut self,
         from: NodeId,
         part: ReceivedPart,
@@ -284,7 +284,11 @@ impl VnodeState {
         }
     }
 
-    fn apply_part(&mut self, part: &ReceivedPart, cx: &mut Ctx<'_>) -> Result<(), String> {
+    pub(super) fn apply_part(
+        &mut self,
+        part: &ReceivedPart,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), String> {
         let epoch = self.chain.epoch;
         for entry in &part.entries {
             if entry.seq <= self.own.applied {
@@ -306,14 +310,14 @@ impl VnodeState {
 
     /// A store error or a part out of order: the transfer ends here; this replica asks again
     /// from its position once its shard can take writes (`resume_refused`).
-    fn abort_incoming(&mut self, _cx: &mut Ctx<'_>) {
+    pub(super) fn abort_incoming(&mut self, _cx: &mut Ctx<'_>) {
         self.incoming = None;
         self.refused = true;
     }
 
     /// Asks the sender of a transfer (the predecessor, or the replica pulled from) to start
     /// again from this replica's position, once until something answers.
-    pub(super) fn ask_again(&mut self, cx: &mut Ctx<'_>) {
+    pub(crate) fn ask_again(&mut self, cx: &mut Ctx<'_>) {
         let pulling_from = self.recovery.as_ref().and_then(|r| r.pulling_from);
         let (to, body) = match pulling_from {
             Some(node) => (
@@ -331,7 +335,7 @@ impl VnodeState {
         cx.send(to, self.vnode, self.chain.epoch, body);
     }
 
-    fn finish_incoming(
+    pub(super) fn finish_incoming(
         &mut self,
         from: NodeId,
         part: &ReceivedPart,
@@ -378,7 +382,7 @@ impl VnodeState {
     /// transfer of its own.
     /// Returns the queue bytes freed, and where the successor last said it was, if it is
     /// connected (decide again from there).
-    fn restart_successor(&mut self) -> (QueueDelta, Option<Position>) {
+    pub(super) fn restart_successor(&mut self) -> (QueueDelta, Option<Position>) {
         let through_here = self.position();
         let Some(down) = &mut self.down else {
             return (0, None);
