@@ -67,6 +67,8 @@ struct Client {
     tokens: BTreeMap<u16, u64>,
     /// Per owned key: the version of its last write acknowledged at `session` or `strong`.
     floor: BTreeMap<Vec<u8>, u64>,
+    /// Per shared key: the version this client last saw (0: absent), for compare-and-set.
+    seen: BTreeMap<Vec<u8>, u64>,
     written: u64,
 }
 
@@ -100,6 +102,7 @@ impl Clients {
                     pending: None,
                     tokens: BTreeMap::new(),
                     floor: BTreeMap::new(),
+                    seen: BTreeMap::new(),
                     written: 0,
                 })
                 .collect(),
@@ -145,7 +148,7 @@ impl Clients {
             },
             7 => Call::Put {
                 value: format!("c{id}-cas-{}", world.now_ms).into_bytes(),
-                if_version: Some(world.rng.below(2)),
+                if_version: Some(self.cas_version(index, &key, world)),
             },
             _ => Call::Delete { if_version: None },
         };
@@ -153,6 +156,26 @@ impl Clients {
             Call::Get => self.read(index, world, key, Level::Strong, Call::Get),
             _ => self.write(index, world, key, Level::Strong, call),
         }
+    }
+
+    /// The version a compare-and-set expects: with `cas_current`, often the one this client
+    /// last saw (so that some succeed on a key that exists), else 0 or 1.
+    fn cas_version(&self, index: usize, key: &[u8], world: &mut World) -> u64 {
+        if world.config.more.cas_current && world.fault_rng.below(3) != 0 {
+            return self.clients[index].seen.get(key).copied().unwrap_or(0);
+        }
+        world.rng.below(2)
+    }
+
+    /// Remembers the version an answer on a shared key showed.
+    fn saw(&mut self, index: usize, key: &[u8], outcome: &Outcome) {
+        let version = match outcome {
+            Outcome::Found { version, .. } | Outcome::Written { version } => *version,
+            Outcome::VersionMismatch { current } => *current,
+            Outcome::NotFound | Outcome::Deleted => 0,
+            _ => return,
+        };
+        self.clients[index].seen.insert(key.to_vec(), version);
     }
 
     fn start_owned(&mut self, index: usize, world: &mut World) -> Option<Pending> {
@@ -195,6 +218,9 @@ impl Clients {
         let head = world.table.chain(u32::from(vnode)).head();
         let epoch = world.table.chain(u32::from(vnode)).epoch as u32;
         let now = world.now_ms;
+        if !world.serves(head) {
+            return None;
+        }
         let running = world.running(head)?;
         match running.replicator.admit_write(vnode) {
             Ok(()) => {}
@@ -270,6 +296,9 @@ impl Clients {
                     call_ms: now,
                 })
             }
+            // Refused before anything was written (a failed or full disk, a full write buffer):
+            // the write had no effect.
+            Err(WriteError::Failed(_) | WriteError::DiskFull(_) | WriteError::Overloaded) => None,
             Err(other) => {
                 let _ = id;
                 panic!("the simulated store refused a write: {other}")
@@ -288,7 +317,7 @@ impl Clients {
         let vnode = Self::vnode(world, &key);
         let replicas = world.table.chain(u32::from(vnode)).replicas.clone();
         let node = replicas[world.rng.below(replicas.len() as u64) as usize];
-        if !world.is_up(node) {
+        if !world.serves(node) {
             return None;
         }
         let now = world.now_ms;
@@ -358,6 +387,7 @@ impl Clients {
                 (true, _) => Outcome::Deleted,
             };
             let return_ns = if ok { Self::ns(world.now_ms) } else { u64::MAX };
+            self.saw(index, &key, &outcome);
             self.history.push(Op {
                 client: id,
                 key,
@@ -403,6 +433,12 @@ impl Clients {
                 None
             }
             Pending::Write { .. } => Some(pending),
+            Pending::SessionRead { node, call_ms, .. } | Pending::Answer { node, call_ms, .. }
+                if world.is_paused(node) =>
+            {
+                // A stopped node answers nothing; the client waits up to its timeout.
+                (now < call_ms + READ_TIMEOUT_MS).then_some(pending)
+            }
             Pending::SessionRead { node, .. } | Pending::Answer { node, .. }
                 if !world.is_up(node) =>
             {
@@ -471,6 +507,7 @@ impl Clients {
                     });
                 }
                 self.reads += 1;
+                self.saw(index, &key, &outcome);
                 self.history.push(Op {
                     client: self.clients[index].id,
                     key,

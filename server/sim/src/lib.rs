@@ -19,7 +19,9 @@
 //! -- --seeds 500` runs more; a failing seed prints the command that replays it.
 
 mod clients;
+pub mod faults;
 mod invariants;
+mod transfer;
 mod watch;
 pub mod world;
 
@@ -30,6 +32,7 @@ use tessera_lincheck::Verdict;
 use tessera_store::{TransferLimits, TransferNext, TransferSource};
 
 use crate::clients::Clients;
+pub use crate::faults::FaultModel;
 use crate::world::World;
 
 #[derive(Clone, Debug)]
@@ -44,6 +47,8 @@ pub struct SimConfig {
     /// `--fsync always` (writes count once durable) or `interval`.
     pub fsync_always: bool,
     pub faults: bool,
+    /// The richer faults (`faults.rs`), on top of `faults`.
+    pub more: FaultModel,
     /// The longest a message may wait on its link (each seed picks 1, 4, 16 or this).
     pub max_delay_ms: u64,
     /// Print this vnode's messages (with the receiver's state), transfers, crashes and cuts
@@ -62,8 +67,20 @@ impl Default for SimConfig {
             steps: 3_000,
             fsync_always: true,
             faults: true,
+            more: FaultModel::ALL,
             max_delay_ms: 30,
             watch_vnode: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The fault model before the richer faults (three nodes, crashes of one node at a time,
+    /// cuts): the regression seeds found under it replay as they were found.
+    pub fn classic() -> SimConfig {
+        SimConfig {
+            more: FaultModel::NONE,
+            ..SimConfig::default()
         }
     }
 }
@@ -80,6 +97,10 @@ pub struct Report {
     pub crashes: u64,
     pub messages: u64,
     pub streams_resumed: u64,
+    /// Nodes in the cluster (3 to 7 per seed with `FaultModel::sizes`).
+    pub nodes: usize,
+    /// The richer faults injected, by name.
+    pub injected: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -90,9 +111,10 @@ impl Report {
     /// The command that replays this run.
     pub fn replay(&self, config: &SimConfig) -> String {
         format!(
-            "cargo run --release -p tessera-sim -- --seed {} --steps {}{}{}",
+            "cargo run --release -p tessera-sim -- --seed {} --steps {} --faults {}{}{}",
             self.seed,
             config.steps,
+            config.more.names(),
             if config.fsync_always {
                 ""
             } else {
@@ -118,9 +140,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         }
         clients.progress(&mut world);
         clients.start_some(&mut world);
-        if config.faults {
-            inject_fault(&mut world);
-        }
+        faults::inject(&mut world);
         broken = invariants::violation(&world);
         if let Some(what) = &mut broken {
             *what = format!("at {} ms: {what}", world.now_ms);
@@ -173,28 +193,8 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         crashes: world.crashes,
         messages: world.messages_delivered,
         streams_resumed: world.streams_resumed,
-    }
-}
-
-/// Now and then: crash a node (only while all run: one failure at a time), or cut a link.
-fn inject_fault(world: &mut World) {
-    let nodes = world.nodes.len() as u64;
-    match world.rng.below(1000) {
-        0 | 1 => {
-            let all_up = (0..nodes as NodeId).all(|n| world.is_up(n));
-            if all_up {
-                let node = world.rng.below(nodes) as NodeId;
-                let down_ms = 50 + world.rng.below(500);
-                world.crash(node, down_ms);
-            }
-        }
-        2 | 3 => {
-            let a = world.rng.below(nodes) as NodeId;
-            let b = (a + 1 + world.rng.below(nodes - 1) as NodeId) % nodes as NodeId;
-            let ms = 20 + world.rng.below(300);
-            world.cut(a, b, ms);
-        }
-        _ => {}
+        nodes: world.nodes.len(),
+        injected: world.injected,
     }
 }
 
@@ -210,7 +210,8 @@ fn settle(world: &mut World, clients: &mut Clients) -> bool {
             world.tick();
         }
         clients.progress(world);
-        if step % 50 == 0 && world.quiet() && all_positions_equal(world) {
+        let all_up = (0..world.nodes.len() as NodeId).all(|n| world.is_up(n));
+        if step % 50 == 0 && all_up && world.quiet() && all_positions_equal(world) {
             return true;
         }
     }
@@ -243,7 +244,7 @@ fn contents(world: &mut World, node: NodeId, vnode: u16) -> BTreeMap<Vec<u8>, (V
         match source.next(&running.store, now) {
             TransferNext::Read(items) => {
                 for item in items {
-                    source.push(world::read_item(&slot.disk, item));
+                    source.push(transfer::read_item(&slot.disk, item));
                 }
             }
             TransferNext::Yield => {}

@@ -2,10 +2,10 @@
 //!
 //! `cargo run --release -p tessera-sim -- --seeds 200` runs seeds 0..200; `--seed S` runs one
 //! and prints its report; `--interval` uses `--fsync interval`, `--no-faults` turns faults
-//! off, `--steps N` sets the length, `--watch-vnode V` prints one vnode's messages. Exits 1 when any seed fails, printing how to replay it.
+//! off, `--faults LIST` picks the richer ones (`faults.rs`; all by default), `--steps N` sets the length, `--watch-vnode V` prints one vnode's messages. Exits 1 when any seed fails, printing how to replay it.
 
 use clap::Parser;
-use tessera_sim::{run, SimConfig};
+use tessera_sim::{run, FaultModel, SimConfig};
 
 #[derive(Parser)]
 #[command(
@@ -25,9 +25,13 @@ struct Args {
     /// Writes count once appended (`--fsync interval`), not once durable.
     #[arg(long)]
     interval: bool,
-    /// No crashes and no cut links.
+    /// No faults at all.
     #[arg(long)]
     no_faults: bool,
+    /// The richer faults on top of crashes and cuts: `all`, `none`, or a comma-separated list
+    /// of duplicate, one_way, long_cut, pause, two_down, sizes, cas_current.
+    #[arg(long, default_value = "all", value_parser = FaultModel::parse)]
+    faults: FaultModel,
     /// Print this vnode's messages and the faults to stderr (for reading a failing seed).
     #[arg(long)]
     watch_vnode: Option<u16>,
@@ -39,6 +43,7 @@ fn main() {
         steps: args.steps,
         fsync_always: !args.interval,
         faults: !args.no_faults,
+        more: args.faults,
         watch_vnode: args.watch_vnode,
         ..SimConfig::default()
     };
@@ -50,7 +55,8 @@ fn main() {
     for seed in seeds {
         let report = run(seed, &config);
         println!(
-            "seed {seed}: {} acked writes, {} reads, {} strong ops, {} crashes, {} messages, {} paused streams resumed, trace {:016x}{}",
+            "seed {seed}: {} nodes, {} acked writes, {} reads, {} strong ops, {} crashes, {} messages, {} paused streams resumed, trace {:016x}{}{}",
+            report.nodes,
             report.acked_writes,
             report.reads,
             report.strong_ops,
@@ -58,6 +64,7 @@ fn main() {
             report.messages,
             report.streams_resumed,
             report.trace,
+            injected(&report),
             if report.ok() { "" } else { "  FAILED" }
         );
         if !report.ok() {
@@ -72,4 +79,13 @@ fn main() {
         println!("{failed} seed(s) failed");
         std::process::exit(1);
     }
+}
+
+/// The richer faults a run injected, as ", 3 pause, 1 two_down".
+fn injected(report: &tessera_sim::Report) -> String {
+    report
+        .injected
+        .iter()
+        .map(|(name, count)| format!(", {count} {name}"))
+        .collect()
 }

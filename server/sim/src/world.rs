@@ -13,29 +13,7 @@ use tessera_core::replication::{
     Config, Effect, PeerMsg, Replicator, Ticket, VnodeStore, WriteFailure,
 };
 use tessera_store::testing::{MemDisk, Rng};
-use tessera_store::{
-    finish_state_read, FsyncPolicy, StateItem, Store, StoreConfig, TransferLimits, TransferNext,
-    TransferSource, Visibility,
-};
-
-/// Small transfer parts, passes and walk steps, so that transfers come in many parts.
-const SIM_TRANSFER_LIMITS: TransferLimits = TransferLimits {
-    keys_per_pass: 4,
-    part_bytes: 256,
-    keep_per_part: 4,
-    walk_step: 8,
-    reads_at_once: 3,
-};
-
-/// A transfer's item, read from the simulated disk where it is not in memory.
-pub(crate) fn read_item(disk: &MemDisk, item: StateItem) -> tessera_core::replication::Entry {
-    match item {
-        StateItem::Ready(entry) => entry,
-        StateItem::OnDisk { digest, read } => {
-            finish_state_read(&read, digest, &disk.read(&read)).expect("intact records")
-        }
-    }
-}
+use tessera_store::{FsyncPolicy, Store, StoreConfig, Visibility};
 
 use crate::SimConfig;
 
@@ -51,16 +29,30 @@ pub struct Node {
     pub restart_at_ms: Option<u64>,
     /// Started before: its heads must ask their replicas before taking writes.
     pub started: bool,
+    /// Stopped (SIGSTOP) until then: it handles nothing, and messages to it wait.
+    pub paused_until_ms: Option<u64>,
 }
 
 #[derive(Default)]
-struct Link {
-    up: bool,
+pub(crate) struct Link {
+    pub up: bool,
     /// Cut by a fault until then.
-    cut_until_ms: u64,
-    queue: VecDeque<(u64, PeerMsg)>,
+    pub cut_until_ms: u64,
+    /// Stalled one way by a fault until then: nothing on it is delivered.
+    pub held_until_ms: u64,
+    pub queue: VecDeque<(u64, PeerMsg)>,
     /// Bytes of the messages in `queue` (what the sender's outbox holds unwritten).
-    queued_bytes: usize,
+    pub queued_bytes: usize,
+}
+
+/// A fault's later step (`faults.rs`).
+pub(crate) enum Scheduled {
+    /// Cut the link both ways for this long.
+    Cut(NodeId, NodeId, u64),
+    /// The node's peers drop their links to it.
+    DropLinks(NodeId),
+    /// The node (whose disk failed) is restarted.
+    Restart(NodeId),
 }
 
 /// A client write finished at a node.
@@ -73,10 +65,13 @@ pub struct Completion {
 pub struct World {
     pub now_ms: u64,
     pub rng: Rng,
+    /// The richer faults' own generator (`faults.rs`).
+    pub fault_rng: Rng,
     pub config: SimConfig,
     pub table: ChainTable,
     pub nodes: Vec<Node>,
-    links: BTreeMap<(NodeId, NodeId), Link>,
+    pub(crate) links: BTreeMap<(NodeId, NodeId), Link>,
+    pub(crate) scheduled: Vec<(u64, Scheduled)>,
     pub completions: Vec<Completion>,
     /// A digest of everything that happened, in order: a seed must give the same one.
     pub trace: u64,
@@ -84,6 +79,8 @@ pub struct World {
     /// Times a stream paused on a full outbox went on (flow control at work).
     pub streams_resumed: u64,
     pub crashes: u64,
+    /// The richer faults injected, by name (`faults.rs`).
+    pub injected: BTreeMap<&'static str, u64>,
     /// The replicators' retention-queue bound, per seed: a tiny one keeps queues full, so
     /// that replicas refuse appends and heads refuse writes (backpressure) all the time.
     queue_limit_bytes: usize,
@@ -114,6 +111,10 @@ impl World {
         config.max_delay_ms =
             [1, 4, 16, config.max_delay_ms][rng.below(4) as usize].min(config.max_delay_ms);
         let queue_limit_bytes = [256, 4096, 256 * 1024][rng.below(3) as usize];
+        let mut fault_rng = Rng::new(seed ^ 0xA5A5_5A5A_F00D_CAFE);
+        if config.more.sizes {
+            config.nodes = 3 + fault_rng.below(5) as usize;
+        }
         let members: Vec<tessera_core::placement::Member> = (0..config.nodes as NodeId)
             .map(|id| tessera_core::placement::Member {
                 id,
@@ -126,6 +127,7 @@ impl World {
         let mut world = World {
             now_ms: 1_000_000,
             rng,
+            fault_rng,
             nodes: (0..config.nodes as NodeId)
                 .map(|id| Node {
                     id,
@@ -133,16 +135,19 @@ impl World {
                     running: None,
                     restart_at_ms: None,
                     started: false,
+                    paused_until_ms: None,
                 })
                 .collect(),
             config,
             table,
             links: BTreeMap::new(),
+            scheduled: Vec::new(),
             completions: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             messages_delivered: 0,
             streams_resumed: 0,
             crashes: 0,
+            injected: BTreeMap::new(),
             queue_limit_bytes,
         };
         for node in 0..world.nodes.len() as NodeId {
@@ -153,7 +158,7 @@ impl World {
     }
 
     /// A fault or restart, printed when a vnode is watched.
-    fn watch_event(&self, event: std::fmt::Arguments<'_>) {
+    pub(crate) fn watch_event(&self, event: std::fmt::Arguments<'_>) {
         if self.config.watch_vnode.is_some() {
             eprintln!("{} {event}", self.now_ms);
         }
@@ -200,6 +205,15 @@ impl World {
         self.nodes[node as usize].running.is_some()
     }
 
+    /// Whether `node` runs and is not paused: it answers clients now.
+    pub fn serves(&self, node: NodeId) -> bool {
+        self.is_up(node) && !self.is_paused(node)
+    }
+
+    pub fn is_paused(&self, node: NodeId) -> bool {
+        self.nodes[node as usize].paused_until_ms.is_some()
+    }
+
     /// Brings up every link whose ends run and that no fault cuts.
     pub fn connect_all(&mut self) {
         let n = self.nodes.len() as NodeId;
@@ -214,7 +228,7 @@ impl World {
 
     fn try_link_up(&mut self, a: NodeId, b: NodeId) {
         let now = self.now_ms;
-        let both_up = self.is_up(a) && self.is_up(b);
+        let both_up = self.serves(a) && self.serves(b);
         let link = self.links.entry((a, b)).or_default();
         if link.up || link.cut_until_ms > now || !both_up {
             return;
@@ -271,12 +285,14 @@ impl World {
         }
         let slot = &mut self.nodes[node as usize];
         slot.running = None;
+        slot.paused_until_ms = None;
         slot.disk.crash(&mut self.rng);
         slot.restart_at_ms = Some(self.now_ms + down_ms);
     }
 
     /// Restarts nodes whose time has come, heals cuts whose time has come.
     pub fn heal_due(&mut self) {
+        self.run_scheduled();
         let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
             if self.nodes[node as usize]
@@ -299,6 +315,18 @@ impl World {
         }
         for link in self.links.values_mut() {
             link.cut_until_ms = 0;
+            link.held_until_ms = 0;
+        }
+        self.scheduled.clear();
+        for node in 0..self.nodes.len() as NodeId {
+            if self.is_paused(node) {
+                self.resume(node);
+            }
+            self.nodes[node as usize].disk.fail_next_sync = false;
+            let failed = self.nodes[node as usize].running.as_ref();
+            if failed.is_some_and(|r| r.store.failure().is_some()) {
+                self.crash(node, 0); // its disk failed: restarted now rather than later
+            }
         }
         self.heal_due();
     }
@@ -341,51 +369,14 @@ impl World {
         }
         // FIFO per link: never before what was sent on it earlier.
         let after = link.queue.back().map_or(0, |(at, _)| *at);
+        let at = (now + delay).max(after);
+        if self.config.more.duplicate && self.fault_rng.below(50) == 0 {
+            *self.injected.entry("duplicate").or_default() += 1;
+            link.queued_bytes += msg.body.bytes();
+            link.queue.push_back((at, msg.clone()));
+        }
         link.queued_bytes += msg.body.bytes();
-        link.queue.push_back(((now + delay).max(after), msg));
-    }
-
-    /// Serves a state transfer at once, in small parts (so that a cut link or a crash can
-    /// end it in the middle): the sending side as the shell runs it, without its pacing.
-    fn serve_state(
-        &mut self,
-        node: NodeId,
-        vnode: u16,
-        to: NodeId,
-        since: tessera_core::replication::Position,
-        transfer: u64,
-    ) {
-        let now = self.now_ms;
-        let slot = &mut self.nodes[node as usize];
-        let running = slot.running.as_mut().expect("up");
-        if self.config.watch_vnode == Some(vnode) {
-            eprintln!("{now} state read at {node} for {to} since {since:?}");
-        }
-        let mut source = TransferSource::new(vnode, since, SIM_TRANSFER_LIMITS);
-        loop {
-            match source.next(&running.store, now) {
-                TransferNext::Read(items) => {
-                    for item in items {
-                        source.push(read_item(&slot.disk, item));
-                    }
-                }
-                TransferNext::Yield => {}
-                TransferNext::Send(part) => {
-                    let replicator = &mut running.replicator;
-                    if !replicator.handle_state_part(
-                        vnode,
-                        to,
-                        transfer,
-                        part,
-                        &mut running.store,
-                        now,
-                    ) {
-                        return;
-                    }
-                }
-                TransferNext::Done => return,
-            }
-        }
+        link.queue.push_back((at, msg));
     }
 
     /// Delivers, on every link in a random order, the first message that is due.
@@ -394,7 +385,10 @@ impl World {
         let mut due: Vec<(NodeId, NodeId)> = self
             .links
             .iter()
-            .filter(|(_, l)| l.up && l.queue.front().is_some_and(|(at, _)| *at <= now))
+            .filter(|(&(_, to), l)| {
+                let due = l.queue.front().is_some_and(|(at, _)| *at <= now);
+                l.up && due && l.held_until_ms <= now && !self.is_paused(to)
+            })
             .map(|(&k, _)| k)
             .collect();
         // Shuffle (Fisher-Yates): links interleave in any order; each link stays FIFO.
@@ -411,7 +405,12 @@ impl World {
             };
             link.queued_bytes -= msg.body.bytes();
             let unwritten = link.queued_bytes;
-            if let Some(sender) = self.nodes[from as usize].running.as_mut() {
+            let sender_paused = self.is_paused(from);
+            if let Some(sender) = self.nodes[from as usize]
+                .running
+                .as_mut()
+                .filter(|_| !sender_paused)
+            {
                 if sender
                     .replicator
                     .handle_outbox(to, unwritten, &mut sender.store, now)
@@ -441,22 +440,23 @@ impl World {
     pub fn flush(&mut self, always: bool) {
         let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
-            if !always && self.rng.below(2) == 0 {
+            if !always && self.rng.below(2) == 0 || self.is_paused(node) {
                 continue;
             }
             let slot = &mut self.nodes[node as usize];
             let Some(running) = slot.running.as_mut() else {
                 continue;
             };
-            slot.disk
-                .flush_due(&mut running.store, now)
-                .expect("the simulated disk does not fail");
+            let flushed = slot.disk.flush_due(&mut running.store, now);
             let changed = running.store.take_log_changes();
             if !changed.is_empty() {
                 running
                     .replicator
                     .handle_durable(&changed, &mut running.store, now);
                 self.drain(node);
+            }
+            if let Err(reason) = flushed {
+                self.flush_failed(node, &reason);
             }
         }
     }
@@ -465,6 +465,9 @@ impl World {
     pub fn tick(&mut self) {
         let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
+            if self.is_paused(node) {
+                continue;
+            }
             if let Some(running) = self.nodes[node as usize].running.as_mut() {
                 running.replicator.handle_tick(&mut running.store, now);
             }

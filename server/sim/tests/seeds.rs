@@ -1,15 +1,16 @@
 //! A fixed set of simulation seeds (the library's header says what each run checks), under
-//! both fsync policies, with and without faults; and the same seed twice gives the same
-//! trace. A failure prints the command that replays the seed.
+//! both fsync policies, with the classic faults, with every richer one (`faults.rs`) and with
+//! each alone, and without faults; and the same seed twice gives the same trace. A failure
+//! prints the command that replays the seed.
 
-use tessera_sim::{run, SimConfig};
+use tessera_sim::{run, FaultModel, SimConfig};
 
 fn run_seeds(seeds: std::ops::Range<u64>, config: &SimConfig) {
     let mut failures = Vec::new();
     for seed in seeds {
         let report = run(seed, config);
         assert!(
-            report.acked_writes > 10,
+            report.acked_writes > 5,
             "seed {seed} did little: {report:?}"
         );
         if !report.ok() {
@@ -24,17 +25,77 @@ fn run_seeds(seeds: std::ops::Range<u64>, config: &SimConfig) {
 }
 
 #[test]
-fn seeds_with_faults_under_fsync_always() {
-    run_seeds(0..40, &SimConfig::default());
+fn seeds_with_classic_faults_under_fsync_always() {
+    run_seeds(0..40, &SimConfig::classic());
 }
 
 #[test]
-fn seeds_with_faults_under_fsync_interval() {
+fn seeds_with_classic_faults_under_fsync_interval() {
+    let config = SimConfig {
+        fsync_always: false,
+        ..SimConfig::classic()
+    };
+    run_seeds(100..140, &config);
+}
+
+#[test]
+fn seeds_with_every_fault_under_fsync_always() {
+    run_seeds(1000..1030, &SimConfig::default());
+}
+
+#[test]
+fn seeds_with_every_fault_under_fsync_interval() {
     let config = SimConfig {
         fsync_always: false,
         ..SimConfig::default()
     };
-    run_seeds(100..140, &config);
+    run_seeds(1100..1130, &config);
+}
+
+/// Each richer fault on its own, so that one that breaks something is named by the test.
+#[test]
+fn seeds_with_each_richer_fault_alone() {
+    for (i, name) in FaultModel::NAMES.iter().enumerate() {
+        let more = FaultModel::parse(name).expect("a known fault");
+        for fsync_always in [true, false] {
+            let config = SimConfig {
+                fsync_always,
+                more,
+                ..SimConfig::classic()
+            };
+            let first = 2000 + 100 * i as u64 + if fsync_always { 0 } else { 50 };
+            run_seeds(first..first + 6, &config);
+        }
+    }
+}
+
+/// The richer faults happen: every kind is injected somewhere in a few seeds, and clusters
+/// come in several sizes.
+#[test]
+fn the_richer_faults_are_injected() {
+    let mut injected = std::collections::BTreeMap::new();
+    let mut sizes = std::collections::BTreeSet::new();
+    for seed in 3000..3012 {
+        let report = run(seed, &SimConfig::default());
+        for (name, count) in report.injected {
+            *injected.entry(name).or_insert(0) += count;
+        }
+        sizes.insert(report.nodes);
+    }
+    for name in [
+        "duplicate",
+        "one_way",
+        "long_cut",
+        "pause",
+        "two_down",
+        "eio",
+    ] {
+        assert!(
+            injected.get(name).is_some_and(|&n| n > 0),
+            "no {name} in {injected:?}"
+        );
+    }
+    assert!(sizes.len() >= 3, "cluster sizes {sizes:?}");
 }
 
 #[test]
@@ -62,7 +123,7 @@ fn a_seed_replays_to_the_same_trace() {
 fn regression_seeds() {
     let interval = SimConfig {
         fsync_always: false,
-        ..SimConfig::default()
+        ..SimConfig::classic()
     };
     // A head resumed a restarted successor with a state transfer from the position it had
     // reported before its crash, past the writes it lost: a State now carries `since`, and a
