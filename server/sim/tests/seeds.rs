@@ -139,4 +139,8 @@ fn regression_seeds() {
     // and never acknowledged again. A replica whose copy a transfer left partial now reports
     // `ResumeTransfer`, and its predecessor transfers again instead of resending its queue.
     run_seeds(381..382, &interval);
+    // A middle restarted while its tail was cut off (and its head restarted too) released
+    // reads at its head's commit point, below the writes it had recovered: a `strong` read
+    // there showed a delete the tail did not have. Its read floor is now all it holds.
+    run_seeds(95..96, &SimConfig::default());
 }

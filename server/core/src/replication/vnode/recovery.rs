@@ -53,9 +53,14 @@ impl VnodeState {
     }
 
     /// Releases the store's reads of this vnode once its copy holds every committed write:
-    /// at once when writes count only once durable everywhere (a crash loses none) or the
-    /// chain is this replica alone; for a head once it has checked the others; for the rest
-    /// once the predecessor's commit point is reached.
+    /// at once when the chain is this replica alone; for a head once it has checked the
+    /// others; for the rest once the predecessor's commit point is reached.
+    ///
+    /// The floor is everything this replica holds then: what it recovered from its disk is
+    /// not among the store's unsettled writes, so a read would show it at once, committed or
+    /// not. Reads wait until the commit point passes it (seed 95 of the richer faults: a middle
+    /// restarted while its tail was cut off showed a `strong` reader a delete the tail did not
+    /// have, and the tail then showed the value it had deleted).
     pub(super) fn release_reads(&mut self, cx: &mut Ctx<'_>) {
         if self.clean {
             return;
@@ -71,7 +76,10 @@ impl VnodeState {
         } else if self.is_head() {
             self.recovery.is_none().then_some(self.own.applied)
         } else {
-            self.upstream_committed.filter(|&c| self.own.applied >= c)
+            let caught_up = self
+                .upstream_committed
+                .is_some_and(|c| self.own.applied >= c);
+            caught_up.then_some(self.own.applied)
         };
         if let Some(floor) = floor {
             self.clean = true;

@@ -100,3 +100,38 @@ fn a_replica_that_lost_committed_writes_holds_reads_until_it_has_them_again() {
     durable.run();
     assert_eq!(durable.members[&3].store.released, Some(1));
 }
+
+/// Seed 95 of the richer faults: a middle restarted while its tail was cut off released its
+/// reads at its head's commit point, below the writes it had recovered; those are not
+/// unsettled in its store, so a `strong` read there showed a write the tail did not have yet.
+/// Its floor is now everything it holds: reads wait until the chain commits that.
+#[test]
+fn a_restarted_middle_shows_no_write_the_tail_lacks() {
+    let mut cluster = Cluster::new(true);
+    cluster.write("k", Some("v1"), Level::Strong).unwrap();
+    cluster.run();
+    cluster.disconnect(2, 3);
+    cluster.write("k", None, Level::Eventual).unwrap();
+    cluster.run();
+    assert_eq!(
+        cluster.members[&2].store.position.seq, 2,
+        "the middle has the delete"
+    );
+    assert_eq!(
+        cluster.members[&3].store.position.seq, 1,
+        "the tail does not"
+    );
+    cluster.crash_and_restart(2);
+    cluster.disconnect(2, 3); // the tail stays cut off
+    cluster.run();
+    let middle = &cluster.members[&2].store;
+    assert!(
+        middle.released.is_none_or(|floor| floor >= 2),
+        "reads at the middle released at {:?}, below the delete it holds",
+        middle.released
+    );
+    cluster.connect(2, 3);
+    cluster.run();
+    assert_eq!(cluster.members[&2].store.released, Some(2));
+    cluster.assert_converged();
+}
