@@ -31,7 +31,7 @@ use tessera_store::{Barrier, Lookup, Write, WriteError};
 use crate::budget::Charge;
 use crate::exec::{read_record, wait_visible, write_error, Answer};
 use crate::replica::{pump, Replica};
-use crate::shard::{now_ms, Shard};
+use crate::shard::{mono_ms, now_ms, Shard};
 
 /// How long a session read waits for its replica to apply the client's token.
 const SESSION_WAIT: Duration = Duration::from_secs(2);
@@ -190,7 +190,10 @@ async fn write_at_head(
             core_level(level),
             write.sync,
             &mut *store,
-            now,
+            tessera_core::replication::Now {
+                mono_ms: mono_ms(),
+                wall_ms: now,
+            },
         )
     };
     // Registered before the pump runs: the write may be done at once (eventual).

@@ -48,7 +48,7 @@ use tessera_core::replication::{Effect, PeerMsg, Replicator, Ticket, WriteFailur
 use crate::cluster::Cluster;
 use crate::peer_stream::{self, PeerStream};
 use crate::peer_wire::{self, encode_batch, encode_hello, Hello};
-use crate::shard::{now_ms, Shard};
+use crate::shard::{mono_ms, now, Shard};
 use crate::tls::PeerTls;
 
 /// Bytes handed to one member's connections and not yet written, past which streams pause.
@@ -178,7 +178,7 @@ impl Replica {
         let Some(link) = links.get_mut(&node).filter(|l| l.generation == generation) else {
             return false;
         };
-        link.heard_ms = now_ms();
+        link.heard_ms = mono_ms();
         true
     }
 
@@ -283,7 +283,7 @@ pub fn pump(shard: &Rc<Shard>) {
                 replica
                     .replicator
                     .borrow_mut()
-                    .handle_durable(&changed, &mut *store, now_ms());
+                    .handle_durable(&changed, &mut *store, now());
                 drop(store);
                 shard.wake_visible(&changed);
             }
@@ -320,7 +320,7 @@ fn flush_links(replica: &Replica) {
                     frame
                 })
                 .collect();
-            dial.hand(frames, now_ms());
+            dial.hand(frames, mono_ms());
         }
     }
 }
@@ -338,7 +338,7 @@ fn report_outbox(shard: &Rc<Shard>, node: NodeId) {
         replica
             .replicator
             .borrow_mut()
-            .handle_outbox(node, unwritten, &mut *store, now_ms())
+            .handle_outbox(node, unwritten, &mut *store, now())
     };
     if resumed {
         pump(shard);
@@ -476,14 +476,14 @@ fn needed_connections(replica: &Replica) -> BTreeMap<NodeId, BTreeSet<u16>> {
 }
 
 async fn tick_loop(shard: Rc<Shard>) {
-    let mut last_tick_ms = now_ms();
+    let mut last_tick_ms = mono_ms();
     loop {
         glommio::timer::sleep(TICK).await;
         if shard.stopping.get() {
             return;
         }
         let replica = shard.replica.as_ref().expect("cluster");
-        let now = now_ms();
+        let now = mono_ms();
         if now.saturating_sub(last_tick_ms) > HEARTBEAT.as_millis() as u64 {
             forgive_pause(replica, now);
         }
@@ -502,7 +502,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             replica
                 .replicator
                 .borrow_mut()
-                .handle_tick(&mut *store, now_ms());
+                .handle_tick(&mut *store, crate::shard::now());
         }
         let nodes: Vec<NodeId> = replica.links.borrow().keys().copied().collect();
         for node in nodes {
@@ -628,14 +628,14 @@ fn check_link_up(shard: &Rc<Shard>, replica: &Replica, node: NodeId) {
             return;
         }
         link.up = true;
-        link.heard_ms = now_ms();
+        link.heard_ms = mono_ms();
     }
     tracing::info!(node = replica.cluster.me, peer = node, "link to member up");
     let mut store = shard.store.borrow_mut();
     replica
         .replicator
         .borrow_mut()
-        .handle_link_up(node, &mut *store, now_ms());
+        .handle_link_up(node, &mut *store, now());
     drop(store);
     pump(shard);
 }
@@ -694,7 +694,7 @@ async fn write_frames<W: futures::AsyncWrite + Unpin>(
             return;
         }
         unwritten.set(unwritten.get().saturating_sub(len));
-        progress_ms.set(now_ms());
+        progress_ms.set(mono_ms());
         shard.metrics.peer_sent(node, len);
         report_outbox(shard, node);
     }
@@ -705,7 +705,7 @@ pub(crate) fn deliver(shard: &Rc<Shard>, replica: &Replica, from: NodeId, messag
     {
         let mut store = shard.store.borrow_mut();
         let mut replicator = replica.replicator.borrow_mut();
-        let now = now_ms();
+        let now = crate::shard::now();
         for msg in messages {
             replicator.handle_message(from, msg, &mut *store, now);
         }

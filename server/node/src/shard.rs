@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use tessera_core::replication::Now;
 use tessera_schema::msg::{ShardStats, Topology};
 use tessera_store::{Barrier, Store, StoreConfig};
 
@@ -157,10 +158,29 @@ pub const DISK_FULL_PREFIX: &str = "disk full: ";
 /// Told when a write is durable, or why it never will be.
 type DurableWaiter = oneshot::Sender<Result<(), String>>;
 
+/// Wall time, Unix milliseconds: for values that mean a date (versions, expiries).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Monotonic milliseconds since the process started: for deadlines and silences, which a
+/// wall clock stepped by NTP would cut short or stretch.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Now on both clocks, for the replication core.
+pub fn now() -> Now {
+    Now {
+        mono_ms: mono_ms(),
+        wall_ms: now_ms(),
+    }
 }
 
 impl Shard {

@@ -182,7 +182,7 @@ async fn send_transfer(shard: Rc<Shard>, vnode: u16, to: NodeId) {
                 to,
                 id,
                 &mut *store,
-                now_ms(),
+                crate::shard::now(),
             );
         }
     }
@@ -254,7 +254,7 @@ async fn send_part(shard: &Rc<Shard>, to: NodeId, id: u64, vnode: u16, part: Sta
             id,
             part,
             &mut *store,
-            now_ms(),
+            crate::shard::now(),
         )
     };
     if !sent {

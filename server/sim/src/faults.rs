@@ -24,6 +24,7 @@
 //! seed runs exactly as it did before it existed: the regression seeds stay what they were.
 
 use tessera_core::placement::NodeId;
+use tessera_core::replication::Now;
 
 use crate::world::{Scheduled, World};
 
@@ -278,7 +279,7 @@ impl World {
             for (to, bytes) in unwritten {
                 if running
                     .replicator
-                    .handle_outbox(to, bytes, &mut running.store, now)
+                    .handle_outbox(to, bytes, &mut running.store, Now::both(now))
                 {
                     self.streams_resumed += 1;
                 }

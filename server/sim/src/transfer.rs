@@ -2,6 +2,7 @@
 //! pacing), in tiny parts so that a cut link or a crash can end one in the middle.
 
 use tessera_core::placement::NodeId;
+use tessera_core::replication::Now;
 use tessera_store::testing::MemDisk;
 use tessera_store::{finish_state_read, StateItem, TransferLimits, TransferNext, TransferSource};
 
@@ -60,7 +61,7 @@ impl World {
                         transfer,
                         part,
                         &mut running.store,
-                        now,
+                        Now::both(now),
                     ) {
                         return;
                     }

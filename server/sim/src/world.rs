@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use tessera_core::placement::{ChainTable, NodeId};
+use tessera_core::replication::Now;
 use tessera_core::replication::{
     Config, Effect, PeerMsg, Replicator, Ticket, VnodeStore, WriteFailure,
 };
@@ -240,7 +241,7 @@ impl World {
             let running = self.nodes[me as usize].running.as_mut().expect("up");
             running
                 .replicator
-                .handle_link_up(other, &mut running.store, now);
+                .handle_link_up(other, &mut running.store, Now::both(now));
             self.drain(me);
         }
     }
@@ -413,7 +414,7 @@ impl World {
             {
                 if sender
                     .replicator
-                    .handle_outbox(to, unwritten, &mut sender.store, now)
+                    .handle_outbox(to, unwritten, &mut sender.store, Now::both(now))
                 {
                     self.streams_resumed += 1;
                 }
@@ -430,7 +431,7 @@ impl World {
             };
             running
                 .replicator
-                .handle_message(from, msg, &mut running.store, now);
+                .handle_message(from, msg, &mut running.store, Now::both(now));
             self.drain(to);
         }
     }
@@ -452,7 +453,7 @@ impl World {
             if !changed.is_empty() {
                 running
                     .replicator
-                    .handle_durable(&changed, &mut running.store, now);
+                    .handle_durable(&changed, &mut running.store, Now::both(now));
                 self.drain(node);
             }
             if let Err(reason) = flushed {
@@ -469,7 +470,9 @@ impl World {
                 continue;
             }
             if let Some(running) = self.nodes[node as usize].running.as_mut() {
-                running.replicator.handle_tick(&mut running.store, now);
+                running
+                    .replicator
+                    .handle_tick(&mut running.store, Now::both(now));
             }
             self.drain(node);
         }

@@ -41,11 +41,13 @@
 //! wait on each other in a cycle. When a successor is down, what does not fit is dropped and
 //! the successor gets a state transfer when it returns, so `eventual` writes go on.
 
+mod clock;
 mod msg;
 mod progress;
 mod replicator;
 mod vnode;
 
+pub use clock::Now;
 pub use msg::{Body, Entry, KeepRange, Level, Outgoing, PeerMsg, Position, Watermarks};
 pub use progress::{CatchUps, Progress, SuccessorLag};
 pub use replicator::{

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::clock::Now;
 use super::msg::{Entry, KeepRange, Level, Outgoing, PeerMsg, Position};
 use super::progress::{Progress, SuccessorLag};
 use super::vnode::{Ctx, VnodeState};
@@ -15,7 +16,7 @@ pub trait VnodeStore {
     /// The vnode's writes are durable through this sequence number.
     fn durable_seq(&self, vnode: u16) -> u64;
     /// Applies a write of the vnode's head as it is (sequence numbers only grow).
-    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, now_ms: u64) -> Result<(), String>;
+    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, wall_ms: u64) -> Result<(), String>;
     /// A part of a state transfer lists the sender's live keys of a digest range: drops every
     /// key of that range not listed (and not written after `through`).
     fn drop_absent(
@@ -183,13 +184,13 @@ impl Replicator {
         config: &Config,
         queued_bytes: usize,
         store: &'a mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) -> Ctx<'a> {
         Ctx {
             store,
             effects,
             durable_commit: config.durable_commit,
-            now_ms,
+            now,
             outbox,
             outbox_limit: config.outbox_limit_bytes,
             congested: queued_bytes >= config.queue_limit_bytes,
@@ -203,7 +204,7 @@ impl Replicator {
         &mut self,
         vnode: u16,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
         f: impl FnOnce(&mut VnodeState, &mut Ctx<'_>) -> isize,
     ) {
         let Some(state) = self.vnodes.get_mut(&vnode) else {
@@ -217,12 +218,12 @@ impl Replicator {
             &self.config,
             self.queued_bytes,
             store,
-            now_ms,
+            now,
         );
         let delta = f(state, &mut cx);
         state.flush(&mut cx);
         if cfg!(debug_assertions) {
-            if let Some(violation) = state.invariant_violation() {
+            if let Some(violation) = state.quick_violation() {
                 panic!("replication invariant broken: {violation}");
             }
         }
@@ -247,7 +248,7 @@ impl Replicator {
     }
 
     /// Once the queues have room, the vnodes that refused appends ask for them again.
-    fn resume_refused(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
+    fn resume_refused(&mut self, store: &mut dyn VnodeStore, now: Now) {
         if self.queued_bytes >= self.config.queue_limit_bytes
             || self.refused.is_empty()
             || !store.accepts_writes()
@@ -255,7 +256,7 @@ impl Replicator {
             return;
         }
         for vnode in std::mem::take(&mut self.refused) {
-            self.with_vnode(vnode, store, now_ms, |state, cx| {
+            self.with_vnode(vnode, store, now, |state, cx| {
                 state.resume_refused(cx);
                 0
             });
@@ -264,12 +265,12 @@ impl Replicator {
 
     // ------------------------------------------------------------------ links
 
-    pub fn handle_link_up(&mut self, node: NodeId, store: &mut dyn VnodeStore, now_ms: u64) {
+    pub fn handle_link_up(&mut self, node: NodeId, store: &mut dyn VnodeStore, now: Now) {
         self.links_up.insert(node);
         self.outbox.remove(&node); // a new connection: nothing waits on it
         let vnodes: Vec<u16> = self.vnodes.keys().copied().collect();
         for vnode in vnodes {
-            self.with_vnode(vnode, store, now_ms, |state, cx| {
+            self.with_vnode(vnode, store, now, |state, cx| {
                 state.handle_link_up(node, cx);
                 0
             });
@@ -293,7 +294,7 @@ impl Replicator {
         node: NodeId,
         unwritten_bytes: usize,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) -> bool {
         let was_full = self.outbox_full(node);
         self.outbox.insert(node, unwritten_bytes);
@@ -301,7 +302,7 @@ impl Replicator {
         if resumed {
             let vnodes = self.paused.remove(&node).unwrap_or_default();
             for vnode in vnodes {
-                self.with_vnode(vnode, store, now_ms, |_, _| 0);
+                self.with_vnode(vnode, store, now, |_, _| 0);
             }
         }
         resumed
@@ -323,7 +324,7 @@ impl Replicator {
         from: NodeId,
         msg: PeerMsg,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) {
         let epoch_matches = self
             .vnodes
@@ -332,11 +333,11 @@ impl Replicator {
         if !epoch_matches {
             return; // another epoch (or a vnode not held here): dropped
         }
-        self.with_vnode(msg.vnode, store, now_ms, |state, cx| {
+        self.with_vnode(msg.vnode, store, now, |state, cx| {
             state.handle_message(from, msg.body, cx)
         });
         self.trim_queues();
-        self.resume_refused(store, now_ms);
+        self.resume_refused(store, now);
     }
 
     /// Whether the transfer an `Effect::ReadState` asked for is still wanted (a link that
@@ -356,10 +357,10 @@ impl Replicator {
         transfer: u64,
         part: StatePart,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) -> bool {
         let mut sent = false;
-        self.with_vnode(vnode, store, now_ms, |state, cx| {
+        self.with_vnode(vnode, store, now, |state, cx| {
             let (ok, delta) = state.send_state_part(to, transfer, part, cx);
             sent = ok;
             delta
@@ -375,9 +376,9 @@ impl Replicator {
         to: NodeId,
         transfer: u64,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) {
-        self.with_vnode(vnode, store, now_ms, |state, _| {
+        self.with_vnode(vnode, store, now, |state, _| {
             state.abandon_transfer(to, transfer);
             0
         });
@@ -415,14 +416,14 @@ impl Replicator {
         level: Level,
         durable: bool,
         store: &mut dyn VnodeStore,
-        now_ms: u64,
+        now: Now,
     ) -> Ticket {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let deadline_ms = now_ms.saturating_add(self.config.write_timeout_ms);
+        let deadline_ms = now.mono_ms.saturating_add(self.config.write_timeout_ms);
         let durable = durable || self.config.durable_commit;
         let durable_seq = store.durable_seq(vnode);
-        self.with_vnode(vnode, store, now_ms, |state, _| {
+        self.with_vnode(vnode, store, now, |state, _| {
             let waiter = Some((ticket, level, durable, deadline_ms));
             state.handle_head_write(entry, waiter, durable_seq)
         });
@@ -431,27 +432,36 @@ impl Replicator {
     }
 
     /// The store made more of these vnodes' writes durable.
-    pub fn handle_durable(&mut self, vnodes: &[u16], store: &mut dyn VnodeStore, now_ms: u64) {
+    pub fn handle_durable(&mut self, vnodes: &[u16], store: &mut dyn VnodeStore, now: Now) {
         for &vnode in vnodes {
             let durable = store.durable_seq(vnode);
-            self.with_vnode(vnode, store, now_ms, |state, _| {
+            self.with_vnode(vnode, store, now, |state, _| {
                 state.handle_durable(durable);
                 0
             });
         }
     }
 
+    /// When `handle_tick` is next needed (monotonic ms): the earliest deadline of a waiting
+    /// write; `None` while no write waits. Visits only the vnodes with writes waiting.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.waiting
+            .iter()
+            .filter_map(|vnode| self.vnodes.get(vnode)?.next_deadline_ms())
+            .min()
+    }
+
     /// Time passed: writes past their deadline fail.
-    pub fn handle_tick(&mut self, store: &mut dyn VnodeStore, now_ms: u64) {
+    pub fn handle_tick(&mut self, store: &mut dyn VnodeStore, now: Now) {
         let vnodes: Vec<u16> = self.waiting.iter().copied().collect();
         for vnode in vnodes {
-            self.with_vnode(vnode, store, now_ms, |_, _| 0);
+            self.with_vnode(vnode, store, now, |_, _| 0);
         }
-        self.resume_refused(store, now_ms);
+        self.resume_refused(store, now);
     }
 
     /// The store stopped taking writes: every write waiting here fails.
-    pub fn fail_writes(&mut self, reason: &str, store: &mut dyn VnodeStore, now_ms: u64) {
+    pub fn fail_writes(&mut self, reason: &str, store: &mut dyn VnodeStore, now: Now) {
         for state in self.vnodes.values_mut() {
             let mut cx = Self::ctx(
                 &mut self.effects,
@@ -461,7 +471,7 @@ impl Replicator {
                 &self.config,
                 self.queued_bytes,
                 store,
-                now_ms,
+                now,
             );
             state.fail_waiters(WriteFailure::Stopped(reason.to_string()), &mut cx);
         }

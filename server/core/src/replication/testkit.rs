@@ -302,7 +302,7 @@ impl Cluster {
             let member = self.members.get_mut(&me).unwrap();
             member
                 .replicator
-                .handle_link_up(other, &mut member.store, now);
+                .handle_link_up(other, &mut member.store, Now::both(now));
         }
         self.collect();
     }
@@ -370,7 +370,7 @@ impl Cluster {
                                 transfer,
                                 part,
                                 &mut member.store,
-                                now,
+                                Now::both(now),
                             ) {
                                 break;
                             }
@@ -421,7 +421,7 @@ impl Cluster {
         let member = self.members.get_mut(&to).unwrap();
         member
             .replicator
-            .handle_message(from, msg, &mut member.store, now);
+            .handle_message(from, msg, &mut member.store, Now::both(now));
         self.collect();
         Some(body)
     }
@@ -434,7 +434,7 @@ impl Cluster {
             let member = self.members.get_mut(&to).unwrap();
             member
                 .replicator
-                .handle_message(from, msg, &mut member.store, now);
+                .handle_message(from, msg, &mut member.store, Now::both(now));
             self.collect();
         }
     }
@@ -450,10 +450,14 @@ impl Cluster {
         let member = self.members.get_mut(&head).unwrap();
         member.replicator.admit_write(VNODE)?;
         let entry = member.store.write(key.as_bytes(), value.map(str::as_bytes));
-        let ticket =
-            member
-                .replicator
-                .handle_head_write(VNODE, entry, level, false, &mut member.store, now);
+        let ticket = member.replicator.handle_head_write(
+            VNODE,
+            entry,
+            level,
+            false,
+            &mut member.store,
+            Now::both(now),
+        );
         self.collect();
         Ok(ticket)
     }
@@ -462,7 +466,9 @@ impl Cluster {
         self.now_ms += ms;
         let now = self.now_ms;
         for member in self.members.values_mut() {
-            member.replicator.handle_tick(&mut member.store, now);
+            member
+                .replicator
+                .handle_tick(&mut member.store, Now::both(now));
         }
         self.run();
     }

@@ -73,6 +73,11 @@ impl VnodeState {
         }
     }
 
+    /// The earliest deadline of a write waiting here (monotonic ms).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.waiters.values().flatten().map(|w| w.deadline_ms).min()
+    }
+
     /// Answers the writes whose ack point was reached, and those whose deadline passed.
     pub(super) fn settle(&mut self, cx: &mut Ctx<'_>) {
         if self.waiters.is_empty() {
@@ -99,7 +104,7 @@ impl VnodeState {
             waiters.retain(|w| {
                 let result = if reached(w.level, w.durable, seq) {
                     Ok(())
-                } else if cx.now_ms >= w.deadline_ms {
+                } else if cx.now.mono_ms >= w.deadline_ms {
                     Err(WriteFailure::Timeout)
                 } else {
                     return true;

@@ -62,7 +62,7 @@ fn under_durable_commit_nothing_counts_before_it_is_synced() {
         member.store.sync();
         member
             .replicator
-            .handle_durable(&[VNODE], &mut member.store, 0);
+            .handle_durable(&[VNODE], &mut member.store, Now::default());
     }
     cluster.run();
     assert_eq!(cluster.done.get(&eventual), Some(&Ok(())));
@@ -134,4 +134,24 @@ fn lag_and_catch_ups_are_reported_per_successor() {
     let store = cluster.members[&2].store.clone();
     cluster.start(2, store);
     assert!(cluster.members[&2].replicator.successor_lag().is_empty());
+}
+
+/// The shell sleeps until `poll_timeout` instead of polling: it names the earliest deadline of
+/// a waiting write, on the monotonic clock, and nothing once no write waits.
+#[test]
+fn poll_timeout_names_the_earliest_write_deadline() {
+    let mut cluster = Cluster::new(false);
+    assert_eq!(cluster.members[&1].replicator.poll_timeout(), None);
+    cluster.disconnect(2, 3);
+    let first_ms = cluster.now_ms;
+    cluster.write("a", Some("1"), Level::Strong).unwrap();
+    cluster.now_ms += 10;
+    cluster.write("b", Some("2"), Level::Strong).unwrap();
+    cluster.run();
+    let timeout = cluster.config.write_timeout_ms;
+    let head = &cluster.members[&1].replicator;
+    assert_eq!(head.poll_timeout(), Some(first_ms + timeout));
+    cluster.tick(timeout);
+    let head = &cluster.members[&1].replicator;
+    assert_eq!(head.poll_timeout(), None, "both timed out: nothing waits");
 }

@@ -40,7 +40,7 @@ impl VnodeState {
             }
             if cx
                 .store
-                .apply(self.vnode, &entry, self.chain.epoch, cx.now_ms)
+                .apply(self.vnode, &entry, self.chain.epoch, cx.now.wall_ms)
                 .is_err()
             {
                 // The store cannot take it now (full disk, overload): ask the predecessor to

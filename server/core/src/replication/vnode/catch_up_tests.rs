@@ -59,7 +59,7 @@ fn messages_of_another_epoch_are_dropped() {
     let member = cluster.members.get_mut(&2).unwrap();
     member
         .replicator
-        .handle_message(1, stale, &mut member.store, 0);
+        .handle_message(1, stale, &mut member.store, Now::default());
     assert!(
         cluster.live(2).is_empty(),
         "another epoch's write is not applied"

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::clock::Now;
 use super::msg::{Body, Entry, Level, Outgoing, PeerMsg, Position, Watermarks};
 use super::progress::{Progress, SuccessorLag};
 use super::replicator::{Effect, Ticket, VnodeStore, WriteFailure};
@@ -164,7 +165,7 @@ pub(crate) struct Ctx<'a> {
     pub store: &'a mut dyn VnodeStore,
     pub effects: &'a mut VecDeque<Effect>,
     pub durable_commit: bool,
-    pub now_ms: u64,
+    pub now: Now,
     /// Bytes handed to each link and not yet written by the shell (as last reported, plus
     /// what was sent since), and the most a link may hold before streams to it pause.
     pub outbox: &'a mut BTreeMap<NodeId, usize>,

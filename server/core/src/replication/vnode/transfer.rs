@@ -294,7 +294,7 @@ impl VnodeState {
             if entry.seq <= self.own.applied {
                 continue;
             }
-            cx.store.apply(self.vnode, entry, epoch, cx.now_ms)?;
+            cx.store.apply(self.vnode, entry, epoch, cx.now.wall_ms)?;
             self.own.applied = entry.seq;
             self.own_version = entry.version;
         }

@@ -114,9 +114,14 @@ fn a_key_rewritten_during_a_transfer_holds_reads_until_its_write_arrives() {
     parts.last_mut().unwrap().last = Some(caught_up_at);
     let middle = c.members.get_mut(&2).unwrap();
     for part in parts {
-        assert!(middle
-            .replicator
-            .handle_state_part(vnode, 3, id, part, &mut middle.store, 0));
+        assert!(middle.replicator.handle_state_part(
+            vnode,
+            3,
+            id,
+            part,
+            &mut middle.store,
+            Now::default()
+        ));
     }
     // Every part reaches the tail, but not yet the stream's rewrite of a1.
     while is_state(&c.deliver_on(2, 3)) {}
@@ -186,12 +191,17 @@ fn an_unreadable_record_abandons_the_transfer() {
     assert!(middle.replicator.transfer_current(vnode, to, transfer));
     middle
         .replicator
-        .handle_state_failed(vnode, to, transfer, &mut middle.store, 0);
+        .handle_state_failed(vnode, to, transfer, &mut middle.store, Now::default());
     assert!(!middle.replicator.transfer_current(vnode, to, transfer));
     let part = StatePart::default();
-    assert!(!middle
-        .replicator
-        .handle_state_part(vnode, to, transfer, part, &mut middle.store, 0));
+    assert!(!middle.replicator.handle_state_part(
+        vnode,
+        to,
+        transfer,
+        part,
+        &mut middle.store,
+        Now::default()
+    ));
     c.run();
     assert!(
         c.live(3).contains_key(b"doomed".as_slice()),
