@@ -5,9 +5,8 @@
 //!   deletes); their history must be linearizable (`tessera-lincheck`);
 //! - owned keys: each is written by one client only, at random levels, and read by it at
 //!   `session`: every read must show the client's last write acknowledged at `session` or
-//!   `strong` or a later one (read-your-writes), and at the end each key must hold that write
-//!   or a later one: no acknowledged `session` or `strong` write is lost, nor under `--fsync
-//!   always` an acknowledged `eventual` one (only a dying disk loses those, README).
+//!   `strong` or a later one (read-your-writes), and at the end each key must hold every
+//!   acknowledged write outside its level's loss window, or a later one (`loss.rs`).
 //!
 //! Writes go to the vnode's head and are answered by the replicator's `WriteDone`; reads go
 //! to a random live replica and, as the node does, wait for what they reveal: a `strong` read
@@ -25,7 +24,8 @@ use tessera_schema::placement::vnode_of;
 use tessera_store::visibility::FLOOR;
 use tessera_store::{finish_read, Barrier, Lookup, Write, WriteError};
 
-use crate::world::World;
+use crate::loss::Issued;
+use crate::world::{Completion, World};
 
 /// How long a read may wait for its barrier before the client gives up on it.
 const READ_TIMEOUT_MS: u64 = 3_000;
@@ -78,17 +78,12 @@ pub struct Clients {
     shared_keys: Vec<Vec<u8>>,
     /// Strong operations on shared keys, for the linearizability check.
     pub history: Vec<Op>,
-    /// Per owned key, every write its owner issued: (version if known, value, acked at
-    /// session or strong).
+    /// Per owned key, every write its owner issued (`loss.rs`).
     issued: BTreeMap<Vec<u8>, Vec<Issued>>,
     pub violations: Vec<String>,
     pub acked_writes: u64,
     pub reads: u64,
 }
-
-/// A write its owner issued: (its version, its value or `None` for a delete, acknowledged at
-/// `session` or `strong`).
-type Issued = (Option<u64>, Option<Vec<u8>>, bool);
 
 fn owned_key(client: u32, i: u64) -> Vec<u8> {
     format!("c{client}-k{i}").into_bytes()
@@ -263,11 +258,15 @@ impl Clients {
                 world.drain(head);
                 self.clients[index].tokens.insert(vnode, ack.vnode_seq);
                 if !key.starts_with(b"shared") {
-                    self.issued.entry(key.clone()).or_default().push((
-                        Some(ack.version),
-                        value.clone(),
-                        false,
-                    ));
+                    let chain = world.table.chain(u32::from(vnode));
+                    self.issued.entry(key.clone()).or_default().push(Issued {
+                        version: Some(ack.version),
+                        value: value.clone(),
+                        level,
+                        head,
+                        middle: chain.replicas.get(1).copied(),
+                        acked_ms: None,
+                    });
                 }
                 Some(Pending::Write {
                     node: head,
@@ -347,12 +346,7 @@ impl Clients {
     pub fn progress(&mut self, world: &mut World) {
         let completions = std::mem::take(&mut world.completions);
         for completion in completions {
-            self.complete_write(
-                completion.node,
-                completion.ticket,
-                completion.result.is_ok(),
-                world,
-            );
+            self.complete_write(&completion, world);
         }
         for index in 0..self.clients.len() {
             let Some(pending) = self.clients[index].pending.take() else {
@@ -362,7 +356,9 @@ impl Clients {
         }
     }
 
-    fn complete_write(&mut self, node: NodeId, ticket: Ticket, ok: bool, world: &World) {
+    fn complete_write(&mut self, completion: &Completion, world: &World) {
+        let (node, ticket) = (completion.node, completion.ticket);
+        let ok = completion.result.is_ok();
         let Some(index) = self.clients.iter().position(|c| {
             matches!(&c.pending, Some(Pending::Write { node: n, ticket: t, .. }) if *n == node && *t == ticket)
         }) else {
@@ -401,14 +397,9 @@ impl Clients {
             if level != Level::Eventual {
                 self.clients[index].floor.insert(key.clone(), version);
             }
-            // The README's loss windows: under `--fsync always` a write is acknowledged at any
-            // level once durable on the replicas its level names, and only a disk dying (never
-            // simulated) loses it; under `interval` an `eventual` write is lost to a head's
-            // crash before it syncs or reaches a replica, which the simulation does inject.
-            let kept = level != Level::Eventual || world.config.fsync_always;
             if let Some(last) = self.issued.get_mut(&key).and_then(|w| w.last_mut()) {
-                if kept && last.0 == Some(version) && last.1 == value {
-                    last.2 = true;
+                if last.version == Some(version) && last.value == value {
+                    last.acked_ms = Some(completion.at_ms);
                 }
             }
         }
@@ -537,11 +528,11 @@ impl Clients {
         let writes = &self.issued[key];
         let from = writes
             .iter()
-            .position(|(version, _, _)| *version == Some(floor))
+            .position(|w| w.version == Some(floor))
             .expect("the floor write was issued");
         let ok = match outcome {
             Outcome::Found { version, .. } => *version >= floor,
-            _ => writes[from..].iter().any(|(_, value, _)| value.is_none()),
+            _ => writes[from..].iter().any(|w| w.value.is_none()),
         };
         if !ok {
             self.violations.push(format!(
@@ -573,35 +564,17 @@ impl Clients {
         }
     }
 
-    /// Every owned key holds its last write acknowledged at `session` or `strong`, or a later
-    /// one its owner issued.
-    pub fn check_nothing_lost(&mut self, final_values: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>) {
+    /// Every owned key holds the last write that had to survive (`loss.rs`), or a later one
+    /// its owner issued.
+    pub fn check_nothing_lost(
+        &mut self,
+        final_values: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+        world: &World,
+    ) {
         for (key, writes) in &self.issued {
-            let Some(last_acked) = writes.iter().rposition(|(_, _, acked)| *acked) else {
-                continue;
-            };
             let found = final_values.get(key);
-            let allowed =
-                writes[last_acked..]
-                    .iter()
-                    .any(|(version, value, _)| match (found, value) {
-                        (Some((found_value, found_version)), Some(value)) => {
-                            found_value == value && Some(*found_version) == *version
-                        }
-                        (None, None) => true,
-                        _ => false,
-                    });
-            if !allowed {
-                self.violations.push(format!(
-                    "{}: holds {:?}, but a write acknowledged (at session or strong, or any level under fsync always) was {:?}",
-                    String::from_utf8_lossy(key),
-                    found.map(|(v, ver)| (String::from_utf8_lossy(v).into_owned(), *ver)),
-                    writes[last_acked]
-                        .1
-                        .as_ref()
-                        .map(|v| String::from_utf8_lossy(v).into_owned()),
-                ));
-            }
+            self.violations
+                .extend(crate::loss::violation(key, writes, found, world));
         }
     }
 }

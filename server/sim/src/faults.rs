@@ -10,9 +10,8 @@
 //!   time out while it lasts;
 //! - `pause`: a node stops (SIGSTOP) for 20-600 ms with its memory intact: it handles nothing,
 //!   messages to it wait, and past `SILENCE_MS` its peers drop their links to it;
-//! - `two_down`: a second node crashes while one is down. Only under `--fsync always`: under
-//!   `interval` two crashes within the sync window may lose `session` writes, which the README
-//!   states, and the clients' check does not yet tell that window apart;
+//! - `two_down`: a second node crashes while one is down (under `interval` this may lose
+//!   `session` writes, within the README's loss window that `loss.rs` checks);
 //! - `disk`: an fdatasync that fails (EIO: the store refuses writes from then on, as the node's
 //!   shard does, until the node is restarted `DISK_FAILED_RESTART_MS` later, as an operator
 //!   would). A full disk is not simulated: it shows only when a segment is preallocated, and a
@@ -185,7 +184,7 @@ fn inject_richer(world: &mut World) {
             "pause"
         }
         // Often, as it can only strike while another node is down.
-        6..=15 if model.two_down && world.config.fsync_always => {
+        6..=15 if model.two_down => {
             let down = (0..nodes as NodeId).filter(|&n| !world.is_up(n)).count();
             if down != 1 || !world.is_up(a) {
                 return;

@@ -21,6 +21,7 @@
 mod clients;
 pub mod faults;
 mod invariants;
+mod loss;
 mod transfer;
 mod watch;
 pub mod world;
@@ -170,7 +171,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
     }
     violations.extend(converged(&mut world));
     let finals = owned_values(&mut world);
-    clients.check_nothing_lost(&finals);
+    clients.check_nothing_lost(&finals, &world);
     violations.extend(std::mem::take(&mut clients.violations));
     match tessera_lincheck::check(&clients.history) {
         Verdict::Linearizable { .. } => {}

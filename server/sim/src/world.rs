@@ -61,6 +61,8 @@ pub struct Completion {
     pub node: NodeId,
     pub ticket: Ticket,
     pub result: Result<(), WriteFailure>,
+    /// When the node answered (the client may hear of it after the node crashed).
+    pub at_ms: u64,
 }
 
 pub struct World {
@@ -80,6 +82,8 @@ pub struct World {
     /// Times a stream paused on a full outbox went on (flow control at work).
     pub streams_resumed: u64,
     pub crashes: u64,
+    /// Every crash: when, and which node (`loss.rs` reads it).
+    pub crash_log: Vec<(u64, NodeId)>,
     /// The richer faults injected, by name (`faults.rs`).
     pub injected: BTreeMap<&'static str, u64>,
     /// The replicators' retention-queue bound, per seed: a tiny one keeps queues full, so
@@ -148,6 +152,7 @@ impl World {
             messages_delivered: 0,
             streams_resumed: 0,
             crashes: 0,
+            crash_log: Vec::new(),
             injected: BTreeMap::new(),
             queue_limit_bytes,
         };
@@ -270,6 +275,7 @@ impl World {
         self.note(&[3, u64::from(node), down_ms]);
         self.watch_event(format_args!("crash node {node} for {down_ms} ms"));
         self.crashes += 1;
+        self.crash_log.push((self.now_ms, node));
         let n = self.nodes.len() as NodeId;
         for other in (0..n).filter(|&o| o != node) {
             for (me, them) in [(node, other), (other, node)] {
@@ -355,6 +361,7 @@ impl World {
                         node,
                         ticket,
                         result,
+                        at_ms: self.now_ms,
                     });
                 }
             }
