@@ -16,6 +16,8 @@
 //!   shard does, until the node is restarted `DISK_FAILED_RESTART_MS` later, as an operator
 //!   would). A full disk is not simulated: it shows only when a segment is preallocated, and a
 //!   run fills less than one (the store's own tests cover it);
+//! - `slow_transfers`: a state transfer sends one part per step, interleaved with the live
+//!   stream, client writes and every other fault, instead of all its parts at once;
 //! - `sizes`: 3 to 7 nodes per seed (replication factor 3), so that nodes are not in every chain;
 //! - `cas_current`: compare-and-set against the version a client last saw, not only 0 or 1.
 //!
@@ -43,6 +45,7 @@ pub struct FaultModel {
     pub pause: bool,
     pub two_down: bool,
     pub disk: bool,
+    pub slow_transfers: bool,
     pub sizes: bool,
     pub cas_current: bool,
 }
@@ -55,6 +58,7 @@ impl FaultModel {
         pause: false,
         two_down: false,
         disk: false,
+        slow_transfers: false,
         sizes: false,
         cas_current: false,
     };
@@ -65,16 +69,18 @@ impl FaultModel {
         pause: true,
         two_down: true,
         disk: true,
+        slow_transfers: true,
         sizes: true,
         cas_current: true,
     };
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "duplicate",
         "one_way",
         "long_cut",
         "pause",
         "two_down",
         "disk",
+        "slow_transfers",
         "sizes",
         "cas_current",
     ];
@@ -92,6 +98,7 @@ impl FaultModel {
                 "pause" => model.pause = true,
                 "two_down" => model.two_down = true,
                 "disk" => model.disk = true,
+                "slow_transfers" => model.slow_transfers = true,
                 "sizes" => model.sizes = true,
                 "cas_current" => model.cas_current = true,
                 other => {
@@ -114,6 +121,7 @@ impl FaultModel {
             self.pause,
             self.two_down,
             self.disk,
+            self.slow_transfers,
             self.sizes,
             self.cas_current,
         ];

@@ -135,6 +135,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         world.now_ms += 1;
         world.heal_due();
         world.deliver_due();
+        world.advance_transfers();
         world.flush(false);
         if step % 10 == 0 {
             world.tick();
@@ -206,6 +207,7 @@ fn settle(world: &mut World, clients: &mut Clients) -> bool {
         world.now_ms += 1;
         world.heal_due();
         world.deliver_due();
+        world.advance_transfers();
         world.flush(true);
         if step % 10 == 0 {
             world.tick();

@@ -27,9 +27,28 @@ pub(crate) fn read_item(disk: &MemDisk, item: StateItem) -> tessera_core::replic
     }
 }
 
+/// A state transfer being sent a part at a time (`FaultModel::slow_transfers`).
+pub(crate) struct Sending {
+    node: NodeId,
+    vnode: u16,
+    to: NodeId,
+    transfer: u64,
+    source: TransferSource,
+}
+
+/// What one step of a transfer did.
+enum Stepped {
+    /// A part went out (or it waits for reads): more to come.
+    Going,
+    /// Done, abandoned, or its sender is gone.
+    Over,
+}
+
 impl World {
-    /// Serves a state transfer at once, in small parts (so that a cut link or a crash can
-    /// end it in the middle): the sending side as the shell runs it, without its pacing.
+    /// Serves a state transfer: at once, in small parts (so that a cut link or a crash can end
+    /// it in the middle), or with `slow_transfers` one part per step, interleaved with the
+    /// live stream, writes, faults and restarts. The sending side as the shell runs it,
+    /// without its pacing.
     pub(crate) fn serve_state(
         &mut self,
         node: NodeId,
@@ -38,35 +57,80 @@ impl World {
         since: tessera_core::replication::Position,
         transfer: u64,
     ) {
-        let now = self.now_ms;
-        let slot = &mut self.nodes[node as usize];
-        let running = slot.running.as_mut().expect("up");
         if self.config.watch_vnode == Some(vnode) {
-            eprintln!("{now} state read at {node} for {to} since {since:?}");
+            eprintln!(
+                "{} state read at {node} for {to} since {since:?}",
+                self.now_ms
+            );
         }
-        let mut source = TransferSource::new(vnode, since, SIM_TRANSFER_LIMITS);
+        let mut sending = Sending {
+            node,
+            vnode,
+            to,
+            transfer,
+            source: TransferSource::new(vnode, since, SIM_TRANSFER_LIMITS),
+        };
+        if self.config.more.slow_transfers {
+            self.sending.push(sending);
+            return;
+        }
+        while let Stepped::Going = self.step_transfer(&mut sending) {}
+    }
+
+    /// Each transfer under way sends its next part.
+    pub(crate) fn advance_transfers(&mut self) {
+        if self.sending.is_empty() {
+            return;
+        }
+        let mut sending = std::mem::take(&mut self.sending);
+        sending.retain_mut(|one| matches!(self.step_transfer(one), Stepped::Going));
+        // Transfers started meanwhile (by the drains) go after these.
+        sending.append(&mut self.sending);
+        self.sending = sending;
+        for node in 0..self.nodes.len() as NodeId {
+            self.drain(node);
+        }
+    }
+
+    /// The sender's crash ends its transfers (a restarted replicator numbers them afresh).
+    pub(crate) fn drop_transfers_of(&mut self, node: NodeId) {
+        self.sending.retain(|one| one.node != node);
+    }
+
+    /// Runs `one` until it sends a part or ends.
+    fn step_transfer(&mut self, one: &mut Sending) -> Stepped {
+        let now = self.now_ms;
+        let paused = self.is_paused(one.node);
+        let slot = &mut self.nodes[one.node as usize];
+        let Some(running) = slot.running.as_mut().filter(|_| !paused) else {
+            return match paused {
+                true => Stepped::Going,
+                false => Stepped::Over,
+            };
+        };
         loop {
-            match source.next(&running.store, now) {
+            match one.source.next(&running.store, now) {
                 TransferNext::Read(items) => {
                     for item in items {
-                        source.push(read_item(&slot.disk, item));
+                        one.source.push(read_item(&slot.disk, item));
                     }
                 }
                 TransferNext::Yield => {}
                 TransferNext::Send(part) => {
-                    let replicator = &mut running.replicator;
-                    if !replicator.handle_state_part(
-                        vnode,
-                        to,
-                        transfer,
+                    let sent = running.replicator.handle_state_part(
+                        one.vnode,
+                        one.to,
+                        one.transfer,
                         part,
                         &mut running.store,
                         Now::both(now),
-                    ) {
-                        return;
-                    }
+                    );
+                    return match sent {
+                        true => Stepped::Going,
+                        false => Stepped::Over,
+                    };
                 }
-                TransferNext::Done => return,
+                TransferNext::Done => return Stepped::Over,
             }
         }
     }

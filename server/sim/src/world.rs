@@ -75,6 +75,8 @@ pub struct World {
     pub nodes: Vec<Node>,
     pub(crate) links: BTreeMap<(NodeId, NodeId), Link>,
     pub(crate) scheduled: Vec<(u64, Scheduled)>,
+    /// State transfers being sent a part per step (`transfer.rs`).
+    pub(crate) sending: Vec<crate::transfer::Sending>,
     pub completions: Vec<Completion>,
     /// A digest of everything that happened, in order: a seed must give the same one.
     pub trace: u64,
@@ -147,6 +149,7 @@ impl World {
             table,
             links: BTreeMap::new(),
             scheduled: Vec::new(),
+            sending: Vec::new(),
             completions: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             messages_delivered: 0,
@@ -276,6 +279,7 @@ impl World {
         self.watch_event(format_args!("crash node {node} for {down_ms} ms"));
         self.crashes += 1;
         self.crash_log.push((self.now_ms, node));
+        self.drop_transfers_of(node);
         let n = self.nodes.len() as NodeId;
         for other in (0..n).filter(|&o| o != node) {
             for (me, them) in [(node, other), (other, node)] {
@@ -487,7 +491,7 @@ impl World {
 
     /// Whether no message is in flight.
     pub fn quiet(&self) -> bool {
-        self.links.values().all(|l| l.queue.is_empty())
+        self.sending.is_empty() && self.links.values().all(|l| l.queue.is_empty())
     }
 
     pub fn running(&mut self, node: NodeId) -> Option<&mut Running> {
