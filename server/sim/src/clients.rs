@@ -186,8 +186,8 @@ impl Clients {
             _ => Level::Strong,
         };
         self.clients[index].written += 1;
-        let value = (world.rng.below(5) != 0)
-            .then(|| format!("c{id}-w{}", self.clients[index].written).into_bytes());
+        let text = format!("c{id}-w{}", self.clients[index].written);
+        let value = (world.rng.below(5) != 0).then(|| world.owned_value(text));
         let call = match value {
             Some(value) => Call::Put {
                 value,

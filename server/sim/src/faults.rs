@@ -18,6 +18,7 @@
 //!   run fills less than one (the store's own tests cover it);
 //! - `slow_transfers`: a state transfer sends one part per step, interleaved with the live
 //!   stream, client writes and every other fault, instead of all its parts at once;
+//! - `compaction`: small segments, large values and compaction now and then (`compaction.rs`);
 //! - `sizes`: 3 to 7 nodes per seed (replication factor 3), so that nodes are not in every chain;
 //! - `cas_current`: compare-and-set against the version a client last saw, not only 0 or 1.
 //!
@@ -46,6 +47,7 @@ pub struct FaultModel {
     pub two_down: bool,
     pub disk: bool,
     pub slow_transfers: bool,
+    pub compaction: bool,
     pub sizes: bool,
     pub cas_current: bool,
 }
@@ -59,6 +61,7 @@ impl FaultModel {
         two_down: false,
         disk: false,
         slow_transfers: false,
+        compaction: false,
         sizes: false,
         cas_current: false,
     };
@@ -70,10 +73,11 @@ impl FaultModel {
         two_down: true,
         disk: true,
         slow_transfers: true,
+        compaction: true,
         sizes: true,
         cas_current: true,
     };
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "duplicate",
         "one_way",
         "long_cut",
@@ -81,6 +85,7 @@ impl FaultModel {
         "two_down",
         "disk",
         "slow_transfers",
+        "compaction",
         "sizes",
         "cas_current",
     ];
@@ -99,6 +104,7 @@ impl FaultModel {
                 "two_down" => model.two_down = true,
                 "disk" => model.disk = true,
                 "slow_transfers" => model.slow_transfers = true,
+                "compaction" => model.compaction = true,
                 "sizes" => model.sizes = true,
                 "cas_current" => model.cas_current = true,
                 other => {
@@ -122,6 +128,7 @@ impl FaultModel {
             self.two_down,
             self.disk,
             self.slow_transfers,
+            self.compaction,
             self.sizes,
             self.cas_current,
         ];

@@ -19,6 +19,7 @@
 //! -- --seeds 500` runs more; a failing seed prints the command that replays it.
 
 mod clients;
+mod compaction;
 pub mod faults;
 mod invariants;
 mod loss;
@@ -137,6 +138,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         world.deliver_due();
         world.advance_transfers();
         world.flush(false);
+        world.compact_some(step);
         if step % 10 == 0 {
             world.tick();
         }

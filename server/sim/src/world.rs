@@ -95,7 +95,10 @@ pub struct World {
 
 fn store_config(config: &SimConfig) -> StoreConfig {
     StoreConfig {
-        segment_size_bytes: 4 * 1024 * 1024,
+        segment_size_bytes: match config.more.compaction {
+            true => crate::compaction::SEGMENT_BYTES,
+            false => 4 * 1024 * 1024,
+        },
         fsync: match config.fsync_always {
             true => FsyncPolicy::Always,
             false => FsyncPolicy::Interval {
@@ -460,6 +463,14 @@ impl World {
                 continue;
             };
             let flushed = slot.disk.flush_due(&mut running.store, now);
+            self.after_disk_work(node, flushed);
+        }
+    }
+
+    /// Tells replication what became durable on `node`, and handles a failed flush.
+    pub(crate) fn after_disk_work(&mut self, node: NodeId, done: Result<(), String>) {
+        let now = self.now_ms;
+        if let Some(running) = self.nodes[node as usize].running.as_mut() {
             let changed = running.store.take_log_changes();
             if !changed.is_empty() {
                 running
@@ -467,9 +478,9 @@ impl World {
                     .handle_durable(&changed, &mut running.store, Now::both(now));
                 self.drain(node);
             }
-            if let Err(reason) = flushed {
-                self.flush_failed(node, &reason);
-            }
+        }
+        if let Err(reason) = done {
+            self.flush_failed(node, &reason);
         }
     }
 

@@ -143,4 +143,13 @@ fn regression_seeds() {
     // reads at its head's commit point, below the writes it had recovered: a `strong` read
     // there showed a delete the tail did not have. Its read floor is now all it holds.
     run_seeds(95..96, &SimConfig::default());
+    // Two shards refused each other's appends while behind their tails, then waited for
+    // room in their queues, which each other's refused write held: a vnode now asks again
+    // as soon as its own successor has caught up.
+    let compaction = SimConfig {
+        fsync_always: false,
+        more: FaultModel::parse("compaction").expect("a known fault"),
+        ..SimConfig::classic()
+    };
+    run_seeds(332..333, &compaction);
 }

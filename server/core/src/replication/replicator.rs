@@ -248,14 +248,26 @@ impl Replicator {
     }
 
     /// Once the queues have room, the vnodes that refused appends ask for them again.
+    ///
+    /// A vnode resumes as soon as it would take appends again: when the shard's queues have
+    /// room, or when its own successor has caught up even though they do not. Waiting for
+    /// room alone could wait in a cycle (simulator, seed 332 with compaction: node 0's queue
+    /// held a write for node 1, which had refused it while behind its own tail; node 1's queue
+    /// held one for node 0, which had refused it likewise; both tails caught up, and neither
+    /// shard ever had room again).
     fn resume_refused(&mut self, store: &mut dyn VnodeStore, now: Now) {
-        if self.queued_bytes >= self.config.queue_limit_bytes
-            || self.refused.is_empty()
-            || !store.accepts_writes()
-        {
+        if self.refused.is_empty() || !store.accepts_writes() {
             return;
         }
-        for vnode in std::mem::take(&mut self.refused) {
+        let congested = self.queued_bytes >= self.config.queue_limit_bytes;
+        let ready: Vec<u16> = self
+            .refused
+            .iter()
+            .copied()
+            .filter(|v| !congested || self.vnodes.get(v).is_none_or(|s| !s.behind_successor()))
+            .collect();
+        for vnode in ready {
+            self.refused.remove(&vnode);
             self.with_vnode(vnode, store, now, |state, cx| {
                 state.resume_refused(cx);
                 0

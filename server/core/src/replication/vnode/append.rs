@@ -61,7 +61,12 @@ impl VnodeState {
     /// with it refuses, so a tail always takes its appends and every chain drains from its
     /// end (a shard-wide refusal could wait in a cycle: A's queue on B's, B's on C's, C's on A's).
     pub(super) fn refuses_appends(&self, cx: &Ctx<'_>) -> bool {
-        cx.congested && self.down.as_ref().is_some_and(|d| d.queue_bytes > 0)
+        cx.congested && self.behind_successor()
+    }
+
+    /// This replica holds entries its successor has not made durable.
+    pub fn behind_successor(&self) -> bool {
+        self.down.as_ref().is_some_and(|d| d.queue_bytes > 0)
     }
 
     /// The shard's queues have room again: ask the predecessor to resend what was refused.
