@@ -18,7 +18,7 @@ const EVERY_STEPS: u64 = 50;
 impl World {
     /// Every `EVERY_STEPS`, each running node compacts a segment if one is due.
     pub(crate) fn compact_some(&mut self, step: u64) {
-        if !self.config.more.compaction || step % EVERY_STEPS != 0 {
+        if !self.config.more.compaction || !step.is_multiple_of(EVERY_STEPS) {
             return;
         }
         let now = self.now_ms;
