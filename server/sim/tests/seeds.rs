@@ -152,4 +152,15 @@ fn regression_seeds() {
         ..SimConfig::classic()
     };
     run_seeds(332..333, &compaction);
+    // A key deleted before a transfer's `through` and written again before its keep list was
+    // read was kept at the receiver with its value from before the delete, and reads were
+    // released before the new write arrived: `caught_up_at` now covers the keep list.
+    let mut before_compaction = FaultModel::ALL;
+    before_compaction.compaction = false;
+    let interval = SimConfig {
+        fsync_always: false,
+        more: before_compaction,
+        ..SimConfig::default()
+    };
+    run_seeds(1077..1078, &interval);
 }

@@ -30,6 +30,9 @@ pub mod testing;
 pub mod transfer;
 pub mod visibility;
 
+#[cfg(test)]
+mod transfer_tests;
+
 pub use config::{FsyncPolicy, StoreConfig};
 pub use index::{digest, Digest};
 pub use log::{FlushPlan, FlushStep};

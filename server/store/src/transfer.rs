@@ -23,7 +23,11 @@
 //!   receiver drops every key of the range that is not listed: a delete made before the part
 //!   was read, however old, reaches it without the sender keeping tombstones. A key deleted
 //!   after the values were read and before its range was listed is dropped too, and its delete
-//!   also comes in the stream; one created meanwhile is listed and comes in the stream.
+//!   also comes in the stream; one created meanwhile is listed and comes in the stream. So is
+//!   one deleted before `through` and written again meanwhile, while the receiver still holds
+//!   its value from before the delete: `caught_up_at` is the sender's applied sequence number
+//!   when it read its last keep part, not its last value, and the receiver serves no read
+//!   until it has applied that far.
 //!
 //! Memory: one pass of `(version, digest)` pairs and one part of values.
 
@@ -118,7 +122,7 @@ pub struct TransferSource {
     entries: Vec<Entry>,
     entries_bytes: usize,
     /// Set when the values are done: where they were sent through, and the sender's applied
-    /// sequence number then.
+    /// sequence number then, raised as each keep part is read.
     through: Position,
     caught_up_at: u64,
     /// Progress, for operators.
@@ -289,6 +293,11 @@ impl TransferSource {
     }
 
     fn keep_part(&mut self, store: &Store, after: Option<Digest>, now_ms: u64) -> StatePart {
+        // A key deleted by then and written again since is listed as live: the receiver keeps
+        // its copy from before the delete until the new write arrives in the stream, so it
+        // must serve no read before it has applied what this part saw (seed 1077).
+        let applied = store.vnode_log(self.vnode).applied_seq;
+        self.caught_up_at = self.caught_up_at.max(applied);
         let limit = self.limits.keep_per_part.max(1);
         let mut digests = Vec::new();
         let mut more = false;
