@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 
 use tessera_core::placement::NodeId;
-use tessera_core::replication::Now;
 use tessera_core::replication::{Entry, Level, Refusal, Ticket};
 use tessera_lincheck::{Call, Op, Outcome};
 use tessera_schema::placement::vnode_of;
@@ -214,31 +213,36 @@ impl Clients {
         let head = world.table.chain(u32::from(vnode)).head();
         let epoch = world.table.chain(u32::from(vnode)).epoch as u32;
         let now = world.now_ms;
+        let clock = world.clock(head);
         if !world.serves(head) {
             return None;
-        }
-        let running = world.running(head)?;
-        match running.replicator.admit_write(vnode) {
-            Ok(()) => {}
-            Err(Refusal::Recovering { .. } | Refusal::Overloaded { .. }) => return None,
-            Err(other) => panic!("a write sent to its head was refused: {other}"),
         }
         let (value, if_version) = match &call {
             Call::Put { value, if_version } => (Some(value.clone()), *if_version),
             Call::Delete { if_version } => (None, *if_version),
             Call::Get => unreachable!("a write"),
         };
+        let ttl_ms = match key.starts_with(b"shared") || value.is_none() {
+            true => 0,
+            false => world.owned_ttl_ms(),
+        };
+        let running = world.running(head)?;
+        match running.replicator.admit_write(vnode) {
+            Ok(()) => {}
+            Err(Refusal::Recovering { .. } | Refusal::Overloaded { .. }) => return None,
+            Err(other) => panic!("a write sent to its head was refused: {other}"),
+        }
         let write = Write {
             vnode,
             key: &key,
             value: value.as_deref(),
-            ttl_ms: 0,
+            ttl_ms,
             if_version,
             sync: false,
             epoch,
         };
         let id = self.clients[index].id;
-        match running.store.handle_write(write, now) {
+        match running.store.handle_write(write, clock.wall_ms) {
             Ok(ack) => {
                 let entry = Entry {
                     seq: ack.vnode_seq,
@@ -253,7 +257,7 @@ impl Clients {
                     level,
                     false,
                     &mut running.store,
-                    Now::both(now),
+                    clock,
                 );
                 world.drain(head);
                 self.clients[index].tokens.insert(vnode, ack.vnode_seq);
@@ -266,6 +270,7 @@ impl Clients {
                         head,
                         middle: chain.replicas.get(1).copied(),
                         acked_ms: None,
+                        expiry_ms: ack.expiry_ms,
                     });
                 }
                 Some(Pending::Write {
@@ -461,7 +466,7 @@ impl Clients {
                     });
                 }
                 let (outcome, _) = read_now(world, node, vnode, &key);
-                self.check_session_read(index, &key, &outcome);
+                self.check_session_read(index, &key, &outcome, world);
                 let tokens = &mut self.clients[index].tokens;
                 let token = tokens.entry(vnode).or_default();
                 *token = (*token).max(applied);
@@ -520,7 +525,7 @@ impl Clients {
         }
     }
 
-    fn check_session_read(&mut self, index: usize, key: &[u8], outcome: &Outcome) {
+    fn check_session_read(&mut self, index: usize, key: &[u8], outcome: &Outcome, world: &World) {
         let Some(&floor) = self.clients[index].floor.get(key) else {
             return;
         };
@@ -532,7 +537,9 @@ impl Clients {
             .expect("the floor write was issued");
         let ok = match outcome {
             Outcome::Found { version, .. } => *version >= floor,
-            _ => writes[from..].iter().any(|w| w.value.is_none()),
+            _ => writes[from..]
+                .iter()
+                .any(|w| w.value.is_none() || world.may_have_expired(w.expiry_ms)),
         };
         if !ok {
             self.violations.push(format!(
@@ -582,7 +589,7 @@ impl Clients {
 /// A read on a replica now: the answer, and the barrier of the key's newest write (a
 /// `strong` read leaves once it is committed).
 fn read_now(world: &mut World, node: NodeId, vnode: u16, key: &[u8]) -> (Outcome, Option<Barrier>) {
-    let now_ms = world.now_ms;
+    let now_ms = world.clock(node).wall_ms;
     let slot = &mut world.nodes[node as usize];
     let running = slot.running.as_mut().expect("up");
     let (lookup, barrier) = running.store.read(vnode, key, now_ms);

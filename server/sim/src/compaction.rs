@@ -21,16 +21,16 @@ impl World {
         if !self.config.more.compaction || !step.is_multiple_of(EVERY_STEPS) {
             return;
         }
-        let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
             if self.is_paused(node) {
                 continue;
             }
+            let wall_ms = self.clock(node).wall_ms;
             let slot = &mut self.nodes[node as usize];
             let Some(running) = slot.running.as_mut() else {
                 continue;
             };
-            let done = slot.disk.compact(&mut running.store, now);
+            let done = slot.disk.compact(&mut running.store, wall_ms);
             if let Ok(Some(victim)) = done {
                 self.note(&[11, u64::from(node), u64::from(victim)]);
                 *self.injected.entry("compaction").or_default() += 1;

@@ -19,6 +19,7 @@
 //! - `slow_transfers`: a state transfer sends one part per step, interleaved with the live
 //!   stream, client writes and every other fault, instead of all its parts at once;
 //! - `compaction`: small segments, large values and compaction now and then (`compaction.rs`);
+//! - `skew`: wall clocks up to 200 ms off and owned writes with TTLs (`ttl.rs`);
 //! - `sizes`: 3 to 7 nodes per seed (replication factor 3), so that nodes are not in every chain;
 //! - `cas_current`: compare-and-set against the version a client last saw, not only 0 or 1.
 //!
@@ -26,7 +27,6 @@
 //! seed runs exactly as it did before it existed: the regression seeds stay what they were.
 
 use tessera_core::placement::NodeId;
-use tessera_core::replication::Now;
 
 use crate::world::{Scheduled, World};
 
@@ -48,6 +48,7 @@ pub struct FaultModel {
     pub disk: bool,
     pub slow_transfers: bool,
     pub compaction: bool,
+    pub skew: bool,
     pub sizes: bool,
     pub cas_current: bool,
 }
@@ -62,6 +63,7 @@ impl FaultModel {
         disk: false,
         slow_transfers: false,
         compaction: false,
+        skew: false,
         sizes: false,
         cas_current: false,
     };
@@ -74,10 +76,11 @@ impl FaultModel {
         disk: true,
         slow_transfers: true,
         compaction: true,
+        skew: true,
         sizes: true,
         cas_current: true,
     };
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "duplicate",
         "one_way",
         "long_cut",
@@ -86,6 +89,7 @@ impl FaultModel {
         "disk",
         "slow_transfers",
         "compaction",
+        "skew",
         "sizes",
         "cas_current",
     ];
@@ -105,6 +109,7 @@ impl FaultModel {
                 "disk" => model.disk = true,
                 "slow_transfers" => model.slow_transfers = true,
                 "compaction" => model.compaction = true,
+                "skew" => model.skew = true,
                 "sizes" => model.sizes = true,
                 "cas_current" => model.cas_current = true,
                 other => {
@@ -129,6 +134,7 @@ impl FaultModel {
             self.disk,
             self.slow_transfers,
             self.compaction,
+            self.skew,
             self.sizes,
             self.cas_current,
         ];
@@ -282,7 +288,7 @@ impl World {
         self.note(&[9, u64::from(node)]);
         self.watch_event(format_args!("resume node {node}"));
         self.nodes[node as usize].paused_until_ms = None;
-        let now = self.now_ms;
+        let clock = self.clock(node);
         let unwritten: Vec<(NodeId, usize)> = self
             .links
             .iter()
@@ -293,7 +299,7 @@ impl World {
             for (to, bytes) in unwritten {
                 if running
                     .replicator
-                    .handle_outbox(to, bytes, &mut running.store, Now::both(now))
+                    .handle_outbox(to, bytes, &mut running.store, clock)
                 {
                     self.streams_resumed += 1;
                 }

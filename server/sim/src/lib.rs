@@ -24,6 +24,7 @@ pub mod faults;
 mod invariants;
 mod loss;
 mod transfer;
+mod ttl;
 mod watch;
 pub mod world;
 
@@ -232,7 +233,9 @@ fn all_positions_equal(world: &World) -> bool {
 
 /// A replica's copy of a vnode: key -> (value, version).
 fn contents(world: &mut World, node: NodeId, vnode: u16) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
-    let now = world.now_ms;
+    // As of a time past every node's clock: a key one store already dropped as expired is
+    // expired on all of them (`ttl.rs`).
+    let now = world.past_every_clock_ms();
     let slot = &mut world.nodes[node as usize];
     let running = slot.running.as_mut().expect("healed");
     // Every live key's newest write, read the way a state transfer from nothing reads them.

@@ -28,6 +28,8 @@ pub struct Issued {
     pub middle: Option<NodeId>,
     /// When it was acknowledged, if it was.
     pub acked_ms: Option<u64>,
+    /// When it expires on its head's wall clock (0: never).
+    pub expiry_ms: u64,
 }
 
 impl Issued {
@@ -53,11 +55,12 @@ impl Issued {
         }
     }
 
-    /// Whether the key's final state is this write.
-    pub fn is(&self, found: Option<&(Vec<u8>, u64)>) -> bool {
+    /// Whether the key's final state is this write (absent, once it may have expired).
+    pub fn is(&self, found: Option<&(Vec<u8>, u64)>, world: &World) -> bool {
         match (found, &self.value) {
             (Some((value, version)), Some(mine)) => value == mine && Some(*version) == self.version,
             (None, None) => true,
+            (None, Some(_)) => world.may_have_expired(self.expiry_ms),
             _ => false,
         }
     }
@@ -72,7 +75,7 @@ pub fn violation(
     world: &World,
 ) -> Option<String> {
     let last = writes.iter().rposition(|w| w.must_survive(world))?;
-    if writes[last..].iter().any(|w| w.is(found)) {
+    if writes[last..].iter().any(|w| w.is(found, world)) {
         return None;
     }
     let shown = |value: Option<&Vec<u8>>| value.map(|v| String::from_utf8_lossy(v).into_owned());

@@ -2,7 +2,6 @@
 //! pacing), in tiny parts so that a cut link or a crash can end one in the middle.
 
 use tessera_core::placement::NodeId;
-use tessera_core::replication::Now;
 use tessera_store::testing::MemDisk;
 use tessera_store::{finish_state_read, StateItem, TransferLimits, TransferNext, TransferSource};
 
@@ -99,7 +98,7 @@ impl World {
 
     /// Runs `one` until it sends a part or ends.
     fn step_transfer(&mut self, one: &mut Sending) -> Stepped {
-        let now = self.now_ms;
+        let clock = self.clock(one.node);
         let paused = self.is_paused(one.node);
         let slot = &mut self.nodes[one.node as usize];
         let Some(running) = slot.running.as_mut().filter(|_| !paused) else {
@@ -109,7 +108,7 @@ impl World {
             };
         };
         loop {
-            match one.source.next(&running.store, now) {
+            match one.source.next(&running.store, clock.wall_ms) {
                 TransferNext::Read(items) => {
                     for item in items {
                         one.source.push(read_item(&slot.disk, item));
@@ -123,7 +122,7 @@ impl World {
                         one.transfer,
                         part,
                         &mut running.store,
-                        Now::both(now),
+                        clock,
                     );
                     return match sent {
                         true => Stepped::Going,

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use tessera_core::placement::{ChainTable, NodeId};
-use tessera_core::replication::Now;
 use tessera_core::replication::{
     Config, Effect, PeerMsg, Replicator, Ticket, VnodeStore, WriteFailure,
 };
@@ -32,6 +31,8 @@ pub struct Node {
     pub started: bool,
     /// Stopped (SIGSTOP) until then: it handles nothing, and messages to it wait.
     pub paused_until_ms: Option<u64>,
+    /// How far its wall clock is ahead of the simulation's (behind when negative).
+    pub wall_skew_ms: i64,
 }
 
 #[derive(Default)]
@@ -146,6 +147,7 @@ impl World {
                     restart_at_ms: None,
                     started: false,
                     paused_until_ms: None,
+                    wall_skew_ms: 0,
                 })
                 .collect(),
             config,
@@ -162,6 +164,7 @@ impl World {
             injected: BTreeMap::new(),
             queue_limit_bytes,
         };
+        crate::ttl::skew_clocks(&mut world);
         for node in 0..world.nodes.len() as NodeId {
             world.start(node);
         }
@@ -198,9 +201,9 @@ impl World {
     fn start(&mut self, node: NodeId) {
         self.watch_event(format_args!("start node {node}"));
         let config = store_config(&self.config);
-        let now = self.now_ms;
+        let wall_ms = self.clock(node).wall_ms;
         let disk = &mut self.nodes[node as usize].disk;
-        let (store, _) = disk.recover(config, false, now).expect("recovery");
+        let (store, _) = disk.recover(config, false, wall_ms).expect("recovery");
         let held: Vec<(u16, tessera_core::placement::Chain)> = (0..self.config.vnodes)
             .filter(|&v| self.table.chain(v).position(node).is_some())
             .map(|v| (v as u16, self.table.chain(v).clone()))
@@ -249,10 +252,11 @@ impl World {
         self.links.entry((b, a)).or_default().up = true;
         self.note(&[1, u64::from(a), u64::from(b)]);
         for (me, other) in [(a, b), (b, a)] {
+            let clock = self.clock(me);
             let running = self.nodes[me as usize].running.as_mut().expect("up");
             running
                 .replicator
-                .handle_link_up(other, &mut running.store, Now::both(now));
+                .handle_link_up(other, &mut running.store, clock);
             self.drain(me);
         }
     }
@@ -421,6 +425,7 @@ impl World {
             link.queued_bytes -= msg.body.bytes();
             let unwritten = link.queued_bytes;
             let sender_paused = self.is_paused(from);
+            let (sender_clock, receiver_clock) = (self.clock(from), self.clock(to));
             if let Some(sender) = self.nodes[from as usize]
                 .running
                 .as_mut()
@@ -428,7 +433,7 @@ impl World {
             {
                 if sender
                     .replicator
-                    .handle_outbox(to, unwritten, &mut sender.store, Now::both(now))
+                    .handle_outbox(to, unwritten, &mut sender.store, sender_clock)
                 {
                     self.streams_resumed += 1;
                 }
@@ -445,7 +450,7 @@ impl World {
             };
             running
                 .replicator
-                .handle_message(from, msg, &mut running.store, Now::both(now));
+                .handle_message(from, msg, &mut running.store, receiver_clock);
             self.drain(to);
         }
     }
@@ -453,29 +458,29 @@ impl World {
     /// Runs each node's flusher (with some probability, so that syncs take a few steps) and
     /// tells replication what became durable.
     pub fn flush(&mut self, always: bool) {
-        let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
             if !always && self.rng.below(2) == 0 || self.is_paused(node) {
                 continue;
             }
+            let wall_ms = self.clock(node).wall_ms;
             let slot = &mut self.nodes[node as usize];
             let Some(running) = slot.running.as_mut() else {
                 continue;
             };
-            let flushed = slot.disk.flush_due(&mut running.store, now);
+            let flushed = slot.disk.flush_due(&mut running.store, wall_ms);
             self.after_disk_work(node, flushed);
         }
     }
 
     /// Tells replication what became durable on `node`, and handles a failed flush.
     pub(crate) fn after_disk_work(&mut self, node: NodeId, done: Result<(), String>) {
-        let now = self.now_ms;
+        let clock = self.clock(node);
         if let Some(running) = self.nodes[node as usize].running.as_mut() {
             let changed = running.store.take_log_changes();
             if !changed.is_empty() {
                 running
                     .replicator
-                    .handle_durable(&changed, &mut running.store, Now::both(now));
+                    .handle_durable(&changed, &mut running.store, clock);
                 self.drain(node);
             }
         }
@@ -486,15 +491,13 @@ impl World {
 
     /// Time passes for every replicator (write deadlines).
     pub fn tick(&mut self) {
-        let now = self.now_ms;
         for node in 0..self.nodes.len() as NodeId {
             if self.is_paused(node) {
                 continue;
             }
+            let clock = self.clock(node);
             if let Some(running) = self.nodes[node as usize].running.as_mut() {
-                running
-                    .replicator
-                    .handle_tick(&mut running.store, Now::both(now));
+                running.replicator.handle_tick(&mut running.store, clock);
             }
             self.drain(node);
         }
