@@ -164,3 +164,29 @@ fn regression_seeds() {
     };
     run_seeds(1077..1078, &interval);
 }
+
+/// Open defect, not fixed yet (run with `--ignored`): a transfer whose receiver applied its
+/// values but not its keep list (its disk failed between the parts, seed 327), and whose
+/// sender and receiver then both restarted, is forgotten by both: the receiver reports the
+/// values' position as a plain `Position`, the sender's `needs_transfer` is gone, and the
+/// deletes only the keep list carried never reach the receiver, so the replicas differ. The
+/// fix needs the receiver's store to keep a durable mark of a transfer in progress. Seeds
+/// 1228 and 615 (interval) fail with the same faults (disk failures and two nodes down) and
+/// are kept here until they are explained.
+#[test]
+#[ignore]
+fn open_defect_a_partial_transfer_forgotten_by_both_ends() {
+    let mut more = FaultModel::ALL;
+    more.skew = false;
+    let always = SimConfig {
+        more,
+        ..SimConfig::default()
+    };
+    run_seeds(327..328, &always);
+    let interval = SimConfig {
+        fsync_always: false,
+        ..always
+    };
+    run_seeds(615..616, &interval);
+    run_seeds(1228..1229, &interval);
+}
