@@ -1393,7 +1393,7 @@ impl<'a> State<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(State::VT_KEEP_UPTO, None)}
   }
-  /// On the last part: the sender's applied sequence number when it read the last value.
+  /// On the last part: the sender's applied sequence number when it read its last keep part.
   #[inline]
   pub fn caught_up_at(&self) -> u64 {
     // Safety:

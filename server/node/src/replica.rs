@@ -78,9 +78,9 @@ struct Dial {
     frames: Option<LocalSender<Vec<u8>>>,
     /// Bytes handed to the writer and not yet written.
     unwritten: Rc<Cell<usize>>,
-    /// When the writer last finished a frame, or was handed one while idle (milliseconds).
+    /// When the writer last finished a frame, or was handed one while idle (`mono_ms`).
     progress_ms: Rc<Cell<u64>>,
-    /// When a frame was last handed to the writer (milliseconds).
+    /// When a frame was last handed to the writer (`mono_ms`).
     sent_ms: u64,
 }
 
@@ -95,7 +95,7 @@ struct Link {
     up: bool,
     /// Bumped when the link goes down: dialers of an older generation reconnect.
     generation: u64,
-    /// When a frame last came from the member, or the link came up (milliseconds).
+    /// When a frame last came from the member, or the link came up (`mono_ms`).
     heard_ms: u64,
 }
 

@@ -165,7 +165,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Monotonic milliseconds since the process started: for deadlines and silences, which a
+/// Monotonic milliseconds since the first call (early in startup): for deadlines and silences, which a
 /// wall clock stepped by NTP would cut short or stretch.
 pub fn mono_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

@@ -3,7 +3,8 @@
 //! The classic set (`SimConfig::faults`): a crash of one node at a time (power loss, restart
 //! after 50-550 ms) and a link cut both ways for 20-320 ms, losing what was in flight. The
 //! richer set (`FaultModel`), each on its own switch so a run can take one at a time:
-//! - `duplicate`: a message delivered twice on its link;
+//! - `duplicate`: a message delivered twice on its link (stricter than production, where TCP
+//!   never repeats a frame: a resend after a reconnect is the real case);
 //! - `one_way`: a link stalls in one direction (TCP holds what is unacknowledged); past
 //!   `SILENCE_MS` both ends give up on the link, as the shell's silence detection does;
 //! - `long_cut`: a cut of 1-3 s, past the write timeout, so that queues overflow and writes
@@ -269,8 +270,7 @@ impl World {
             match step {
                 Scheduled::Cut(a, b, ms) => self.cut(a, b, ms),
                 Scheduled::DropLinks(node) => self.drop_links(node),
-                Scheduled::Restart(node) if self.is_up(node) => self.crash(node, 50),
-                Scheduled::Restart(_) => {}
+                Scheduled::Restart(node) => self.restart_failed(node),
             }
         }
         for node in 0..self.nodes.len() as NodeId {
@@ -283,11 +283,17 @@ impl World {
         }
     }
 
-    /// A paused node runs again: it learns what its links wrote while it was stopped.
+    /// A paused node runs again: it learns which links broke and what its links wrote while
+    /// it was stopped.
     pub(crate) fn resume(&mut self, node: NodeId) {
         self.note(&[9, u64::from(node)]);
         self.watch_event(format_args!("resume node {node}"));
         self.nodes[node as usize].paused_until_ms = None;
+        for them in std::mem::take(&mut self.nodes[node as usize].broken_while_paused) {
+            if let Some(running) = self.nodes[node as usize].running.as_mut() {
+                running.replicator.handle_link_down(them);
+            }
+        }
         let clock = self.clock(node);
         let unwritten: Vec<(NodeId, usize)> = self
             .links
@@ -321,9 +327,7 @@ impl World {
                 link.queued_bytes = 0;
                 link.held_until_ms = 0;
                 if was_up {
-                    if let Some(running) = self.nodes[me as usize].running.as_mut() {
-                        running.replicator.handle_link_down(them);
-                    }
+                    self.link_down_at(me, them);
                 }
             }
         }
@@ -331,6 +335,35 @@ impl World {
 }
 
 impl World {
+    /// The node whose disk failed is restarted, if it still runs on that disk, once no other
+    /// node is down: a third node down at once would take down every chain of three nodes,
+    /// past what `loss.rs` holds the cluster to.
+    fn restart_failed(&mut self, node: NodeId) {
+        let failed = self.nodes[node as usize].running.as_ref();
+        if failed.is_none_or(|r| r.store.failure().is_none()) {
+            return; // restarted meanwhile: its disk works again
+        }
+        let others_down = (0..self.nodes.len() as NodeId).any(|n| n != node && !self.is_up(n));
+        if others_down {
+            let at = self.now_ms + 50;
+            self.scheduled.push((at, Scheduled::Restart(node)));
+            return;
+        }
+        self.crash(node, 50);
+    }
+
+    /// `me` learns that its link to `them` broke: at once, or when it resumes if it is paused
+    /// (a stopped process sees its closed sockets only once it runs again).
+    pub(crate) fn link_down_at(&mut self, me: NodeId, them: NodeId) {
+        if self.is_paused(me) {
+            self.nodes[me as usize].broken_while_paused.push(them);
+            return;
+        }
+        if let Some(running) = self.nodes[me as usize].running.as_mut() {
+            running.replicator.handle_link_down(them);
+        }
+    }
+
     /// A flush failed on `node`: after EIO the store refuses writes for good, and the node is
     /// restarted a while later.
     pub(crate) fn flush_failed(&mut self, node: NodeId, reason: &str) {

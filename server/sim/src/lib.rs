@@ -1,15 +1,15 @@
 //! tessera-sim: deterministic simulation of a whole cluster (DESIGN.md, "Simulation").
 //!
 //! N nodes, each a real `tessera-store` on an in-memory disk (`MemDisk`: a crash drops, keeps
-//! or tears unsynced writes) and a real `tessera-core` replicator, in one thread, with one
-//! seeded generator and a virtual clock. The network delays messages, keeps each link FIFO and
-//! interleaves links in any order; faults crash nodes (one at a time) and restart them after a
-//! while, and cut links (losing what was in flight on them). Clients run operations at every
-//! consistency level (`clients.rs`).
+//! or tears unsynced writes) and a real `tessera-core` replicator, in one thread, with seeded
+//! generators and a virtual clock. The network delays messages, keeps each link FIFO and
+//! interleaves links in any order; faults crash nodes and restart them after a while, cut
+//! links (losing what was in flight on them), and more (`faults.rs`). Clients run operations
+//! at every consistency level (`clients.rs`).
 //!
 //! After the run every fault heals and the cluster is left to settle; then:
 //! - every vnode's replicas hold the same data and the same position (`converged`);
-//! - no write acknowledged at `session` or `strong` is lost;
+//! - no acknowledged write is lost outside its level's loss window (`loss.rs`);
 //! - every `session` read showed the reader's own acknowledged writes;
 //! - the `strong` history of the shared keys is linearizable (`tessera-lincheck`);
 //! - no replica reached a state `invariants.rs` forbids (checked after every step);

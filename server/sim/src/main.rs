@@ -29,7 +29,8 @@ struct Args {
     #[arg(long)]
     no_faults: bool,
     /// The richer faults on top of crashes and cuts: `all`, `none`, or a comma-separated list
-    /// of duplicate, one_way, long_cut, pause, two_down, sizes, cas_current.
+    /// of duplicate, one_way, long_cut, pause, two_down, disk, slow_transfers, compaction, skew,
+    /// sizes, cas_current.
     #[arg(long, default_value = "all", value_parser = FaultModel::parse)]
     faults: FaultModel,
     /// Print this vnode's messages and the faults to stderr (for reading a failing seed).

@@ -1,7 +1,8 @@
 //! The simulated cluster: nodes with real stores on in-memory disks and real replicators,
 //! a network of FIFO links with delays, and faults (crashes, restarts, cut links).
 //!
-//! One thread, one seeded generator, a virtual clock in milliseconds: a seed replays exactly.
+//! One thread, seeded generators (the run's and the richer faults'), a virtual clock in
+//! milliseconds: a seed replays exactly.
 //! Each node runs one shard. A crash is a power loss (`MemDisk::crash`: unsynced writes are
 //! kept, dropped or torn); a restart recovers the store from the disk and starts a fresh
 //! replicator, as the real node does.
@@ -33,6 +34,8 @@ pub struct Node {
     pub paused_until_ms: Option<u64>,
     /// How far its wall clock is ahead of the simulation's (behind when negative).
     pub wall_skew_ms: i64,
+    /// Links that broke while it was paused: it learns of them when it resumes.
+    pub broken_while_paused: Vec<NodeId>,
 }
 
 #[derive(Default)]
@@ -148,6 +151,7 @@ impl World {
                     started: false,
                     paused_until_ms: None,
                     wall_skew_ms: 0,
+                    broken_while_paused: Vec::new(),
                 })
                 .collect(),
             config,
@@ -273,9 +277,7 @@ impl World {
             link.queue.clear();
             link.queued_bytes = 0;
             if was_up {
-                if let Some(running) = self.nodes[me as usize].running.as_mut() {
-                    running.replicator.handle_link_down(other);
-                }
+                self.link_down_at(me, other);
             }
         }
     }
@@ -295,15 +297,14 @@ impl World {
                 link.queue.clear();
                 link.queued_bytes = 0;
                 if was_up && me == other {
-                    if let Some(running) = self.nodes[me as usize].running.as_mut() {
-                        running.replicator.handle_link_down(them);
-                    }
+                    self.link_down_at(me, them);
                 }
             }
         }
         let slot = &mut self.nodes[node as usize];
         slot.running = None;
         slot.paused_until_ms = None;
+        slot.broken_while_paused.clear();
         slot.disk.crash(&mut self.rng);
         slot.restart_at_ms = Some(self.now_ms + down_ms);
     }

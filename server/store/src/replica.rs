@@ -163,7 +163,7 @@ impl VnodeStore for Store {
         self.vnode_log(vnode).durable_seq
     }
 
-    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, now_ms: u64) -> Result<(), String> {
+    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, wall_ms: u64) -> Result<(), String> {
         let write = ReplicatedWrite {
             vnode,
             key: &entry.key,
@@ -173,7 +173,7 @@ impl VnodeStore for Store {
             seq: entry.seq,
             epoch: epoch as u32,
         };
-        match self.handle_replicated_write(write, now_ms) {
+        match self.handle_replicated_write(write, wall_ms) {
             Ok(_) => Ok(()),
             // Already here (a resend overlapping a transfer): nothing to do.
             Err(WriteError::OutOfOrder { .. }) => Ok(()),

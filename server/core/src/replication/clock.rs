@@ -1,7 +1,7 @@
 //! The two clocks a replication decision may need, passed in by the caller (the core reads
 //! no clock).
 //!
-//! Deadlines, silences and (later) leases run on a monotonic clock: a wall clock that NTP
+//! Deadlines (and later leases; the shell's link silences too) run on a monotonic clock: a wall clock that NTP
 //! steps back or forward would time writes out early, never, or hand out a lease twice. Wall
 //! time is only for values that mean a date: a write's version and expiry are assigned by the
 //! head's store, and a replica's store checks expiries against its own wall clock.

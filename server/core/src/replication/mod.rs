@@ -35,9 +35,9 @@
 //! Backpressure: a link's stream pauses while the shell reports more than
 //! `Config::outbox_limit_bytes` unwritten on it (`Replicator::handle_outbox`). When a connected
 //! successor is slow, the retention queues fill up to `Config::queue_limit_bytes`: the head
-//! refuses new writes OVERLOADED, and a replica that feeds a successor refuses appends (it asks
-//! for them again once its queues have room), so a slow tail pushes back through the middle to
-//! the head. A tail always takes appends: every chain drains from its end, and refusals cannot
+//! refuses new writes OVERLOADED, and a replica that is behind its successor refuses appends (it
+//! asks for them again once its queues have room or its successor has caught up), so a slow
+//! tail pushes back through the middle to the head. A tail always takes appends: every chain drains from its end, and refusals cannot
 //! wait on each other in a cycle. When a successor is down, what does not fit is dropped and
 //! the successor gets a state transfer when it returns, so `eventual` writes go on.
 

@@ -92,7 +92,7 @@ pub enum Body {
         entries: Vec<Entry>,
         /// A range of the sender's live key digests (after the last part with entries).
         keep: Option<KeepRange>,
-        /// The last part: the sender's applied sequence number when it read the last value.
+        /// The last part: the sender's applied sequence number when it read its last keep part.
         /// A key rewritten meanwhile was left out (its write comes in the stream after
         /// `through`): the receiver serves no read until it has applied this far.
         last: Option<u64>,

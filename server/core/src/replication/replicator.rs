@@ -8,6 +8,9 @@ use super::progress::{Progress, SuccessorLag};
 use super::vnode::{Ctx, VnodeState};
 use crate::placement::{Chain, NodeId};
 
+/// How soon a vnode that refused appends is looked at again when nothing else happens.
+const REFUSED_RETRY_MS: u64 = 50;
+
 /// What replication needs of a shard's store (the shell implements it over `tessera-store`;
 /// the simulator over the same store on an in-memory disk). Every call is synchronous.
 pub trait VnodeStore {
@@ -115,7 +118,7 @@ pub struct StatePart {
     pub through: Position,
     /// A range of the live key digests (after every part with entries).
     pub keep: Option<KeepRange>,
-    /// The last part: the sender's applied sequence number when it read the last value.
+    /// The last part: the sender's applied sequence number when it read its last keep part.
     pub last: Option<u64>,
 }
 
@@ -128,7 +131,7 @@ pub struct Replicator {
     links_up: BTreeSet<NodeId>,
     /// Per link: bytes handed to the shell and not yet written, as far as this core knows.
     outbox: BTreeMap<NodeId, usize>,
-    /// Vnodes that refused appends while the queues were full.
+    /// Vnodes that refused appends (the queues were full, or the store took no writes).
     refused: BTreeSet<u16>,
     /// Vnodes with client writes waiting (a tick visits only these: with thousands of vnodes,
     /// visiting all of them every tick stalled the shard for milliseconds).
@@ -247,8 +250,7 @@ impl Replicator {
         }
     }
 
-    /// Once the queues have room, the vnodes that refused appends ask for them again.
-    ///
+    /// The vnodes that refused appends ask for them again once they would take them.
     /// A vnode resumes as soon as it would take appends again: when the shard's queues have
     /// room, or when its own successor has caught up even though they do not. Waiting for
     /// room alone could wait in a cycle (simulator, seed 332 with compaction: node 0's queue
@@ -455,11 +457,15 @@ impl Replicator {
     }
 
     /// When `handle_tick` is next needed (monotonic ms): the earliest deadline of a waiting
-    /// write; `None` while no write waits. Visits only the vnodes with writes waiting.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    /// write, or `REFUSED_RETRY_MS` from `now` while vnodes that refused appends wait to ask
+    /// again (a store that took no writes tells no one when it takes them again); `None` when
+    /// neither. Visits only the vnodes with writes waiting.
+    pub fn poll_timeout(&self, now: Now) -> Option<u64> {
+        let retry = (!self.refused.is_empty()).then(|| now.mono_ms + REFUSED_RETRY_MS);
         self.waiting
             .iter()
             .filter_map(|vnode| self.vnodes.get(vnode)?.next_deadline_ms())
+            .chain(retry)
             .min()
     }
 

@@ -141,7 +141,11 @@ fn lag_and_catch_ups_are_reported_per_successor() {
 #[test]
 fn poll_timeout_names_the_earliest_write_deadline() {
     let mut cluster = Cluster::new(false);
-    assert_eq!(cluster.members[&1].replicator.poll_timeout(), None);
+    let now = |cluster: &Cluster| Now::both(cluster.now_ms);
+    assert_eq!(
+        cluster.members[&1].replicator.poll_timeout(now(&cluster)),
+        None
+    );
     cluster.disconnect(2, 3);
     let first_ms = cluster.now_ms;
     cluster.write("a", Some("1"), Level::Strong).unwrap();
@@ -150,8 +154,12 @@ fn poll_timeout_names_the_earliest_write_deadline() {
     cluster.run();
     let timeout = cluster.config.write_timeout_ms;
     let head = &cluster.members[&1].replicator;
-    assert_eq!(head.poll_timeout(), Some(first_ms + timeout));
+    assert_eq!(head.poll_timeout(now(&cluster)), Some(first_ms + timeout));
     cluster.tick(timeout);
     let head = &cluster.members[&1].replicator;
-    assert_eq!(head.poll_timeout(), None, "both timed out: nothing waits");
+    assert_eq!(
+        head.poll_timeout(now(&cluster)),
+        None,
+        "both timed out: nothing waits"
+    );
 }

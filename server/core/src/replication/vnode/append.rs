@@ -69,7 +69,7 @@ impl VnodeState {
         self.down.as_ref().is_some_and(|d| d.queue_bytes > 0)
     }
 
-    /// The shard's queues have room again: ask the predecessor to resend what was refused.
+    /// This replica takes appends again: ask the predecessor to resend what was refused.
     pub fn resume_refused(&mut self, cx: &mut Ctx<'_>) {
         if !std::mem::take(&mut self.refused) {
             return;

@@ -8,7 +8,7 @@
 //! | `transfer.rs` | state transfers sent and received, a recovering head's pull |
 //! | `recovery.rs` | a restarted head's `Probe` answers; releasing reads |
 //! | `stream.rs` | after every input: the stream to the successor |
-//! | `invariants.rs` | states this replica must never reach, checked after every input |
+//! | `invariants.rs` | states this replica must never reach, checked after every input that goes through `Replicator::with_vnode` |
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -155,8 +155,9 @@ pub(crate) struct VnodeState {
     pub(super) clean: bool,
     /// The commit point the predecessor last told of.
     pub(super) upstream_committed: Option<u64>,
-    /// Appends were refused while the shard's queues were full: ask the predecessor to resend
-    /// once they have room (`resume_refused`).
+    /// Appends were refused (the shard's queues were full while this replica was behind its
+    /// successor, or the store took no writes): ask the predecessor to resend once that has
+    /// passed (`Replicator::resume_refused`).
     pub refused: bool,
 }
 

@@ -8,7 +8,7 @@
 //! 2. Parts go out in order, each paced by the link's flow control in the shell: first each
 //!    live key's newest write newer than `since`, in version order; then the live key digests
 //!    by digest range, each part read when it is built (`Body::State`, `keep`). The last part
-//!    carries `caught_up_at`, the sender's applied sequence number when it read the last value.
+//!    carries `caught_up_at`, the sender's applied sequence number when it read its last keep part.
 //! 3. The receiver takes part 0 only at or past `since` (else it asks again from where it is),
 //!    and from then on only the next part of the same transfer: a part out of order, from an
 //!    abandoned transfer or after a store error ends the transfer there, and the receiver asks
