@@ -11,6 +11,16 @@ use crate::placement::{Chain, NodeId};
 /// How soon a vnode that refused appends is looked at again when nothing else happens.
 const REFUSED_RETRY_MS: u64 = 50;
 
+/// In debug builds, panics if `state` reached a state it must never reach (the cheap checks of
+/// `vnode/invariants.rs`; the simulator runs them all in every build).
+fn debug_check(state: &VnodeState) {
+    if cfg!(debug_assertions) {
+        if let Some(violation) = state.quick_violation() {
+            panic!("replication invariant broken: {violation}");
+        }
+    }
+}
+
 /// What replication needs of a shard's store (the shell implements it over `tessera-store`;
 /// the simulator over the same store on an in-memory disk). Every call is synchronous.
 pub trait VnodeStore {
@@ -225,11 +235,7 @@ impl Replicator {
         );
         let delta = f(state, &mut cx);
         state.flush(&mut cx);
-        if cfg!(debug_assertions) {
-            if let Some(violation) = state.quick_violation() {
-                panic!("replication invariant broken: {violation}");
-            }
-        }
+        debug_check(state);
         self.queued_bytes = self.queued_bytes.saturating_add_signed(delta);
         if state.refused {
             self.refused.insert(vnode);
@@ -298,6 +304,7 @@ impl Replicator {
             state.handle_link_down(node);
         }
         self.trim_queues();
+        self.vnodes.values().for_each(debug_check);
     }
 
     /// The shell's word on the link to `node`: `unwritten_bytes` of what it was handed are
@@ -504,6 +511,7 @@ impl Replicator {
         for state in self.vnodes.values_mut() {
             if !state.successor_link_up() {
                 self.queued_bytes -= state.drop_queue();
+                debug_check(state);
             }
         }
     }

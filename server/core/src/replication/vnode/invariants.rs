@@ -1,7 +1,7 @@
 //! States a replica must never reach: checked in debug builds after every input that goes
-//! through `Replicator::with_vnode` (messages, writes, ticks, links coming up, durability;
-//! `quick_violation`, no walk of the queue), and in full by the simulator after every step in
-//! every build (`invariant_violation`).
+//! through the `Replicator` (messages, writes, ticks, links up and down, durability, dropped
+//! queues; `quick_violation`, no walk of the queue), and in full by the simulator after every
+//! step in every build (`invariant_violation`).
 //!
 //! A violation is a bug in this crate, never bad input: a peer's message can make a replica
 //! drop it or ask again, but no message may move these values into a state below. The

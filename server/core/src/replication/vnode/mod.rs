@@ -8,7 +8,7 @@
 //! | `transfer.rs` | state transfers sent and received, a recovering head's pull |
 //! | `recovery.rs` | a restarted head's `Probe` answers; releasing reads |
 //! | `stream.rs` | after every input: the stream to the successor |
-//! | `invariants.rs` | states this replica must never reach, checked after every input that goes through `Replicator::with_vnode` |
+//! | `invariants.rs` | states this replica must never reach, checked after every input in debug builds |
 
 use std::collections::{BTreeMap, VecDeque};
 
