@@ -15,8 +15,9 @@
 //!   `session` writes, within the README's loss window that `loss.rs` checks);
 //! - `disk`: an fdatasync that fails (EIO: the store refuses writes from then on, as the node's
 //!   shard does, until the node is restarted `DISK_FAILED_RESTART_MS` later, as an operator
-//!   would). A full disk is not simulated: it shows only when a segment is preallocated, and a
-//!   run fills less than one (the store's own tests cover it);
+//!   would), and a disk full for 100-500 ms (a new segment cannot be preallocated: the store
+//!   refuses writes DISK_FULL and retries; it shows only with `compaction`'s small segments,
+//!   as a run with the default ones fills less than one);
 //! - `slow_transfers`: a state transfer sends one part per step, interleaved with the live
 //!   stream, client writes and every other fault, instead of all its parts at once;
 //! - `compaction`: small segments, large values and compaction now and then (`compaction.rs`);
@@ -218,6 +219,12 @@ fn inject_richer(world: &mut World) {
             world.nodes[a as usize].disk.fail_next_sync = true;
             "eio"
         }
+        17..=40 if model.disk && world.is_up(a) => {
+            world.nodes[a as usize].disk.disk_full = true;
+            let until = world.now_ms + 100 + span * 4 / 10;
+            world.scheduled.push((until, Scheduled::SpaceBack(a)));
+            "disk_full"
+        }
         _ => return,
     };
     *world.injected.entry(name).or_default() += 1;
@@ -271,6 +278,7 @@ impl World {
                 Scheduled::Cut(a, b, ms) => self.cut(a, b, ms),
                 Scheduled::DropLinks(node) => self.drop_links(node),
                 Scheduled::Restart(node) => self.restart_failed(node),
+                Scheduled::SpaceBack(node) => self.nodes[node as usize].disk.disk_full = false,
             }
         }
         for node in 0..self.nodes.len() as NodeId {

@@ -58,6 +58,8 @@ pub(crate) enum Scheduled {
     DropLinks(NodeId),
     /// The node (whose disk failed) is restarted.
     Restart(NodeId),
+    /// The node's disk has room again.
+    SpaceBack(NodeId),
 }
 
 /// A client write finished at a node.
@@ -342,6 +344,7 @@ impl World {
                 self.resume(node);
             }
             self.nodes[node as usize].disk.fail_next_sync = false;
+            self.nodes[node as usize].disk.disk_full = false;
             let failed = self.nodes[node as usize].running.as_ref();
             if failed.is_some_and(|r| r.store.failure().is_some()) {
                 self.crash(node, 0); // its disk failed: restarted now rather than later

@@ -171,6 +171,14 @@ fn regression_seeds() {
         ..SimConfig::default()
     };
     run_seeds(1077..1078, &interval);
+    // A recovering head whose pull failed (a full disk) and whose link to the replica it
+    // pulled from then broke had lost the answer of a replica whose link had come up during
+    // the pull, and never asked it again: it now asks every replica whose link comes up.
+    let full_disk = SimConfig {
+        more: found_under("disk,compaction"),
+        ..SimConfig::classic()
+    };
+    run_seeds(252..253, &full_disk);
 }
 
 /// Open defect, not fixed yet (run with `--ignored`; README "Known defect"). Seed 647: the

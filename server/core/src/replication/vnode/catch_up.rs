@@ -20,10 +20,12 @@ impl VnodeState {
             // restarted head or middle learns the commit point only from one).
             self.last_ack = None;
         }
-        if let Some(recovery) = &self.recovery {
-            if recovery.pulling_from.is_none() && self.chain.position(node).is_some() {
-                cx.send(node, self.vnode, epoch, Body::Probe);
-            }
+        // A recovering head asks every replica whose link comes up, even while it pulls from
+        // another: if that pull's link then breaks, the head needs every answer again, and it
+        // would never ask a replica whose link came up during the pull (simulator seed 252,
+        // with a full disk failing the pull).
+        if self.recovery.is_some() && self.chain.position(node).is_some() {
+            cx.send(node, self.vnode, epoch, Body::Probe);
         }
         let own = self.position();
         if let Some(down) = self.down.as_mut().filter(|d| d.node == node) {
