@@ -326,18 +326,13 @@ impl World {
     /// on a silent node); they come back once both ends run.
     pub(crate) fn drop_links(&mut self, node: NodeId) {
         self.note(&[10, u64::from(node)]);
-        let n = self.nodes.len() as NodeId;
-        for other in (0..n).filter(|&o| o != node) {
-            for (me, them) in [(node, other), (other, node)] {
-                let link = self.links.entry((me, them)).or_default();
-                let was_up = std::mem::take(&mut link.up);
-                link.queue.clear();
-                link.queued_bytes = 0;
+        for ((from, to), link) in self.links.iter_mut() {
+            if *from == node || *to == node {
                 link.held_until_ms = 0;
-                if was_up {
-                    self.link_down_at(me, them);
-                }
             }
+        }
+        for (me, them) in self.take_links_down(node) {
+            self.link_down_at(me, them);
         }
     }
 }

@@ -284,6 +284,24 @@ impl World {
         }
     }
 
+    /// Takes every link of `node` down both ways, losing what was in flight on them; returns
+    /// the (end, other end) pairs that were up.
+    pub(crate) fn take_links_down(&mut self, node: NodeId) -> Vec<(NodeId, NodeId)> {
+        let n = self.nodes.len() as NodeId;
+        let mut were_up = Vec::new();
+        for other in (0..n).filter(|&o| o != node) {
+            for (me, them) in [(node, other), (other, node)] {
+                let link = self.links.entry((me, them)).or_default();
+                link.queue.clear();
+                link.queued_bytes = 0;
+                if std::mem::take(&mut link.up) {
+                    were_up.push((me, them));
+                }
+            }
+        }
+        were_up
+    }
+
     /// Power loss of `node`; it restarts after `down_ms`.
     pub fn crash(&mut self, node: NodeId, down_ms: u64) {
         self.note(&[3, u64::from(node), down_ms]);
@@ -291,16 +309,9 @@ impl World {
         self.crashes += 1;
         self.crash_log.push((self.now_ms, node));
         self.drop_transfers_of(node);
-        let n = self.nodes.len() as NodeId;
-        for other in (0..n).filter(|&o| o != node) {
-            for (me, them) in [(node, other), (other, node)] {
-                let link = self.links.entry((me, them)).or_default();
-                let was_up = std::mem::take(&mut link.up);
-                link.queue.clear();
-                link.queued_bytes = 0;
-                if was_up && me == other {
-                    self.link_down_at(me, them);
-                }
+        for (me, them) in self.take_links_down(node) {
+            if me != node {
+                self.link_down_at(me, them); // the crashed node's replicator goes anyway
             }
         }
         let slot = &mut self.nodes[node as usize];
