@@ -350,10 +350,20 @@ fn json_logs_are_one_object_per_line_for_each_notable_event() {
 
 /// The server as an unprivileged user (`nobody`, by util-linux's setpriv) when the tests run
 /// as root, who is never refused; from a copy of the binary in a folder anyone may read.
+/// The copy is made by `cp`, a process of its own: a write descriptor opened in this test
+/// process would be inherited by any child another test thread forks meanwhile, and exec of the
+/// copy would then fail with ETXTBSY ("Text file busy", seen in CI).
 fn unprivileged_server(bin_dir: &Path) -> Command {
     use std::os::unix::fs::PermissionsExt;
     let binary = bin_dir.join("tessera-server");
-    std::fs::copy(server_binary(), &binary).unwrap();
+    if !binary.exists() {
+        let copied = Command::new("cp")
+            .arg(server_binary())
+            .arg(&binary)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp of the server binary: {copied}");
+    }
     std::fs::set_permissions(bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let uid = Command::new("id").arg("-u").output().unwrap().stdout;
     if String::from_utf8_lossy(&uid).trim() != "0" {
