@@ -181,16 +181,13 @@ fn regression_seeds() {
     run_seeds(252..253, &full_disk);
 }
 
-/// Open defect, not fixed yet (run with `--ignored`; README "Known defect"). Seed 647: the
-/// middle crashed while sending its tail a transfer, after the values and before the keep
-/// list; the tail crashed too. Both forgot the transfer: the tail reported the values'
-/// position as a plain `Position`, its restarted predecessor resent from there, and the
+/// Seed 647: the middle crashed while sending its tail a transfer, after the values and
+/// before the keep list; the tail crashed too. Both forgot the transfer: the tail reported the
+/// values' position as a plain `Position`, its restarted predecessor resent from there, and the
 /// delete only the keep list carried never reached it, so it served the deleted value to
-/// `strong` reads. The fix needs the receiver's store to keep a durable mark of a transfer in
-/// progress.
+/// `strong` reads. The tail's store now keeps a durable mark of a transfer in progress.
 #[test]
-#[ignore]
-fn open_defect_a_partial_transfer_forgotten_by_both_ends() {
+fn a_transfer_cut_short_by_restarts_of_both_ends() {
     let interval = SimConfig {
         fsync_always: false,
         ..SimConfig::default()

@@ -56,8 +56,9 @@ fn build_log(keys: u64) -> Vec<Vec<u8>> {
             expiry_ms: 0,
             seq: i + 1,
             epoch: 1,
-            format: tessera_store::ondisk::RECORD_FORMAT_V2,
+            format: tessera_store::ondisk::RECORD_FORMAT_V3,
             digest_key: false,
+            transfer_mark: false,
         };
         if segments.last().unwrap().len() + header.record_len() > SEGMENT_BYTES {
             segments.push(Vec::with_capacity(SEGMENT_BYTES));

@@ -98,6 +98,10 @@ impl Store {
         let mut offset = from;
         while offset < from + budget_bytes {
             match parse_record(&bytes[offset..]) {
+                Parsed::Record { header, key, .. } if header.transfer_mark => {
+                    self.relocate_mark(victim, offset, &header, key[0]);
+                    offset += header.record_len();
+                }
                 Parsed::Record { header, key, value } => {
                     self.relocate_record(victim, offset, &header, key, value, now_ms);
                     offset += header.record_len();

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! A hint lists every record of its segment in log order (key digest, vnode, offset, length,
-//! version, expiry, tombstone, sequence number), so replaying it is exactly replaying the segment without the values. It
+//! version, expiry, tombstone, sequence number, transfer mark), so replaying it is exactly replaying the segment without the values. It
 //! is written only after its segment is sealed and synced, and is advisory: a missing, short or
 //! damaged hint (crc, magic, rkyv validation) makes recovery scan the segment instead. rkyv's
 //! validation catches structural damage, not payload damage, hence the crc over the archive.
@@ -18,9 +18,9 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// "THN1" held keys; "THN2" holds their digests (the index keeps no keys); "THN3" adds each
-/// record's sequence number in its vnode. An older hint is ignored like a damaged one and its
-/// segment scanned, which writes a current hint.
-pub const HINT_MAGIC: &[u8; 4] = b"THN3";
+/// record's sequence number in its vnode; "THN4" adds transfer marks (`mark`). An older hint
+/// is ignored like a damaged one and its segment scanned, which writes a current hint.
+pub const HINT_MAGIC: &[u8; 4] = b"THN4";
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct HintEntry {
@@ -35,6 +35,8 @@ pub struct HintEntry {
     pub tombstone: bool,
     /// The record's sequence number in its vnode.
     pub seq: u64,
+    /// 0 for a write; for a transfer mark, its kind (`ondisk::MARK_TRANSFER_*`).
+    pub mark: u8,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -100,6 +102,7 @@ mod tests {
                 expiry_ms: 0,
                 tombstone: false,
                 seq: 11,
+                mark: 0,
             }],
         }
     }

@@ -9,6 +9,7 @@
 //! - [`ondisk`]: the record and segment format (the one file that owns it).
 //! - [`store`]: the state machine: index, versions, compare-and-set, TTL, group commit.
 //! - [`log`]: the in-memory log tail and flush plans.
+//! - `marks`: what a replica remembers across a restart of a transfer it was receiving.
 //! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
 //! - [`replica`]: the store as chain replication sees it (tessera-core's `VnodeStore`) and
 //!   the snapshots a state transfer sends.
@@ -22,6 +23,7 @@ pub(crate) mod fasthash;
 pub mod hint;
 pub mod index;
 pub mod log;
+pub(crate) mod marks;
 pub mod ondisk;
 pub mod recovery;
 pub mod replica;

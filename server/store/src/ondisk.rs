@@ -6,13 +6,14 @@
 //!
 //!   | record | record | ... | record | 00 00 00 ... (zeros to the end of the file)
 //!
-//! record, format 2 (little-endian, packed, no alignment):
+//! record, format 3 (little-endian, packed, no alignment):
 //!   offset size field
 //!        0    4 crc32c over bytes 4..48, then the key, then the value
-//!        4    1 format version (RECORD_FORMAT_V2); 0 never starts a record, so zeros end the log
+//!        4    1 format version (RECORD_FORMAT_V3); 0 never starts a record, so zeros end the log
 //!        5    1 flags: bit 0 = tombstone (value_len is 0); bit 1 = the key field holds the
 //!                key's 16-byte digest, not the key (a tombstone written by a replica that
-//!                never had the key's bytes: a state transfer's delete); other bits must be 0
+//!                never had the key's bytes: a state transfer's delete); bit 2 = a transfer
+//!                mark, not a write (below); other bits must be 0
 //!        6    2 key length (1..=MAX_KEY_BYTES)
 //!        8    4 value length (0..=MAX_VALUE_BYTES)
 //!       12    2 vnode
@@ -23,6 +24,15 @@
 //!       40    4 epoch: the vnode's chain epoch when the head wrote it
 //!       44    4 reserved, 0
 //!       48    . key, then value
+//!
+//! transfer mark (format 3, flag bit 2): a replica receiving a state transfer of a vnode writes
+//!   one before it applies the first part (key = [MARK_TRANSFER_STARTED], seq = its position
+//!   then, version 0) and one after the last (key = [MARK_TRANSFER_DONE], seq and version = the
+//!   position the transfer brought it to); no value, never a tombstone, not in the index. The
+//!   newest mark of a vnode says after a restart whether a transfer was cut short there
+//!   (`recovery.rs`); compaction copies that mark forward and drops the others.
+//!
+//! record, format 2 (read, never written): format 3 without flag bit 2.
 //!
 //! record, format 1 (read, never written): the first 32 bytes of format 2, then key and value;
 //! its seq and epoch read as 0.
@@ -41,13 +51,21 @@ use tessera_schema::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 pub const RECORD_FORMAT_V1: u8 = 1;
 pub const RECORD_FORMAT_V2: u8 = 2;
+/// The format written now: format 2's layout, plus transfer marks.
+pub const RECORD_FORMAT_V3: u8 = 3;
 /// Header bytes of a format 1 record.
 pub const RECORD_HEADER_BYTES_V1: usize = 32;
-/// Header bytes of the records written now (format 2); no format has a longer header.
+/// Header bytes of the records written now (formats 2 and 3); no format has a longer header.
 pub const RECORD_HEADER_BYTES: usize = 48;
 pub const FLAG_TOMBSTONE: u8 = 1;
-/// The key field holds the key's digest (tombstones only, format 2).
+/// The key field holds the key's digest (tombstones only, formats 2 and 3).
 pub const FLAG_DIGEST_KEY: u8 = 2;
+/// A transfer mark, not a write (format 3).
+pub const FLAG_TRANSFER_MARK: u8 = 4;
+/// The key byte of a transfer mark written before a transfer's first part.
+pub const MARK_TRANSFER_STARTED: u8 = 1;
+/// The key byte of a transfer mark written after a transfer's last part.
+pub const MARK_TRANSFER_DONE: u8 = 2;
 /// Alignment of every O_DIRECT write and of segment sizes.
 pub const BLOCK_BYTES: u64 = 4096;
 /// The largest record the format allows.
@@ -70,6 +88,8 @@ pub struct RecordHeader {
     pub format: u8,
     /// A tombstone whose key field is the key's digest (`FLAG_DIGEST_KEY`).
     pub digest_key: bool,
+    /// A transfer mark (`FLAG_TRANSFER_MARK`): its one key byte says which.
+    pub transfer_mark: bool,
 }
 
 impl RecordHeader {
@@ -91,8 +111,27 @@ impl RecordHeader {
             expiry_ms: 0,
             seq,
             epoch,
-            format: RECORD_FORMAT_V2,
+            format: RECORD_FORMAT_V3,
             digest_key,
+            transfer_mark: false,
+        }
+    }
+
+    /// A transfer mark of `vnode` (its key is `[kind]`: `MARK_TRANSFER_STARTED` or
+    /// `MARK_TRANSFER_DONE`) at position (`seq`, `version`).
+    pub fn transfer_mark(vnode: u16, seq: u64, version: u64) -> RecordHeader {
+        RecordHeader {
+            tombstone: false,
+            key_len: 1,
+            value_len: 0,
+            vnode,
+            version,
+            expiry_ms: 0,
+            seq,
+            epoch: 0,
+            format: RECORD_FORMAT_V3,
+            digest_key: false,
+            transfer_mark: true,
         }
     }
 
@@ -129,14 +168,15 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, key: &[u8], value
     debug_assert_eq!(header.value_len as usize, value.len());
     debug_assert!(!header.tombstone || value.is_empty());
     debug_assert_eq!(
-        header.format, RECORD_FORMAT_V2,
+        header.format, RECORD_FORMAT_V3,
         "only the newest format is written"
     );
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.push(RECORD_FORMAT_V2);
-    let flags =
-        u8::from(header.tombstone) * FLAG_TOMBSTONE + u8::from(header.digest_key) * FLAG_DIGEST_KEY;
+    out.push(RECORD_FORMAT_V3);
+    let flags = u8::from(header.tombstone) * FLAG_TOMBSTONE
+        + u8::from(header.digest_key) * FLAG_DIGEST_KEY
+        + u8::from(header.transfer_mark) * FLAG_TRANSFER_MARK;
     out.push(flags);
     out.extend_from_slice(&header.key_len.to_le_bytes());
     out.extend_from_slice(&header.value_len.to_le_bytes());
@@ -190,6 +230,9 @@ pub fn parse_record(bytes: &[u8]) -> Parsed<'_> {
         return Parsed::Corrupt("checksum mismatch");
     }
     let (key, value) = record[header.header_len()..].split_at(usize::from(header.key_len));
+    if header.transfer_mark && ![MARK_TRANSFER_STARTED, MARK_TRANSFER_DONE].contains(&key[0]) {
+        return Parsed::Corrupt("unknown transfer mark");
+    }
     Parsed::Record { header, key, value }
 }
 
@@ -208,7 +251,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
     let format = head[4];
     let (seq, epoch) = match format {
         RECORD_FORMAT_V1 => (0, 0),
-        RECORD_FORMAT_V2 => {
+        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 => {
             let Some(head) = bytes.first_chunk::<RECORD_HEADER_BYTES>() else {
                 return Err("short header");
             };
@@ -221,7 +264,8 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
     };
     let known_flags = match format {
         RECORD_FORMAT_V1 => FLAG_TOMBSTONE,
-        _ => FLAG_TOMBSTONE | FLAG_DIGEST_KEY,
+        RECORD_FORMAT_V2 => FLAG_TOMBSTONE | FLAG_DIGEST_KEY,
+        _ => FLAG_TOMBSTONE | FLAG_DIGEST_KEY | FLAG_TRANSFER_MARK,
     };
     if head[5] & !known_flags != 0 || le_u16(head, 14) != 0 {
         return Err("unknown flags");
@@ -237,6 +281,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
         epoch,
         format,
         digest_key: head[5] & FLAG_DIGEST_KEY != 0,
+        transfer_mark: head[5] & FLAG_TRANSFER_MARK != 0,
     };
     let key_len = usize::from(header.key_len);
     if key_len == 0 || key_len > MAX_KEY_BYTES || header.value_len as usize > MAX_VALUE_BYTES {
@@ -247,6 +292,10 @@ fn parse_header(bytes: &[u8]) -> Result<Option<RecordHeader>, &'static str> {
     }
     if header.digest_key && (!header.tombstone || key_len != 16) {
         return Err("a digest key on something other than a tombstone");
+    }
+    let plain_mark = !header.tombstone && !header.digest_key && key_len == 1;
+    if header.transfer_mark && (!plain_mark || header.value_len != 0) {
+        return Err("a transfer mark with a tombstone, a value or a key of more than a byte");
     }
     Ok(Some(header))
 }
@@ -295,8 +344,9 @@ mod tests {
             expiry_ms: 0,
             seq: 0x0304,
             epoch: 5,
-            format: RECORD_FORMAT_V2,
+            format: RECORD_FORMAT_V3,
             digest_key: false,
+            transfer_mark: false,
         }
     }
 
@@ -329,13 +379,68 @@ mod tests {
     fn golden_bytes() {
         let mut out = Vec::new();
         encode_record(&mut out, &header(b"k", b"vv"), b"k", b"vv");
-        let mut want = vec![0, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
+        let mut want = vec![0, 0, 0, 0, 3, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0];
         want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(&[4, 3, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(b"kvv");
         let crc = crc32c::crc32c(&want[4..]);
         want[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(out, want);
+    }
+
+    /// The bytes of a format 2 record as the previous version wrote them, with its crc.
+    fn with_format(mut record: Vec<u8>, format: u8, flags: u8) -> Vec<u8> {
+        record[4] = format;
+        record[5] = flags;
+        let crc = crc32c::crc32c(&record[4..]);
+        record[..4].copy_from_slice(&crc.to_le_bytes());
+        record
+    }
+
+    #[test]
+    fn format_2_records_are_still_read_and_carry_no_marks() {
+        let mut out = Vec::new();
+        encode_record(&mut out, &header(b"k", b"vv"), b"k", b"vv");
+        let v2 = with_format(out, RECORD_FORMAT_V2, 0);
+        let Parsed::Record { header, key, value } = parse_record(&v2) else {
+            panic!("format 2 parses")
+        };
+        assert_eq!((key, value, header.seq), (&b"k"[..], &b"vv"[..], 0x0304));
+        let mut mark = Vec::new();
+        encode_record(&mut mark, &RecordHeader::transfer_mark(7, 9, 0), &[1], b"");
+        let v2_mark = with_format(mark, RECORD_FORMAT_V2, FLAG_TRANSFER_MARK);
+        assert!(matches!(parse_record(&v2_mark), Parsed::Corrupt(_)));
+    }
+
+    #[test]
+    fn transfer_marks_roundtrip_and_are_checked() {
+        for kind in [MARK_TRANSFER_STARTED, MARK_TRANSFER_DONE] {
+            let mut out = Vec::new();
+            encode_record(
+                &mut out,
+                &RecordHeader::transfer_mark(7, 9, 11),
+                &[kind],
+                b"",
+            );
+            let Parsed::Record { header, key, .. } = parse_record(&out) else {
+                panic!("a mark parses")
+            };
+            assert!(header.transfer_mark && !header.tombstone);
+            assert_eq!((key, header.seq, header.version), (&[kind][..], 9, 11));
+        }
+        let mut unknown = Vec::new();
+        encode_record(
+            &mut unknown,
+            &RecordHeader::transfer_mark(7, 9, 0),
+            &[3],
+            b"",
+        );
+        assert!(matches!(parse_record(&unknown), Parsed::Corrupt(_)));
+        let mut tombstone = Vec::new();
+        encode_record(&mut tombstone, &header(b"k", b""), b"k", b"");
+        let flags = FLAG_TOMBSTONE | FLAG_TRANSFER_MARK;
+        let tombstone_mark = with_format(tombstone, RECORD_FORMAT_V3, flags);
+        assert!(matches!(parse_record(&tombstone_mark), Parsed::Corrupt(_)));
     }
 
     #[test]

@@ -134,6 +134,14 @@ impl Recovery {
                 Parsed::Record { header, .. } if usize::from(header.vnode) >= vnodes => {
                     break Some("record of a vnode past the data directory's vnode count")
                 }
+                Parsed::Record { header, key, .. } if header.transfer_mark => {
+                    // Marks keep their place among the records (see `marks.rs`).
+                    self.apply_batch(segment, &mut batch, &mut hint);
+                    self.apply_mark(&header, key[0], segment, offset as u64);
+                    hint.push(crate::store::hint_entry(&header, 0, offset as u64, key));
+                    report.records += 1;
+                    offset += header.record_len();
+                }
                 Parsed::Record {
                     header,
                     key,
@@ -216,8 +224,23 @@ impl Recovery {
                 .apply_to_index(header.vnode, digest, header.tombstone, entry);
             self.store.last_version = self.store.last_version.max(header.version);
             self.note_seq(header.vnode, header.seq, header.version);
-            hint.push(crate::store::hint_entry(&header, digest, offset as u64));
+            hint.push(crate::store::hint_entry(
+                &header,
+                digest,
+                offset as u64,
+                &[],
+            ));
         }
+    }
+
+    /// A transfer mark: the newest of its vnode so far; a `done` mark carries the position
+    /// the transfer brought the vnode to.
+    fn apply_mark(&mut self, header: &RecordHeader, kind: u8, segment: u32, offset: u64) {
+        self.store.note_mark(header, kind, segment, offset);
+        if kind == ondisk::MARK_TRANSFER_DONE {
+            self.note_seq(header.vnode, header.seq, header.version);
+        }
+        self.store.last_version = self.store.last_version.max(header.version);
     }
 
     /// A record with sequence number `seq` in `vnode`: the vnode's log goes at least that far.
@@ -247,6 +270,13 @@ impl Recovery {
         for (at, entry) in hint.entries.iter().enumerate() {
             if let Some(ahead) = hint.entries.get(at + PREFETCH_RECORDS) {
                 self.store.indexes[usize::from(ahead.vnode)].prefetch(ahead.digest());
+            }
+            if entry.mark != 0 {
+                let header = RecordHeader::transfer_mark(entry.vnode, entry.seq, entry.version);
+                let offset = u64::from(entry.offset);
+                self.apply_mark(&header, entry.mark, hint.segment, offset);
+                report.records += 1;
+                continue;
             }
             let index_entry = Entry {
                 segment: hint.segment,

@@ -207,12 +207,23 @@ impl VnodeStore for Store {
         Ok(())
     }
 
+    fn start_state(&mut self, vnode: u16, seq: u64) -> Result<(), String> {
+        self.mark_transfer_started(vnode, seq)
+            .map_err(|e| e.to_string())
+    }
+
     fn finish_state(&mut self, vnode: u16, through: Position) -> Result<(), String> {
         if let Some(reason) = self.failure() {
             return Err(reason.to_string());
         }
+        self.mark_transfer_done(vnode, through)
+            .map_err(|e| e.to_string())?;
         self.raise_position(vnode, through);
         Ok(())
+    }
+
+    fn transfer_cut_short(&self, vnode: u16) -> Option<u64> {
+        Store::transfer_cut_short(self, vnode)
     }
 
     fn hold_reads(&mut self, vnode: u16) {

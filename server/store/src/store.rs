@@ -26,7 +26,7 @@ use crate::hint::{HintEntry, HintFile};
 use crate::index::{digest, Applied, Digest, Entry, VnodeIndex};
 use crate::log::{Chunk, FlushPlan, LogTail};
 use crate::ondisk::{
-    self, encode_record, Parsed, RecordHeader, RECORD_FORMAT_V2, RECORD_HEADER_BYTES,
+    self, encode_record, Parsed, RecordHeader, RECORD_FORMAT_V3, RECORD_HEADER_BYTES,
 };
 use crate::visibility::{Barrier, Unsettled, Visibility, VnodeLog, FLOOR};
 use tessera_schema::limits::MAX_KEY_BYTES;
@@ -248,10 +248,19 @@ pub struct Store {
     pub(crate) unsettled: Unsettled,
     /// Sequence numbers per vnode.
     pub(crate) vnode_logs: Vec<VnodeLog>,
+    /// The newest transfer mark of each vnode that has one (`marks.rs`).
+    pub(crate) transfer_marks: std::collections::BTreeMap<u16, crate::marks::TransferMark>,
 }
 
-pub(crate) fn hint_entry(header: &RecordHeader, digest: Digest, offset: u64) -> HintEntry {
+/// The hint entry of a record; `key` is needed only for a transfer mark's kind.
+pub(crate) fn hint_entry(
+    header: &RecordHeader,
+    digest: Digest,
+    offset: u64,
+    key: &[u8],
+) -> HintEntry {
     HintEntry {
+        mark: if header.transfer_mark { key[0] } else { 0 },
         digest_hi: (digest >> 64) as u64,
         digest_lo: digest as u64,
         vnode: header.vnode,
@@ -307,6 +316,7 @@ impl Store {
             sealed_hints: Vec::new(),
             unsettled: Unsettled::default(),
             vnode_logs: vec![VnodeLog::default(); vnodes],
+            transfer_marks: std::collections::BTreeMap::new(),
         }
     }
 
@@ -611,8 +621,9 @@ impl Store {
             expiry_ms: write.expiry_ms,
             seq: write.seq,
             epoch: write.epoch,
-            format: RECORD_FORMAT_V2,
+            format: RECORD_FORMAT_V3,
             digest_key: false,
+            transfer_mark: false,
         };
         let (segment, offset, record_len) =
             self.append(&header, write.key, digest, write.value.unwrap_or(&[]));
@@ -674,7 +685,7 @@ impl Store {
         value: &[u8],
     ) -> (u32, u64, u32) {
         let header = &RecordHeader {
-            format: RECORD_FORMAT_V2,
+            format: RECORD_FORMAT_V3,
             ..*header
         };
         let len = header.record_len() as u64;
@@ -696,7 +707,8 @@ impl Store {
         let offset = active.end();
         encode_record(&mut active.bytes, header, key, value);
         let segment = active.segment;
-        self.active_hint.push(hint_entry(header, digest, offset));
+        self.active_hint
+            .push(hint_entry(header, digest, offset, key));
         (segment, offset, len as u32)
     }
 

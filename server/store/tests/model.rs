@@ -1050,3 +1050,80 @@ fn a_replica_applies_the_heads_writes_as_they_are_and_in_order() {
         "and so after a restart"
     );
 }
+
+/// Fills vnode 4 and compacts until `segment` is gone.
+fn compact_away(harness: &mut Harness, segment: u32) {
+    let filler = vec![5u8; 400_000];
+    for round in 0..30 {
+        let key = format!("f{}", round % 4);
+        harness
+            .store
+            .handle_write(write_in(4, key.as_bytes(), Some(&filler)), harness.now_ms)
+            .unwrap();
+        harness.flush();
+        while harness
+            .disk
+            .compact(&mut harness.store, harness.now_ms)
+            .unwrap()
+            .is_some()
+        {}
+        harness.flush();
+    }
+    assert!(
+        !harness.disk.segments().contains(&segment),
+        "{segment} compacted"
+    );
+}
+
+/// Simulator seed 647: a replica restarted in the middle of a transfer must know it was cut
+/// short (its deletes may be missing), through hints, full scans and compaction; and a
+/// finished one must not read as cut short, its position kept by the `done` mark.
+#[test]
+fn a_transfer_cut_short_is_remembered_across_restarts_and_compaction() {
+    use tessera_core::replication::Position;
+    let mut harness = Harness::new(22, FsyncPolicy::Always);
+    harness.store.mark_transfer_started(3, 0).unwrap();
+    harness
+        .store
+        .handle_write(write_in(5, b"other", Some(b"v")), harness.now_ms)
+        .unwrap();
+    harness.flush();
+    compact_away(&mut harness, 1);
+    for use_hints in [true, false] {
+        harness.disk.use_hints = use_hints;
+        harness.restart();
+        assert_eq!(
+            harness.store.transfer_cut_short(3),
+            Some(0),
+            "hints {use_hints}"
+        );
+        assert_eq!(harness.store.transfer_cut_short(5), None);
+    }
+    // Started again (a new transfer after the restart), then done.
+    harness.store.mark_transfer_started(3, 0).unwrap();
+    let through = Position {
+        seq: 7,
+        version: 99,
+    };
+    harness.store.mark_transfer_done(3, through).unwrap();
+    harness.flush();
+    let marked_in = *harness.disk.segments().last().unwrap();
+    harness.restart();
+    assert_eq!(harness.store.transfer_cut_short(3), None);
+    assert_eq!(
+        harness.store.vnode_log(3).applied_seq,
+        7,
+        "the done mark's position"
+    );
+    compact_away(&mut harness, marked_in);
+    for use_hints in [true, false] {
+        harness.disk.use_hints = use_hints;
+        harness.restart();
+        assert_eq!(
+            harness.store.transfer_cut_short(3),
+            None,
+            "hints {use_hints}"
+        );
+        assert_eq!(harness.store.vnode_log(3).applied_seq, 7);
+    }
+}

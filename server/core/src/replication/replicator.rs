@@ -39,8 +39,15 @@ pub trait VnodeStore {
         through: Position,
         epoch: u64,
     ) -> Result<(), String>;
-    /// Ends a state transfer: moves the vnode's position to `through`.
+    /// A state transfer into the vnode starts with it at `seq`: remember across a restart that
+    /// one is under way, before any part is applied.
+    fn start_state(&mut self, vnode: u16, seq: u64) -> Result<(), String>;
+    /// Ends a state transfer: moves the vnode's position to `through`, and remembers across a
+    /// restart that no transfer is under way.
     fn finish_state(&mut self, vnode: u16, through: Position) -> Result<(), String>;
+    /// Where a state transfer into the vnode started, if one was cut short by a restart: the
+    /// copy may lack deletes that only its end would have brought.
+    fn transfer_cut_short(&self, vnode: u16) -> Option<u64>;
     /// The chain has committed the vnode's writes through `seq`: `strong` reads may show them.
     fn set_committed(&mut self, vnode: u16, seq: u64);
     /// This replica's copy holds every committed write again (after a restart): reads may go

@@ -32,6 +32,8 @@ pub(crate) struct MapStore {
     pub(crate) durable_copy: Option<Box<MapStore>>,
     /// `apply` of this sequence number fails once (a full disk, say).
     pub(crate) fail_once_at: Option<u64>,
+    /// A transfer under way started at this position (the store's durable mark).
+    pub(crate) transfer_started_at: Option<u64>,
 }
 
 impl MapStore {
@@ -184,7 +186,18 @@ impl VnodeStore for MapStore {
         }
         Ok(())
     }
+    fn start_state(&mut self, _vnode: u16, seq: u64) -> Result<(), String> {
+        self.transfer_started_at = Some(seq);
+        if self.auto_durable {
+            self.sync();
+        }
+        Ok(())
+    }
+    fn transfer_cut_short(&self, _vnode: u16) -> Option<u64> {
+        self.transfer_started_at
+    }
     fn finish_state(&mut self, _vnode: u16, through: Position) -> Result<(), String> {
+        self.transfer_started_at = None;
         if through.seq > self.position.seq {
             self.position = through;
         }

@@ -224,7 +224,14 @@ impl VnodeState {
             applied: position.seq,
             durable: store.durable_seq(vnode),
         };
-        VnodeState::at(vnode, chain, me, own, position.version, fresh)
+        let mut state = VnodeState::at(vnode, chain, me, own, position.version, fresh);
+        // A transfer cut short by the restart: what the copy holds past where it started may
+        // lack deletes, so claim no more than that until another transfer completes
+        // (`transfer.rs`; simulator seed 647).
+        state.ack_cap = store
+            .transfer_cut_short(vnode)
+            .map(|cap| cap.min(own.applied));
+        state
     }
 
     /// A replica whose store stands at `own` (the newest write's version `own_version`);

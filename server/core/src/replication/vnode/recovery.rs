@@ -33,10 +33,13 @@ impl VnodeState {
         if recovery.answers.len() < others {
             return;
         }
+        // A head whose own pull was cut short by a restart (`ack_cap`) pulls again even from a
+        // replica level with it: only a transfer's keep list brings the deletes it may lack.
+        let partial = self.ack_cap.is_some();
         let ahead = recovery
             .answers
             .iter()
-            .filter(|(_, p)| p.seq > own.seq)
+            .filter(|(_, p)| p.seq > own.seq || (partial && p.seq == own.seq))
             .max_by_key(|(node, p)| (p.seq, std::cmp::Reverse(**node)));
         match ahead {
             Some((&node, _)) => {
@@ -48,7 +51,15 @@ impl VnodeState {
                     Body::PullState { since: own },
                 );
             }
-            None => self.recovery = None,
+            None => {
+                self.recovery = None;
+                if partial {
+                    // No replica has more: this copy is the chain's best. A failed mark only
+                    // means the next restart asks again.
+                    let _ = cx.store.finish_state(self.vnode, own);
+                    self.ack_cap = None;
+                }
+            }
         }
     }
 

@@ -16,7 +16,8 @@
 //!    is a valid position for the next transfer (the resume point): nothing is skipped, and
 //!    the keep list, sent whole again, brings every delete.
 //! 4. Until a transfer completes, the receiver's acknowledgements claim no more than where it
-//!    stood when the first one started (`ack_cap`): its position is good only as the start of
+//!    stood when the first one started (`ack_cap`, kept across a restart by the store's
+//!    transfer marks, `VnodeStore::start_state` and `finish_state`): its position is good only as the start of
 //!    another transfer, never for a resend from the queue (which does not carry the deletes
 //!    that only the keep list brings), and a write in that window is not acknowledged on its
 //!    account. It serves no read (`VnodeStore::hold_reads`) until the transfer completes and it
@@ -253,12 +254,19 @@ impl VnodeState {
                 self.ask_again(cx);
                 return 0;
             }
+            if self.ack_cap.is_none() {
+                // Durable before any part lands, so a restart knows the copy is not whole.
+                if cx.store.start_state(self.vnode, self.own.applied).is_err() {
+                    self.abort_incoming(cx);
+                    return 0;
+                }
+                self.ack_cap = Some(self.own.applied);
+            }
             self.incoming = Some(InTransfer {
                 from,
                 id: part.transfer,
                 next_part: 0,
             });
-            self.ack_cap.get_or_insert(self.own.applied);
             self.clean = false;
             cx.store.hold_reads(self.vnode);
         }

@@ -72,6 +72,35 @@ fn a_transfer_cut_short_still_applies_the_deletes_it_carried() {
     }
 }
 
+/// Simulator seed 647: the tail applied every value of a transfer but not the keep list, and
+/// then both it and its sender restart. The sender forgot the transfer and its queue; only
+/// the tail's durable mark (`VnodeStore::start_state`) says its copy may lack deletes, so it
+/// asks for a transfer, not a resend.
+#[test]
+fn a_transfer_cut_short_by_restarts_of_both_ends_still_brings_the_deletes() {
+    let mut c = transfer_pending(1);
+    c.connect(2, 3);
+    assert!(matches!(c.deliver_on(3, 2), Some(Body::Position(_))));
+    while is_values_part(&c.deliver_on(2, 3)) {}
+    let tail = &c.members[&3].store;
+    assert_eq!(
+        tail.position, c.members[&2].store.position,
+        "every value is here"
+    );
+    assert!(tail.data.contains_key(b"doomed".as_slice()));
+    c.crash_and_restart(2);
+    c.crash_and_restart(3);
+    c.run();
+    c.assert_converged();
+    let tail = &c.members[&3].store;
+    assert!(!tail.data.contains_key(b"doomed".as_slice()));
+    assert!(tail.released.is_some(), "reads released once whole");
+    assert_eq!(
+        tail.transfer_started_at, None,
+        "the transfer is marked done"
+    );
+}
+
 /// Defect 3 (review F2): a store error in the middle of a transfer ends it there and the tail
 /// asks again from its position; no later part is applied past the hole.
 #[test]
