@@ -11,8 +11,9 @@
 //! - [`log`]: the in-memory log tail and flush plans.
 //! - `marks`: what a replica remembers across a restart of a transfer it was receiving.
 //! - [`recovery`]: rebuild from segments, torn-tail truncation, corruption refusal.
-//! - [`replica`]: the store as chain replication sees it (tessera-core's `VnodeStore`) and
-//!   the snapshots a state transfer sends.
+//! - [`replica`]: the store as chain replication sees it (what tessera-core's `VnodeStore`
+//!   forwards to) and the snapshots a state transfer sends.
+//! - [`replicated`]: the writes, positions and transfer parts replication carries.
 //! - [`testing`]: the fault-injecting in-memory disk.
 //! - [`visibility`]: which writes an answer may reveal (visible once durable through seq S).
 
@@ -27,6 +28,7 @@ pub(crate) mod marks;
 pub mod ondisk;
 pub mod recovery;
 pub mod replica;
+pub mod replicated;
 pub mod store;
 pub mod testing;
 pub mod transfer;

@@ -15,7 +15,7 @@
 //! as long as it is the newest, so an older `started` mark left in an uncompacted segment never
 //! reads as the newest.
 
-use tessera_core::replication::Position;
+use crate::replicated::Position;
 
 use crate::ondisk::{RecordHeader, MARK_TRANSFER_DONE, MARK_TRANSFER_STARTED};
 use crate::store::{Store, WriteError};

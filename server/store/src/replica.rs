@@ -1,5 +1,5 @@
-//! The store as chain replication sees it: `tessera_core::replication::VnodeStore`, and the
-//! snapshot a state transfer sends.
+//! The store as chain replication sees it (tessera-core's `VnodeStore` forwards to these), and
+//! the snapshot a state transfer sends.
 //!
 //! A state transfer (`transfer.rs` reads it) sends each key's newest write of a vnode newer
 //! than the receiver's position: writes already in the log tail come with it, the others are
@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use tessera_core::replication::{Entry, KeepRange, Position, VnodeStore};
+use crate::replicated::{Entry, KeepRange, Position};
 
 use crate::index::{Digest, Entry as IndexEntry};
 use crate::ondisk::{self, Parsed, RecordHeader};
@@ -150,8 +150,9 @@ pub fn finish_state_read(
     })
 }
 
-impl VnodeStore for Store {
-    fn position(&self, vnode: u16) -> Position {
+impl Store {
+    /// The vnode's newest applied write: its sequence number and version.
+    pub fn vnode_position(&self, vnode: u16) -> Position {
         let log = self.vnode_log(vnode);
         Position {
             seq: log.applied_seq,
@@ -159,11 +160,15 @@ impl VnodeStore for Store {
         }
     }
 
-    fn durable_seq(&self, vnode: u16) -> u64 {
-        self.vnode_log(vnode).durable_seq
-    }
-
-    fn apply(&mut self, vnode: u16, entry: &Entry, epoch: u64, wall_ms: u64) -> Result<(), String> {
+    /// Applies a write of the vnode's head as it is; one already here (a resend overlapping a
+    /// transfer) is nothing to do.
+    pub fn apply_replicated(
+        &mut self,
+        vnode: u16,
+        entry: &Entry,
+        epoch: u64,
+        wall_ms: u64,
+    ) -> Result<(), String> {
         let write = ReplicatedWrite {
             vnode,
             key: &entry.key,
@@ -175,13 +180,14 @@ impl VnodeStore for Store {
         };
         match self.handle_replicated_write(write, wall_ms) {
             Ok(_) => Ok(()),
-            // Already here (a resend overlapping a transfer): nothing to do.
             Err(WriteError::OutOfOrder { .. }) => Ok(()),
             Err(error) => Err(error.to_string()),
         }
     }
 
-    fn drop_absent(
+    /// A part of a state transfer lists the sender's live keys of a digest range: drops every
+    /// key of that range not listed (and not written after `through`).
+    pub fn drop_absent(
         &mut self,
         vnode: u16,
         keep: &KeepRange,
@@ -207,12 +213,8 @@ impl VnodeStore for Store {
         Ok(())
     }
 
-    fn start_state(&mut self, vnode: u16, seq: u64) -> Result<(), String> {
-        self.mark_transfer_started(vnode, seq)
-            .map_err(|e| e.to_string())
-    }
-
-    fn finish_state(&mut self, vnode: u16, through: Position) -> Result<(), String> {
+    /// Ends a state transfer: marks it done (`marks.rs`) and moves the position to `through`.
+    pub fn finish_transfer(&mut self, vnode: u16, through: Position) -> Result<(), String> {
         if let Some(reason) = self.failure() {
             return Err(reason.to_string());
         }
@@ -222,23 +224,9 @@ impl VnodeStore for Store {
         Ok(())
     }
 
-    fn transfer_cut_short(&self, vnode: u16) -> Option<u64> {
-        Store::transfer_cut_short(self, vnode)
-    }
-
-    fn hold_reads(&mut self, vnode: u16) {
-        Store::hold_reads(self, vnode);
-    }
-
-    fn accepts_writes(&self) -> bool {
+    /// Whether a replicated write would be taken now (no full or failed disk, room in the
+    /// write buffer).
+    pub fn accepts_writes(&self) -> bool {
         self.check_writable().is_ok()
-    }
-
-    fn set_committed(&mut self, vnode: u16, seq: u64) {
-        Store::set_committed(self, vnode, seq);
-    }
-
-    fn release_reads(&mut self, vnode: u16, floor: u64) {
-        Store::release_reads(self, vnode, floor);
     }
 }

@@ -33,7 +33,7 @@
 
 use std::collections::{BinaryHeap, VecDeque};
 
-use tessera_core::replication::{Entry, KeepRange, Position, StatePart};
+use crate::replicated::{Entry, KeepRange, Position, StatePart};
 
 use crate::index::Digest;
 use crate::replica::StateItem;

@@ -24,7 +24,7 @@ fn write(store: &mut Store, key: &[u8], value: Option<&[u8]>, now_ms: u64) -> u6
 }
 
 /// Drives `source` until it hands over a part.
-fn next_part(source: &mut TransferSource, store: &Store) -> tessera_core::replication::StatePart {
+fn next_part(source: &mut TransferSource, store: &Store) -> crate::replicated::StatePart {
     for _ in 0..1000 {
         match source.next(store, 10) {
             Next::Send(part) => return part,

@@ -1080,7 +1080,7 @@ fn compact_away(harness: &mut Harness, segment: u32) {
 /// finished one must not read as cut short, its position kept by the `done` mark.
 #[test]
 fn a_transfer_cut_short_is_remembered_across_restarts_and_compaction() {
-    use tessera_core::replication::Position;
+    use tessera_store::replicated::Position;
     let mut harness = Harness::new(22, FsyncPolicy::Always);
     harness.store.mark_transfer_started(3, 0).unwrap();
     harness

@@ -45,6 +45,7 @@ mod clock;
 mod msg;
 mod progress;
 mod replicator;
+mod store_adapter;
 mod vnode;
 
 pub use clock::Now;

@@ -1,6 +1,7 @@
 //! What replicas say to each other, and what a client asks for.
 
 use crate::placement::NodeId;
+pub use tessera_store::replicated::{Entry, KeepRange, Position};
 
 /// How much a client asks of an operation (DESIGN.md, "Consistency per operation").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -13,32 +14,6 @@ pub enum Level {
     /// Write acknowledged once the whole chain has it; read shows only committed writes.
     #[default]
     Strong,
-}
-
-/// One write of a vnode, as the head made it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub seq: u64,
-    pub version: u64,
-    /// Unix milliseconds, 0 = never.
-    pub expiry_ms: u64,
-    pub key: Vec<u8>,
-    /// `None`: a delete (tombstone).
-    pub value: Option<Vec<u8>>,
-}
-
-impl Entry {
-    /// Bytes the entry holds in a queue.
-    pub fn bytes(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, Vec::len) + 40
-    }
-}
-
-/// Where a replica's copy of a vnode stands: its newest write and that write's version.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Position {
-    pub seq: u64,
-    pub version: u64,
 }
 
 /// A message about one vnode between two of its replicas. Every message carries the chain's
@@ -118,16 +93,6 @@ impl Body {
             _ => FIXED,
         }
     }
-}
-
-/// The sender's live key digests in `(after, upto]` (`after: None`: from the first digest),
-/// as it held them when it read them: the receiver drops each key of that range it holds that
-/// is not listed (a delete whose tombstone is gone, or that was never sent).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeepRange {
-    pub after: Option<u128>,
-    pub upto: u128,
-    pub digests: Vec<u128>,
 }
 
 /// Sequence numbers a replica (or a run of replicas) has applied and made durable.

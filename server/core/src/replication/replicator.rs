@@ -7,6 +7,7 @@ use super::msg::{Entry, KeepRange, Level, Outgoing, PeerMsg, Position};
 use super::progress::{Progress, SuccessorLag};
 use super::vnode::{Ctx, VnodeState};
 use crate::placement::{Chain, NodeId};
+pub use tessera_store::replicated::StatePart;
 
 /// How soon a vnode that refused appends is looked at again when nothing else happens.
 const REFUSED_RETRY_MS: u64 = 50;
@@ -124,19 +125,6 @@ pub enum Effect {
         ticket: Ticket,
         result: Result<(), WriteFailure>,
     },
-}
-
-/// One part of the answer to `Effect::ReadState`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatePart {
-    /// Live keys' newest writes, in version order, continuing the parts before.
-    pub entries: Vec<Entry>,
-    /// The values were sent through this position (on parts with `keep`).
-    pub through: Position,
-    /// A range of the live key digests (after every part with entries).
-    pub keep: Option<KeepRange>,
-    /// The last part: the sender's applied sequence number when it read its last keep part.
-    pub last: Option<u64>,
 }
 
 pub struct Replicator {
