@@ -8,6 +8,9 @@
 //!   planner that builds it and changes it with the fewest moves.
 //! - [`replication`]: chain replication of a shard's vnodes: the head's stream, acks, the
 //!   commit point, catch-up and state transfer, per-operation consistency.
+//! - [`shard`]: a client operation at its level on one shard (admission, the store, what
+//!   the answer waits for).
 
 pub mod placement;
 pub mod replication;
+pub mod shard;

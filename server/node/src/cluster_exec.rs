@@ -21,26 +21,23 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use tessera_core::replication::{Entry, Level as CoreLevel, Refusal};
+use tessera_core::replication::{Level as CoreLevel, Now, Refusal};
+use tessera_core::shard::{ops, ReadWait, WriteStep};
 use tessera_schema::msg::{BatchOp, Level, OpResult, Status, Token};
 use tessera_schema::placement::vnode_of;
 use tessera_schema::verify::check_batch_op;
-use tessera_store::visibility::FLOOR;
-use tessera_store::{Barrier, Lookup, Write, WriteError};
+use tessera_store::{Barrier, Lookup, Write};
 
 use crate::budget::Charge;
 use crate::exec::{read_record, wait_visible, write_error, Answer};
 use crate::replica::{pump, Replica};
 use crate::shard::{mono_ms, now_ms, Shard};
 
-/// How long a session read waits for its replica to apply the client's token.
-const SESSION_WAIT: Duration = Duration::from_secs(2);
-/// How long a write waits for a restarted head to hear from its replicas.
-const RECOVERY_WAIT: Duration = Duration::from_secs(2);
-/// How long an answer waits for the state it shows to be committed (a `strong` read, or a
-/// refusal that reveals a key's state): a chain that lacks a replica cannot commit, and the
-/// client's budget is better spent on another replica than on a wait without end.
-const COMMIT_WAIT: Duration = Duration::from_secs(2);
+// The bounds of each wait are the shard core's (`tessera_core::shard::ops`), so that the
+// simulator gives up when the node does.
+const SESSION_WAIT: Duration = Duration::from_millis(ops::SESSION_WAIT_MS);
+const RECOVERY_WAIT: Duration = Duration::from_millis(ops::RECOVERY_WAIT_MS);
+const COMMIT_WAIT: Duration = Duration::from_millis(ops::COMMIT_WAIT_MS);
 
 /// What a cluster operation is asked for, beside itself.
 #[derive(Clone, Debug, Default)]
@@ -146,15 +143,14 @@ fn refusal(refusal: Refusal, replica: &Replica) -> OpResult {
     }
 }
 
-/// Whether the head takes a write of `vnode` now. A head that restarted takes none until its
-/// replicas said none is ahead of it; a write that comes meanwhile waits for that (up to
-/// `RECOVERY_WAIT`) rather than failing at once.
-async fn admit(replica: &Replica, vnode: u16) -> Result<(), Refusal> {
+/// Waits while a restarted head has not heard from its replicas (up to `RECOVERY_WAIT_MS`),
+/// rather than refusing a write that comes meanwhile at once; `ops::write_at_head` decides.
+async fn wait_recovered(replica: &Replica, vnode: u16) {
     let deadline = std::time::Instant::now() + RECOVERY_WAIT;
-    loop {
+    while std::time::Instant::now() < deadline {
         match replica.replicator.borrow().admit_write(vnode) {
-            Err(Refusal::Recovering { .. }) if std::time::Instant::now() < deadline => {}
-            other => return other,
+            Err(Refusal::Recovering { .. }) => {}
+            _ => return,
         }
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
@@ -166,35 +162,26 @@ async fn write_at_head(
     write: Write<'_>,
     level: Level,
 ) -> OpResult {
-    if let Err(refused) = admit(replica, write.vnode).await {
-        return refusal(refused, replica);
-    }
-    let now = now_ms();
-    let result = shard.store.borrow_mut().handle_write(write, now);
-    let ack = match result {
-        Ok(ack) => ack,
-        Err(error) => return refused_write(shard, write, error).await,
+    wait_recovered(replica, write.vnode).await;
+    let now = Now {
+        mono_ms: mono_ms(),
+        wall_ms: now_ms(),
     };
-    let entry = Entry {
-        seq: ack.vnode_seq,
-        version: ack.version,
-        expiry_ms: ack.expiry_ms,
-        key: write.key.to_vec(),
-        value: write.value.map(<[u8]>::to_vec),
-    };
-    let ticket = {
+    let step = {
         let mut store = shard.store.borrow_mut();
-        replica.replicator.borrow_mut().handle_head_write(
-            write.vnode,
-            entry,
-            core_level(level),
-            write.sync,
-            &mut *store,
-            tessera_core::replication::Now {
-                mono_ms: mono_ms(),
-                wall_ms: now,
-            },
-        )
+        let mut replicator = replica.replicator.borrow_mut();
+        ops::write_at_head(&mut store, &mut replicator, write, core_level(level), now)
+    };
+    let (ack, ticket) = match step {
+        WriteStep::Accepted { ack, ticket } => (ack, ticket),
+        WriteStep::Refused(refused) => return refusal(refused, replica),
+        WriteStep::StoreRefused { error, barrier } => {
+            let result = write_error(error);
+            return match wait_committed(shard, barrier).await {
+                Ok(()) => result,
+                Err(unavailable) => unavailable,
+            };
+        }
     };
     // Registered before the pump runs: the write may be done at once (eventual).
     let done = replica.wait_write(ticket);
@@ -205,28 +192,6 @@ async fn write_at_head(
         Ok(Ok(())) => OpResult::ok(ack.version).with_token(epoch, ack.vnode_seq),
         Ok(Err(failure)) => OpResult::error(Status::Unavailable, failure.to_string()),
         Err(_) => OpResult::error(Status::Unavailable, "the node is stopping: outcome unknown"),
-    }
-}
-
-/// A write the store refused: an answer that reveals the key's state waits until that state
-/// is committed.
-async fn refused_write(shard: &Rc<Shard>, write: Write<'_>, error: WriteError) -> OpResult {
-    let reveals = matches!(
-        error,
-        WriteError::VersionMismatch { .. } | WriteError::NotFound | WriteError::MemoryLimit { .. }
-    );
-    let barrier = reveals
-        .then(|| {
-            shard
-                .store
-                .borrow()
-                .unsettled_barrier(write.vnode, write.key)
-        })
-        .flatten();
-    let result = write_error(error);
-    match wait_committed(shard, barrier).await {
-        Ok(()) => result,
-        Err(unavailable) => unavailable,
     }
 }
 
@@ -282,18 +247,21 @@ async fn read(
             );
         }
     }
-    let strong = matches!(options.level, Level::Default | Level::Strong);
     // A strong read of a replica whose copy is not whole yet (a restart) reads again once it is.
-    for _ in 0..3 {
+    for _ in 0..ops::STRONG_READ_TRIES {
         let (result, barrier) = match lookup(shard, vnode, key, answer).await {
             Ok(found) => found,
             Err(error) => return error,
         };
-        let barrier = barrier.filter(|_| strong);
+        let (barrier, again) = match ops::read_wait(core_level(options.level), barrier) {
+            ReadWait::None => (None, false),
+            ReadWait::Committed(barrier) => (Some(barrier), false),
+            ReadWait::Whole(barrier) => (Some(barrier), true),
+        };
         if let Err(unavailable) = wait_committed(shard, barrier).await {
             return unavailable;
         }
-        if barrier.is_some_and(|b| b.seq == FLOOR) {
+        if again {
             continue;
         }
         let applied = replica.replicator.borrow().applied(vnode).unwrap_or(0);

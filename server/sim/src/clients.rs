@@ -9,24 +9,26 @@
 //!   acknowledged write outside its level's loss window, or a later one (`loss.rs`).
 //!
 //! Writes go to the vnode's head and are answered by the replicator's `WriteDone`; reads go
-//! to a random live replica and, as the node does, wait for what they reveal: a `strong` read
-//! for the key's newest write to be committed, a `session` read for the replica to have
-//! applied the client's token. An answer a node gives is taken as of the moment it was asked
+//! to a random live replica and wait for what they reveal: a `strong` read for the key's
+//! newest write to be committed, a `session` read for the replica to have applied the client's
+//! token. Those rules and their time bounds are the node's own (`tessera_core::shard::ops`,
+//! which `server/node/src/cluster_exec.rs` runs too); only the waiting is done here, in
+//! virtual time. An answer a node gives is taken as of the moment it was asked
 //! (the value it read then), and given once its barrier is passed.
 
 use std::collections::BTreeMap;
 
 use tessera_core::placement::NodeId;
-use tessera_core::replication::{Entry, Level, Refusal, Ticket};
+use tessera_core::replication::{Level, Refusal, Ticket};
+use tessera_core::shard::{ops, ReadWait, WriteStep};
 use tessera_lincheck::{Call, Op, Outcome};
 use tessera_schema::placement::vnode_of;
-use tessera_store::visibility::FLOOR;
 use tessera_store::{finish_read, Barrier, Lookup, Write, WriteError};
 
 use crate::loss::Issued;
 use crate::world::{Completion, World};
 
-/// How long a read may wait for its barrier before the client gives up on it.
+/// How long a client waits for a stopped (paused) node's answer before it gives up.
 const READ_TIMEOUT_MS: u64 = 3_000;
 
 #[derive(Debug)]
@@ -41,13 +43,15 @@ enum Pending {
         call: Call,
         call_ms: u64,
     },
-    /// An answer read at `call_ms`, held until `barrier` is passed.
+    /// An answer read at `call_ms`, held until what it waits for is visible
+    /// (`tessera_core::shard::ops::read_wait`); `tries`: lookups made so far.
     Answer {
         node: NodeId,
         key: Vec<u8>,
         level: Level,
         outcome: Outcome,
-        barrier: Option<Barrier>,
+        wait: ReadWait,
+        tries: u32,
         call: Call,
         call_ms: u64,
     },
@@ -227,11 +231,6 @@ impl Clients {
             false => world.owned_ttl_ms(),
         };
         let running = world.running(head)?;
-        match running.replicator.admit_write(vnode) {
-            Ok(()) => {}
-            Err(Refusal::Recovering { .. } | Refusal::Overloaded { .. }) => return None,
-            Err(other) => panic!("a write sent to its head was refused: {other}"),
-        }
         let write = Write {
             vnode,
             key: &key,
@@ -241,24 +240,15 @@ impl Clients {
             sync: false,
             epoch,
         };
-        let id = self.clients[index].id;
-        match running.store.handle_write(write, clock.wall_ms) {
-            Ok(ack) => {
-                let entry = Entry {
-                    seq: ack.vnode_seq,
-                    version: ack.version,
-                    expiry_ms: ack.expiry_ms,
-                    key: key.clone(),
-                    value: value.clone(),
-                };
-                let ticket = running.replicator.handle_head_write(
-                    vnode,
-                    entry,
-                    level,
-                    false,
-                    &mut running.store,
-                    clock,
-                );
+        let step = ops::write_at_head(
+            &mut running.store,
+            &mut running.replicator,
+            write,
+            level,
+            clock,
+        );
+        match step {
+            WriteStep::Accepted { ack, ticket } => {
                 world.drain(head);
                 self.clients[index].tokens.insert(vnode, ack.vnode_seq);
                 if !key.starts_with(b"shared") {
@@ -284,29 +274,37 @@ impl Clients {
                     call_ms: now,
                 })
             }
-            Err(error @ (WriteError::VersionMismatch { .. } | WriteError::NotFound)) => {
-                // A refusal reveals the key's state: it waits until that state is committed.
+            // A restarted head that has not heard from its replicas, or full queues: the
+            // node answers UNAVAILABLE or OVERLOADED, and the write had no effect.
+            WriteStep::Refused(Refusal::Recovering { .. } | Refusal::Overloaded { .. }) => None,
+            WriteStep::Refused(other) => panic!("a write sent to its head was refused: {other}"),
+            WriteStep::StoreRefused {
+                error: error @ (WriteError::VersionMismatch { .. } | WriteError::NotFound),
+                barrier,
+            } => {
                 let outcome = match error {
                     WriteError::VersionMismatch { current } => Outcome::VersionMismatch { current },
                     _ => Outcome::NotFound,
                 };
-                let barrier = running.store.unsettled_barrier(vnode, &key);
                 Some(Pending::Answer {
                     node: head,
                     key,
                     level,
                     outcome,
-                    barrier,
+                    wait: barrier.map_or(ReadWait::None, ReadWait::Committed),
+                    tries: 1,
                     call,
                     call_ms: now,
                 })
             }
             // Refused before anything was written (a failed or full disk, a full write buffer):
             // the write had no effect.
-            Err(WriteError::Failed(_) | WriteError::DiskFull(_) | WriteError::Overloaded) => None,
-            Err(other) => {
-                let _ = id;
-                panic!("the simulated store refused a write: {other}")
+            WriteStep::StoreRefused {
+                error: WriteError::Failed(_) | WriteError::DiskFull(_) | WriteError::Overloaded,
+                ..
+            } => None,
+            WriteStep::StoreRefused { error, .. } => {
+                panic!("the simulated store refused a write: {error}")
             }
         }
     }
@@ -341,7 +339,8 @@ impl Clients {
             key,
             level,
             outcome,
-            barrier,
+            wait: ops::read_wait(level, barrier),
+            tries: 1,
             call,
             call_ms: now,
         })
@@ -456,15 +455,18 @@ impl Clients {
             } => {
                 let vnode = Self::vnode(world, &key);
                 let running = world.running(node).expect("up");
-                let applied = running.replicator.applied(vnode).unwrap_or(0);
-                if applied < token {
-                    return (now < call_ms + READ_TIMEOUT_MS).then_some(Pending::SessionRead {
-                        node,
-                        key,
-                        token,
-                        call_ms,
-                    });
+                if !ops::session_ready(&running.replicator, vnode, token) {
+                    // The node answers UNAVAILABLE once its wait is over: no effect.
+                    return (now < call_ms + ops::SESSION_WAIT_MS).then_some(
+                        Pending::SessionRead {
+                            node,
+                            key,
+                            token,
+                            call_ms,
+                        },
+                    );
                 }
+                let applied = running.replicator.applied(vnode).unwrap_or(0);
                 let (outcome, _) = read_now(world, node, vnode, &key);
                 self.check_session_read(index, &key, &outcome, world);
                 let tokens = &mut self.clients[index].tokens;
@@ -478,15 +480,35 @@ impl Clients {
                 key,
                 level,
                 outcome,
-                barrier,
+                wait,
+                tries,
                 call,
                 call_ms,
             } => {
                 let running = world.running(node).expect("up");
-                let passed = barrier.is_none_or(|b| running.store.is_visible(b));
-                if passed && barrier.is_some_and(|b| b.seq == FLOOR) && call == Call::Get {
+                let passed = match wait {
+                    ReadWait::None => true,
+                    ReadWait::Committed(b) | ReadWait::Whole(b) => running.store.is_visible(b),
+                };
+                if !passed {
+                    // The node answers UNAVAILABLE once its wait is over: no effect.
+                    return (now < call_ms + ops::COMMIT_WAIT_MS).then_some(Pending::Answer {
+                        node,
+                        key,
+                        level,
+                        outcome,
+                        wait,
+                        tries,
+                        call,
+                        call_ms,
+                    });
+                }
+                if let ReadWait::Whole(_) = wait {
                     // The replica's copy was not whole when this was read (a restart): read
-                    // again now that it is.
+                    // again now that it is, as often as the node does.
+                    if tries >= ops::STRONG_READ_TRIES {
+                        return None;
+                    }
                     let vnode = Self::vnode(world, &key);
                     let (outcome, barrier) = read_now(world, node, vnode, &key);
                     return Some(Pending::Answer {
@@ -494,18 +516,8 @@ impl Clients {
                         key,
                         level,
                         outcome,
-                        barrier,
-                        call,
-                        call_ms,
-                    });
-                }
-                if !passed {
-                    return (now < call_ms + READ_TIMEOUT_MS).then_some(Pending::Answer {
-                        node,
-                        key,
-                        level,
-                        outcome,
-                        barrier,
+                        wait: ops::read_wait(level, barrier),
+                        tries: tries + 1,
                         call,
                         call_ms,
                     });
