@@ -241,7 +241,7 @@ struct Ledger {
     acked_after_restart: u64,
 }
 
-/// Keys whose chain has node `node` at `position` (1: middle, 2: tail).
+/// Keys whose chain has node `node` at `position` (0: head, 1: middle, 2: tail).
 fn keys_at(client: &Client, node: usize, position: usize, count: usize) -> Vec<String> {
     let routing = client.topology();
     (0..)
@@ -289,8 +289,8 @@ async fn writer(
     }
 }
 
-/// Kills node 1 (the middle or the tail of every written key's chain) under session and strong
-/// writers, restarts it, and checks that every acknowledged write reads back at `strong` from
+/// Kills node 1 (the head, the middle or the tail of every written key's chain) under session
+/// and strong writers, restarts it, and checks that every acknowledged write reads back at `strong` from
 /// every node and that the replicas agree.
 fn kill_under_writers(position: usize, fsync: &str) {
     let _serial = serial();
@@ -377,6 +377,14 @@ fn kill_9_of_the_middle_under_writers_loses_no_acknowledged_write() {
 #[test]
 fn kill_9_of_the_tail_under_writers_loses_no_acknowledged_write() {
     kill_under_writers(2, "interval");
+}
+
+/// The head's unsynced tail is lost with it (`--fsync interval`): what its replicas
+/// acknowledged must come back to it (a restarted head pulls from the replica furthest ahead
+/// before it takes writes), and its keys take writes again once it has.
+#[test]
+fn kill_9_of_the_head_under_writers_loses_no_acknowledged_write() {
+    kill_under_writers(0, "interval");
 }
 
 /// A Hello frame as a member would open a peer connection with.
