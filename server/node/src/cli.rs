@@ -245,6 +245,10 @@ pub struct Args {
     /// Pin shard i to CPU i (modulo the online CPUs).
     #[arg(long, env = "TESSERA_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
+    /// The CPUs the shards run on, as a list like 0-3,8: shard i on the i-th CPU of the set,
+    /// and (without --shards) one shard per CPU for a new data directory. Overrides --pin.
+    #[arg(long, env = "TESSERA_CPUSET")]
+    pub cpuset: Option<crate::cpuset::CpuSet>,
 }
 
 #[cfg(test)]

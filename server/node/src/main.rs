@@ -18,6 +18,7 @@ mod cluster;
 mod cluster_exec;
 mod config;
 mod conn;
+mod cpuset;
 mod datadir;
 mod disk;
 mod exec;
@@ -155,6 +156,15 @@ fn store_config(args: &Args, shards: u16) -> Result<StoreConfig, String> {
     Ok(config)
 }
 
+/// The shard count asked for: `--shards`, or one per CPU of `--cpuset`.
+fn requested_shards(args: &Args) -> Option<u16> {
+    let per_cpu = args
+        .cpuset
+        .as_ref()
+        .map(|set| set.cpus().len().min(256) as u16);
+    args.shards.or(per_cpu)
+}
+
 /// Checks every flag before anything touches the disk.
 fn validate(args: &Args) -> Result<(), String> {
     if let Some(shards) = args.shards {
@@ -169,6 +179,9 @@ fn validate(args: &Args) -> Result<(), String> {
                 "--vnodes must be between 1 and {max}, and at least --shards, not {vnodes}"
             ));
         }
+    }
+    if let Some(cpuset) = &args.cpuset {
+        cpuset.check_allowed(&cpuset::allowed_cpus())?;
     }
     if args.frame_timeout_ms == 0 {
         return Err("--frame-timeout-ms must be at least 1".into());
@@ -211,9 +224,9 @@ fn run(args: Args) -> Result<(), String> {
     };
     // Ports before the data directory: a second node on a served port stops here, having
     // written nothing.
-    let planned = datadir::planned_shards(&args.data_dir, args.shards)?;
+    let planned = datadir::planned_shards(&args.data_dir, requested_shards(&args))?;
     let listen = resolve_listen(&args.data_dir, args.listen, planned, !args.peers.is_empty())?;
-    let data = DataDir::open(&args.data_dir, args.shards, args.vnodes)?;
+    let data = DataDir::open(&args.data_dir, requested_shards(&args), args.vnodes)?;
     let peer_tls = peer_tls(&args)?;
     let client_tls = tls::ClientTlsFiles::from_flags(
         args.tls_cert.clone(),
@@ -286,10 +299,10 @@ fn run(args: Args) -> Result<(), String> {
     let mut handles = Vec::new();
     // Executors are created in shard order, so that each shard's mesh peer id is its index.
     for index in 0..data.shards {
-        let placement = if args.pin {
-            Placement::Fixed(usize::from(index) % cpus)
-        } else {
-            Placement::Unbound
+        let placement = match &args.cpuset {
+            Some(cpuset) => Placement::Fixed(cpuset.cpu_of_shard(index)),
+            None if args.pin => Placement::Fixed(usize::from(index) % cpus),
+            None => Placement::Unbound,
         };
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))

@@ -411,3 +411,67 @@ fn a_data_directory_without_permission_stops_startup_with_one_line() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
 }
+
+/// The CPUs each thread of `pid` whose name starts with `prefix` may run on
+/// (`Cpus_allowed_list`). glommio names an executor's threads after it, and its blocking-pool
+/// thread too (that one is left unpinned on purpose: `main.rs`).
+fn thread_cpus(pid: u32, prefix: &str) -> Vec<String> {
+    let mut lists = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue;
+        };
+        let named = status.lines().any(|l| {
+            l.strip_prefix("Name:\t")
+                .is_some_and(|n| n.starts_with(prefix))
+        });
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .filter(|_| named)
+        {
+            lists.push(list.trim().to_string());
+        }
+    }
+    lists
+}
+
+/// `--cpuset`: one shard per CPU of the set on a new data directory, each pinned to its CPU;
+/// a CPU this process may not run on stops startup, naming it.
+#[test]
+fn cpuset_pins_one_shard_per_cpu_and_refuses_cpus_outside_the_mask() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // The last allowed CPU: a set that is not CPU 0, so pinning by index would be wrong.
+    let last = allowed.rsplit([',', '-']).next().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &["--cpuset", &last]);
+    let meta = std::fs::read_to_string(dir.path().join("node.meta")).unwrap();
+    assert!(meta.lines().any(|l| l == "shards 1"), "{meta}");
+    let lists = thread_cpus(node.pid(), "shard-0-");
+    assert!(
+        lists.contains(&last),
+        "shard 0 runs on CPU {last}: {lists:?}"
+    );
+    assert!(thread_cpus(node.pid(), "shard-1-").is_empty(), "one shard");
+    node.terminate();
+    let dir = tempfile::tempdir().unwrap();
+    let output = server()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--cpuset", "8191"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CPU 8191 is not one"), "{stderr}");
+    assert!(
+        !dir.path().join("node.meta").exists(),
+        "nothing written before the flags are checked"
+    );
+}
