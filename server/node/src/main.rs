@@ -34,6 +34,7 @@ mod peer_wire;
 mod replica;
 mod route;
 mod shard;
+mod stall;
 mod tls;
 mod transfer;
 mod users;
@@ -590,6 +591,9 @@ async fn shard_main(
     glommio::spawn_local_into(shard.clone().run_maintenance(), maintenance)
         .map_err(|e| format!("cannot start maintenance: {e}"))?
         .detach();
+    let mut queues = stall::Queues::new();
+    queues.name(maintenance, "maintenance");
+    glommio::spawn_local(stall::watch(shard.clone(), queues)).detach();
     let own = SocketAddr::new(listen.ip(), node.shard_port_base + index);
     let mut accepting = Vec::new();
     for address in [listen, own] {

@@ -6,7 +6,7 @@ use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use super::{NodeState, DURATION_BUCKETS_S, GROUP_COMMIT_BUCKETS};
+use super::{NodeState, DURATION_BUCKETS_S, GROUP_COMMIT_BUCKETS, STALL_BUCKETS_S};
 
 /// Every metric family of the node.
 pub struct NodeMetrics {
@@ -33,6 +33,7 @@ pub struct NodeMetrics {
     pub(super) expired_keys: IntCounterVec,
     pub(super) fsyncs: IntCounterVec,
     pub(super) group_commit: HistogramVec,
+    pub(super) stalls: HistogramVec,
     pub(super) peer_sent_bytes: IntCounterVec,
     pub(super) peer_lag_writes: IntGaugeVec,
     pub(super) peer_lag_seconds: GaugeVec,
@@ -180,6 +181,14 @@ impl NodeMetrics {
                  the log's active segment).",
                 &GROUP_COMMIT_BUCKETS,
                 shard,
+            ),
+            stalls: histogram(
+                "tessera_shard_stall_seconds",
+                "Times a shard got back to its tasks 20 ms or more late (stall.rs), by cause: \
+                 busy (a task ran that long), cpu (the thread waited for a core), blocked (it \
+                 slept in the kernel).",
+                &STALL_BUCKETS_S,
+                &["shard", "cause"],
             ),
             peer_sent_bytes: counter(
                 "tessera_replication_sent_bytes_total",

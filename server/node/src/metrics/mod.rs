@@ -43,6 +43,8 @@ pub(crate) const DURATION_BUCKETS_S: [f64; 16] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 5.0,
 ];
+/// Shard stalls, in seconds: from the threshold (`stall::STALL`) to past a client's timeout.
+pub(crate) const STALL_BUCKETS_S: [f64; 9] = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 /// Writes made durable by one fdatasync.
 pub(crate) const GROUP_COMMIT_BUCKETS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,

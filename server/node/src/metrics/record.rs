@@ -178,6 +178,14 @@ impl ShardMetrics {
     }
 
     /// One fdatasync made `writes` writes durable.
+    /// The shard got back to its tasks `late` after it meant to (`stall.rs`).
+    pub fn stall(&self, cause: &'static str, late: Duration) {
+        self.node
+            .stalls
+            .with_label_values(&[self.shard.as_str(), cause])
+            .observe(late.as_secs_f64());
+    }
+
     pub fn group_commit(&self, writes: u64) {
         self.group_commit.observe(writes as f64);
     }
