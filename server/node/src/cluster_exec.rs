@@ -146,14 +146,12 @@ fn refusal(refusal: Refusal, replica: &Replica) -> OpResult {
 /// Waits while a restarted head has not heard from its replicas (up to `RECOVERY_WAIT_MS`),
 /// rather than refusing a write that comes meanwhile at once; `ops::write_at_head` decides.
 async fn wait_recovered(replica: &Replica, vnode: u16) {
-    let deadline = std::time::Instant::now() + RECOVERY_WAIT;
-    while std::time::Instant::now() < deadline {
-        match replica.replicator.borrow().admit_write(vnode) {
-            Err(Refusal::Recovering { .. }) => {}
-            _ => return,
-        }
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    let recovered = replica.wait_takes_writes(vnode);
+    let timeout = glommio::timer::sleep(RECOVERY_WAIT);
+    let recovered = async {
+        let _ = recovered.await;
+    };
+    futures_lite::future::or(recovered, timeout).await;
 }
 
 async fn write_at_head(

@@ -138,6 +138,8 @@ pub struct Replica {
     write_waiters: RefCell<HashMap<Ticket, oneshot::Sender<Result<(), WriteFailure>>>>,
     /// Session reads waiting for a vnode to be applied through a sequence number.
     applied_waiters: RefCell<BTreeMap<(u16, u64), Waiters>>,
+    /// Writes waiting for a restarted head to take writes of a vnode (`Effect::TakesWrites`).
+    recovered_waiters: RefCell<BTreeMap<u16, Waiters>>,
     pumping: Cell<bool>,
     /// Names accepted connections, so that a stale one's end is told from the current one's.
     next_inbound: Cell<u64>,
@@ -163,6 +165,7 @@ impl Replica {
             links: RefCell::new(BTreeMap::new()),
             write_waiters: RefCell::new(HashMap::new()),
             applied_waiters: RefCell::new(BTreeMap::new()),
+            recovered_waiters: RefCell::new(BTreeMap::new()),
             pumping: Cell::new(false),
             next_inbound: Cell::new(0),
             transfers: crate::transfer::Transfers::new(transfers),
@@ -235,6 +238,22 @@ impl Replica {
         receiver
     }
 
+    /// Resolves once this head takes writes of `vnode` (at once if it does now).
+    pub fn wait_takes_writes(&self, vnode: u16) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        let recovering = matches!(
+            self.replicator.borrow().admit_write(vnode),
+            Err(tessera_core::replication::Refusal::Recovering { .. })
+        );
+        if recovering {
+            let mut waiters = self.recovered_waiters.borrow_mut();
+            waiters.entry(vnode).or_default().push(sender);
+        } else {
+            let _ = sender.send(());
+        }
+        receiver
+    }
+
     fn wake_applied(&self) {
         let replicator = self.replicator.borrow();
         let mut waiters = self.applied_waiters.borrow_mut();
@@ -272,6 +291,12 @@ pub fn pump(shard: &Rc<Shard>) {
             Some(Effect::WriteDone { ticket, result }) => {
                 if let Some(sender) = replica.write_waiters.borrow_mut().remove(&ticket) {
                     let _ = sender.send(result);
+                }
+            }
+            Some(Effect::TakesWrites { vnode }) => {
+                let waiters = replica.recovered_waiters.borrow_mut().remove(&vnode);
+                for sender in waiters.into_iter().flatten() {
+                    let _ = sender.send(());
                 }
             }
             None => {

@@ -381,6 +381,8 @@ impl World {
                     since,
                     transfer,
                 } => self.serve_state(node, vnode, to, since, transfer),
+                // The simulator's clients try writes again on their own steps.
+                Effect::TakesWrites { .. } => {}
                 Effect::WriteDone { ticket, result } => {
                     self.note(&[5, u64::from(node), ticket, u64::from(result.is_ok())]);
                     self.completions.push(Completion {

@@ -125,6 +125,9 @@ pub enum Effect {
         ticket: Ticket,
         result: Result<(), WriteFailure>,
     },
+    /// A restarted head has checked its replicas and takes writes of `vnode` now: writes that
+    /// wait for that (`admit_write` said `Recovering`) may go.
+    TakesWrites { vnode: u16 },
 }
 
 pub struct Replicator {

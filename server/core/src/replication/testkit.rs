@@ -250,6 +250,8 @@ pub(crate) struct Cluster {
     /// State reads are kept here instead of served (a test serves them by hand).
     pub(crate) stash_state_reads: bool,
     pub(crate) stashed: Vec<(NodeId, Effect)>,
+    /// Every `Effect::TakesWrites`, with the member that said it.
+    pub(crate) takes_writes: Vec<(NodeId, u16)>,
 }
 
 impl Cluster {
@@ -277,6 +279,7 @@ impl Cluster {
             part_size: 1000,
             stash_state_reads: false,
             stashed: Vec::new(),
+            takes_writes: Vec::new(),
         };
         for node in 1..=3 {
             cluster.start(
@@ -392,6 +395,7 @@ impl Cluster {
                     Effect::WriteDone { ticket, result } => {
                         self.done.insert(ticket, result);
                     }
+                    Effect::TakesWrites { vnode } => self.takes_writes.push((node, vnode)),
                 }
             }
         }

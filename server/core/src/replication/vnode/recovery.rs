@@ -4,6 +4,7 @@
 use super::{Ctx, VnodeState};
 use crate::placement::NodeId;
 use crate::replication::msg::{Body, Position};
+use crate::replication::replicator::Effect;
 
 impl VnodeState {
     pub(super) fn handle_probe_answer(
@@ -53,6 +54,8 @@ impl VnodeState {
             }
             None => {
                 self.recovery = None;
+                cx.effects
+                    .push_back(Effect::TakesWrites { vnode: self.vnode });
                 if partial {
                     // No replica has more: this copy is the chain's best. A failed mark only
                     // means the next restart asks again.

@@ -15,6 +15,7 @@ fn a_head_that_lost_writes_in_a_crash_takes_them_back_before_new_ones() {
     }
     cluster.run();
     assert_eq!(cluster.members[&2].store.position.seq, 5);
+    cluster.takes_writes.clear(); // the first start's
     cluster.crash_and_restart(1);
     assert_eq!(
         cluster.members[&1].store.position.seq, 0,
@@ -26,8 +27,14 @@ fn a_head_that_lost_writes_in_a_crash_takes_them_back_before_new_ones() {
         cluster.members[&1].replicator.admit_write(VNODE),
         Err(Refusal::Recovering { vnode: VNODE })
     );
+    assert!(cluster.takes_writes.is_empty());
     cluster.run();
     assert_eq!(cluster.members[&1].replicator.admit_write(VNODE), Ok(()));
+    assert_eq!(
+        cluster.takes_writes,
+        vec![(1, VNODE)],
+        "the head says once that it takes writes (the shell's waiting writes go)"
+    );
     assert_eq!(cluster.members[&1].store.position.seq, 5, "pulled back");
     let ticket = cluster.write("after", Some("v"), Level::Strong).unwrap();
     cluster.run();

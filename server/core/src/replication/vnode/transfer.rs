@@ -373,6 +373,8 @@ impl VnodeState {
             .is_some_and(|r| r.pulling_from == Some(from))
         {
             self.recovery = None;
+            cx.effects
+                .push_back(Effect::TakesWrites { vnode: self.vnode });
         }
         // The copy equals the sender's as of `through`, which holds every write the sender
         // knew committed.
