@@ -16,6 +16,11 @@
 # with mutual TLS on its peer ports (certificates from `tessera admin certs`), so
 # SIDES="cluster cluster-tls" measures what peer TLS costs, the plain cluster the baseline.
 #
+# Placing nodes on cores (a machine with many): NODE_CPUSETS ("", or three core lists such as
+# "0-3 4-7 8-11") gives cluster node i `--cpuset` of the i-th list and the single node the
+# first, each with SHARDS shards (default 1); GEN_CPUSET (e.g. "12-15") runs the generator under
+# `taskset -c`. With NODE_CPUSETS set, SERVER_FLAGS defaults to nothing.
+#
 # Settings (environment): RATE (4000), KEYS (20000), VALUE (1024), DURATION (10s), REPEAT (3),
 # CONNECTIONS (16), FSYNC_MODES ("always interval"), LEVELS ("eventual session strong"),
 # SERVER_FLAGS ("--pin false": by default a one-shard node pins itself to CPU 0, and three of
@@ -33,7 +38,23 @@ REPEAT=${REPEAT:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 FSYNC_MODES=${FSYNC_MODES:-"always interval"}
 LEVELS=${LEVELS:-"eventual session strong"}
-SERVER_FLAGS=${SERVER_FLAGS:-"--pin false"}
+NODE_CPUSETS=${NODE_CPUSETS:-}
+GEN_CPUSET=${GEN_CPUSET:-}
+SHARDS=${SHARDS:-1}
+read -r -a node_cpusets <<<"$NODE_CPUSETS"
+if [ -n "$NODE_CPUSETS" ] && [ "${#node_cpusets[@]}" -ne 3 ]; then
+  echo "NODE_CPUSETS needs three core lists, one per cluster node" >&2
+  exit 1
+fi
+default_flags="--pin false"
+[ -n "$NODE_CPUSETS" ] && default_flags=""
+SERVER_FLAGS=${SERVER_FLAGS-$default_flags}
+# The flags that place node $1 (0, 1, 2) on its cores.
+placement() {
+  if [ -n "$NODE_CPUSETS" ]; then echo "--cpuset ${node_cpusets[$1]}"; fi
+}
+generator=()
+[ -n "$GEN_CPUSET" ] && generator=(taskset -c "$GEN_CPUSET")
 SIDES=${SIDES:-"single cluster"}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -59,8 +80,8 @@ start_side() {
   rm -rf "$work/data"
   base=$((base + 400))
   if [ "$side" = single ]; then
-    "$bin/tessera-server" --data-dir "$work/data/single" --listen 127.0.0.1:$base --shards 1 \
-      --fsync "$fsync" $SERVER_FLAGS >"$work/single.log" 2>&1 &
+    "$bin/tessera-server" --data-dir "$work/data/single" --listen 127.0.0.1:$base \
+      --shards "$SHARDS" $(placement 0) --fsync "$fsync" $SERVER_FLAGS >"$work/single.log" 2>&1 &
     pids+=($!)
     wait_ready 127.0.0.1:$base
     addrs=127.0.0.1:$base
@@ -75,7 +96,8 @@ start_side() {
   fi
   for i in 0 1 2; do
     "$bin/tessera-server" --data-dir "$work/data/n$i" --listen 127.0.0.1:$((base + 100 * i)) \
-      --shards 1 --peers "$peers" --fsync "$fsync" $SERVER_FLAGS $tls >"$work/n$i.log" 2>&1 &
+      --shards "$SHARDS" $(placement "$i") --peers "$peers" --fsync "$fsync" $SERVER_FLAGS $tls \
+      >"$work/n$i.log" 2>&1 &
     pids+=($!)
   done
   for i in 0 1 2; do wait_ready 127.0.0.1:$((base + 100 * i)); done
@@ -89,7 +111,7 @@ start_side() {
 run_case() { # side fsync level run
   local side=$1 fsync=$2 level=$3 run=$4
   start_side "$side" "$fsync"
-  "$bin/tessera-loadgen" --target "tessera://$addrs" --consistency "$level" --workload getset \
+  "${generator[@]}" "$bin/tessera-loadgen" --target "tessera://$addrs" --consistency "$level" --workload getset \
     --keys "$KEYS" --value-size "$VALUE" --read-ratio 0.5 --rate "$RATE" \
     --connections "$CONNECTIONS" --duration "$DURATION" --live false \
     --label "$side-$fsync-$level" --json "$out/$side-$fsync-$level.$run.json" >/dev/null

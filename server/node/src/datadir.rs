@@ -3,7 +3,7 @@
 //! ```text
 //! DATA_DIR/
 //!   LOCK                 held (flock) by the running node: two nodes never share a directory
-//!   node.meta            "tessera-data 2\nshards N\nvnodes V\n": layout version, shard count,
+//!   node.meta            "tessera-data 3\nshards N\nvnodes V\n": layout version, shard count,
 //!                        the cluster's vnode count (layout 1 had no vnodes line: 256)
 //!   shard-000/segment-0000000001.log ...
 //! ```
@@ -18,7 +18,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "node.meta";
-const META_VERSION: u32 = 2;
+/// 3: segments may hold record format 3 (transfer marks, `tessera-store`'s `ondisk.rs`). A
+/// binary that knows only 2 would take such a record for a torn tail and cut the log there, so
+/// a directory opened by this binary is marked 3 before it writes any record, and an older
+/// binary refuses it instead.
+const META_VERSION: u32 = 3;
 
 /// What `node.meta` records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +57,7 @@ impl DataDir {
             )
         })?;
         let meta = match read_meta(root)? {
-            Some(stored) => {
+            Some((stored, version)) => {
                 check_kept(
                     root,
                     "shards",
@@ -61,6 +65,9 @@ impl DataDir {
                     requested_shards.map(u32::from),
                 )?;
                 check_kept(root, "vnodes", stored.vnodes, requested_vnodes)?;
+                if version < META_VERSION {
+                    write_meta(root, &stored)?; // before any record of the newer format
+                }
                 stored
             }
             None => {
@@ -126,7 +133,8 @@ fn default_shards() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(256) as u16)
 }
 
-fn read_meta(root: &Path) -> Result<Option<Meta>, String> {
+/// The directory's meta and its layout version.
+fn read_meta(root: &Path) -> Result<Option<(Meta, u32)>, String> {
     let path = root.join(META_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
@@ -158,7 +166,7 @@ fn read_meta(root: &Path) -> Result<Option<Meta>, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(bad)?,
     };
-    Ok(Some(Meta { shards, vnodes }))
+    Ok(Some((Meta { shards, vnodes }, version)))
 }
 
 fn write_meta(root: &Path, meta: &Meta) -> Result<(), String> {
@@ -330,7 +338,7 @@ fn previous_node_gone(root: &Path) -> bool {
 /// directory's, or the one asked for, or one per core.
 pub fn planned_shards(root: &Path, requested: Option<u16>) -> Result<u16, String> {
     Ok(match read_meta(root)? {
-        Some(stored) => stored.shards,
+        Some((stored, _)) => stored.shards,
         None => requested.unwrap_or_else(default_shards),
     })
 }
@@ -356,5 +364,37 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let found = tcp_listeners().unwrap();
         assert!(found.iter().any(|(_, p)| *p == port), "{port} in {found:?}");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// A directory of layout 2 is marked 3 when opened (an older binary then refuses it rather
+    /// than cutting its log at the first format-3 record); one newer than this binary is refused.
+    #[test]
+    fn an_older_layout_is_marked_current_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(META_FILE),
+            "tessera-data 2\nshards 1\nvnodes 64\n",
+        )
+        .unwrap();
+        let data = DataDir::open(dir.path(), None, None).unwrap();
+        assert_eq!((data.shards, data.vnodes), (1, 64));
+        drop(data);
+        let text = fs::read_to_string(dir.path().join(META_FILE)).unwrap();
+        assert!(text.starts_with("tessera-data 3\n"), "{text}");
+        fs::write(
+            dir.path().join(META_FILE),
+            "tessera-data 4\nshards 1\nvnodes 64\n",
+        )
+        .unwrap();
+        let refused = DataDir::open(dir.path(), None, None).err().unwrap();
+        assert!(
+            refused.contains("data layout 4 is not supported"),
+            "{refused}"
+        );
     }
 }
