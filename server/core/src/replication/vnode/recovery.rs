@@ -21,7 +21,8 @@ impl VnodeState {
     }
 
     /// A recovering head is done once every other replica answered and it pulled from the one
-    /// furthest ahead, if any was ahead of it.
+    /// furthest ahead, if any was ahead of it (or, with a transfer of its own cut short, in any
+    /// case).
     pub(super) fn check_recovered(&mut self, cx: &mut Ctx<'_>) {
         let own = self.position();
         let Some(recovery) = &mut self.recovery else {
@@ -34,13 +35,16 @@ impl VnodeState {
         if recovery.answers.len() < others {
             return;
         }
-        // A head whose own pull was cut short by a restart (`ack_cap`) pulls again even from a
-        // replica level with it: only a transfer's keep list brings the deletes it may lack.
+        // A head whose own pull was cut short by a restart (`ack_cap`) pulls again from the
+        // replica furthest ahead even if none is ahead of it: only a transfer's keep list brings
+        // the deletes it may lack, and one from a replica behind it drops only keys no newer
+        // than that replica's position, which that replica holds whole (a pull from `own`
+        // sends no values, so nothing of this copy's newer writes is lost).
         let partial = self.ack_cap.is_some();
         let ahead = recovery
             .answers
             .iter()
-            .filter(|(_, p)| p.seq > own.seq || (partial && p.seq == own.seq))
+            .filter(|(_, p)| partial || p.seq > own.seq)
             .max_by_key(|(node, p)| (p.seq, std::cmp::Reverse(**node)));
         match ahead {
             Some((&node, _)) => {
@@ -56,12 +60,6 @@ impl VnodeState {
                 self.recovery = None;
                 cx.effects
                     .push_back(Effect::TakesWrites { vnode: self.vnode });
-                if partial {
-                    // No replica has more: this copy is the chain's best. A failed mark only
-                    // means the next restart asks again.
-                    let _ = cx.store.finish_state(self.vnode, own);
-                    self.ack_cap = None;
-                }
             }
         }
     }

@@ -142,3 +142,40 @@ fn a_restarted_middle_shows_no_write_the_tail_lacks() {
     assert_eq!(cluster.members[&2].store.released, Some(2));
     cluster.assert_converged();
 }
+
+/// A head restarted with a pull of its own cut short (its store's transfer mark) may lack
+/// deletes, even when it is ahead of every replica (it kept values the others lost): it pulls
+/// from the replica furthest ahead anyway, whose keep list brings the delete, and keeps its
+/// newer writes (review of the seed 647 fix).
+#[test]
+fn a_head_whose_pull_was_cut_short_pulls_even_when_ahead() {
+    let mut c = Cluster::new(false);
+    c.write("doomed", Some("v"), Level::Strong).unwrap();
+    c.run();
+    c.write("doomed", None, Level::Strong).unwrap();
+    c.run();
+    assert!(!c.members[&3].store.data.contains_key(b"doomed".as_slice()));
+    // The head's copy as a cut-short pull left it: the delete missing, the key's old value
+    // there, a newer write of its own, and the mark.
+    let head = &mut c.members.get_mut(&1).unwrap().store;
+    let (seq, version) = (head.position.seq, head.position.version);
+    head.data
+        .insert(b"doomed".to_vec(), (b"v".to_vec(), version - 1, seq - 1));
+    head.write(b"newer", Some(b"w"));
+    head.transfer_started_at = Some(seq - 1);
+    head.sync();
+    c.crash_and_restart(1);
+    c.run();
+    let head = &c.members[&1].store;
+    assert!(
+        !head.data.contains_key(b"doomed".as_slice()),
+        "the delete came"
+    );
+    assert!(
+        head.data.contains_key(b"newer".as_slice()),
+        "its newer write stayed"
+    );
+    assert_eq!(head.transfer_started_at, None, "marked done");
+    assert_eq!(c.members[&1].replicator.admit_write(VNODE), Ok(()));
+    c.assert_converged();
+}
