@@ -12,6 +12,15 @@ use std::time::Duration;
 use common::Node;
 use serde_json::Value;
 
+/// Tests that start a node run one at a time: two nodes picking a free port range at once
+/// (`--listen 127.0.0.1:0`) can pick overlapping ones, and with SO_REUSEPORT the second shares
+/// the first's ports, so a client reaches the wrong node (seen in CI: a TLS client answered by a
+/// plain node).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn loadgen(args: &[&str]) -> std::process::Output {
     let output = Command::new(env!("CARGO_BIN_EXE_tessera-loadgen"))
         .args(args)
@@ -76,6 +85,7 @@ fn assert_consistent(result: &Value, expected_ops: Option<u64>) {
 
 #[test]
 fn tessera_results_are_consistent_and_plot() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--shards", "2"]);
     let target = format!("tessera://{}", node.addr());
@@ -135,6 +145,7 @@ fn tessera_results_are_consistent_and_plot() {
 
 #[test]
 fn open_loop_shows_a_paused_server_in_its_tail() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--shards", "1"]);
     let json = dir.path().join("open.json");
@@ -271,6 +282,7 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
 /// get in with `--tls-cert`/`--tls-key` and are refused without them.
 #[test]
 fn a_client_certificate_gets_loadgen_past_tls_client_ca() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let made = Command::new(common::cli_binary())
